@@ -1,0 +1,271 @@
+package alexnet
+
+import (
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+
+	G "gorgonia.org/gorgonia"
+	"gorgonia.org/tensor"
+)
+
+// buildMu serialises graph construction: gorgonia keeps global counters and
+// shared constant nodes while a graph is built (running machines is safe).
+var buildMu sync.Mutex
+
+// Net is the model as one gorgonia graph of a fixed batch size, over parameters
+// that are views of a Params' flat vector: Adam writing Params.Flat changes what
+// the next run computes, with no copy. A training Net computes the loss and the
+// flat gradient; an evaluation Net (no Grad, no dropout) only the logits. Both
+// may share one Params.
+type Net struct {
+	Spec  Spec
+	Batch int
+
+	params  *Params
+	train   bool
+	dropout float64
+
+	g       *G.ExprGraph
+	vm      G.VM
+	input   []float32 // [B,3,S,S], the x node's backing
+	targets []float32 // [B,K], the loss weights (training only)
+	masks   [][]float32
+	logits  *G.Node
+	loss    *G.Node
+	grads   G.Nodes // in Layout order
+}
+
+// NetOptions choose what a Net computes.
+type NetOptions struct {
+	Batch int
+	// Train builds the loss and its gradient; otherwise the Net only evaluates.
+	Train bool
+	// Dropout is the drop probability on the classifier's two dropout layers in
+	// training (the seed's is 0.5; 0 turns dropout off).
+	Dropout float64
+}
+
+// NewNet builds the graph for params' spec.
+func NewNet(params *Params, opt NetOptions) (*Net, error) {
+	if opt.Batch < 1 {
+		return nil, fmt.Errorf("alexnet: batch size %d", opt.Batch)
+	}
+	if opt.Dropout < 0 || opt.Dropout >= 1 {
+		return nil, fmt.Errorf("alexnet: dropout probability %g, want [0, 1)", opt.Dropout)
+	}
+	n := &Net{Spec: params.Spec, Batch: opt.Batch, params: params, train: opt.Train}
+	if opt.Train {
+		n.dropout = opt.Dropout
+	}
+	buildMu.Lock()
+	err := n.build()
+	buildMu.Unlock()
+	if err != nil {
+		return nil, fmt.Errorf("alexnet: build %s graph, batch %d: %w", n.Spec.Variant, n.Batch, err)
+	}
+	return n, nil
+}
+
+func (n *Net) build() error {
+	s, b := n.Spec, n.Batch
+	g := G.NewGraph()
+	n.g = g
+	tensorNode := func(name string, backing []float32, shape ...int) *G.Node {
+		t := tensor.New(tensor.WithShape(shape...), tensor.WithBacking(backing))
+		return G.NewTensor(g, tensor.Float32, len(shape), G.WithShape(shape...), G.WithName(name), G.WithValue(t))
+	}
+	var weights G.Nodes
+	param := func(name string, shape ...int) (*G.Node, error) {
+		v, err := n.params.View(name)
+		if err != nil {
+			return nil, err
+		}
+		node := tensorNode(name, v, shape...)
+		weights = append(weights, node)
+		return node, nil
+	}
+
+	n.input = make([]float32, b*3*s.Input*s.Input)
+	x := tensorNode("input", n.input, b, 3, s.Input, s.Input)
+	var err error
+	for _, c := range s.Convs() {
+		w, err := param(c.WeightName, c.Out, c.In, c.Kernel, c.Kernel)
+		if err != nil {
+			return err
+		}
+		bias, err := param(c.BiasName, c.Out)
+		if err != nil {
+			return err
+		}
+		if x, err = G.Conv2d(x, w, tensor.Shape{c.Kernel, c.Kernel}, []int{c.Pad, c.Pad}, []int{c.Stride, c.Stride}, []int{1, 1}); err != nil {
+			return fmt.Errorf("%s: %w", c.WeightName, err)
+		}
+		if x, err = G.BroadcastAdd(x, bias, nil, []byte{0, 2, 3}); err != nil {
+			return fmt.Errorf("%s: %w", c.BiasName, err)
+		}
+		if x, err = G.Rectify(x); err != nil {
+			return err
+		}
+		if c.PoolAfter {
+			if x, err = G.MaxPool2D(x, tensor.Shape{3, 3}, []int{0, 0}, []int{2, 2}); err != nil {
+				return err
+			}
+		}
+	}
+	if x, err = G.Reshape(x, tensor.Shape{b, s.Flat()}); err != nil {
+		return err
+	}
+	for _, l := range s.Linears() {
+		if l.DropoutBefore && n.dropout > 0 {
+			mask := make([]float32, b*l.In)
+			n.masks = append(n.masks, mask)
+			if x, err = G.HadamardProd(x, tensorNode(l.WeightName+".dropout", mask, b, l.In)); err != nil {
+				return err
+			}
+		}
+		w, err := param(l.WeightName, l.Out, l.In)
+		if err != nil {
+			return err
+		}
+		bias, err := param(l.BiasName, l.Out)
+		if err != nil {
+			return err
+		}
+		wt, err := G.Transpose(w)
+		if err != nil {
+			return err
+		}
+		if x, err = G.Mul(x, wt); err != nil {
+			return fmt.Errorf("%s: %w", l.WeightName, err)
+		}
+		if x, err = G.BroadcastAdd(x, bias, nil, []byte{0}); err != nil {
+			return fmt.Errorf("%s: %w", l.BiasName, err)
+		}
+		if l.ReLUAfter {
+			if x, err = G.Rectify(x); err != nil {
+				return err
+			}
+		}
+	}
+	n.logits = x
+	if !n.train {
+		n.vm = G.NewTapeMachine(g)
+		return nil
+	}
+	n.targets = make([]float32, b*s.Classes)
+	if n.loss, err = SoftmaxCrossEntropy(x, tensorNode("targets", n.targets, b, s.Classes)); err != nil {
+		return err
+	}
+	if n.grads, err = G.Grad(n.loss, weights...); err != nil {
+		return fmt.Errorf("gradient: %w", err)
+	}
+	n.vm = G.NewTapeMachine(g)
+	return nil
+}
+
+// Close releases the machine.
+func (n *Net) Close() error {
+	if n.vm == nil {
+		return nil
+	}
+	err := n.vm.Close()
+	n.vm = nil
+	return err
+}
+
+// ErrBatch marks inputs that do not fit the Net.
+var ErrBatch = errors.New("alexnet: batch does not fit the net")
+
+// load copies count images (each 3*S*S floats, normalised CHW) into the input,
+// zeroing the padding rows of a short batch.
+func (n *Net) load(images []float32, count int) error {
+	per := 3 * n.Spec.Input * n.Spec.Input
+	if count < 1 || count > n.Batch || len(images) < count*per {
+		return fmt.Errorf("%w: %d images in %d floats, the net takes 1 to %d of %d floats", ErrBatch, count, len(images), n.Batch, per)
+	}
+	copy(n.input, images[:count*per])
+	clear(n.input[count*per:])
+	return nil
+}
+
+func (n *Net) run() error {
+	n.vm.Reset() // without it RunAll silently does nothing the second time
+	return n.vm.RunAll()
+}
+
+// Logits runs the forward pass on count images and returns count*K logits
+// (a fresh slice).
+func (n *Net) Logits(images []float32, count int) ([]float32, error) {
+	if err := n.load(images, count); err != nil {
+		return nil, err
+	}
+	if n.train {
+		// Training graphs need targets; evaluation belongs in an eval Net.
+		return nil, errors.New("alexnet: Logits called on a training net; build one with Train false")
+	}
+	if err := n.run(); err != nil {
+		return nil, fmt.Errorf("alexnet: forward: %w", err)
+	}
+	out := n.logits.Value().Data().([]float32)
+	return append([]float32(nil), out[:count*n.Spec.Classes]...), nil
+}
+
+// Gradient runs forward and backward on count images with their labels and
+// writes the flat gradient (Layout order, mean over the count real samples) into
+// grad. rng draws the dropout masks (nil only when dropout is off). It returns
+// the mean loss.
+func (n *Net) Gradient(images []float32, labels []int, count int, rng *rand.Rand, grad []float32) (float32, error) {
+	if !n.train {
+		return 0, errors.New("alexnet: Gradient called on an evaluation net")
+	}
+	if err := n.load(images, count); err != nil {
+		return 0, err
+	}
+	if len(labels) < count || len(grad) != len(n.params.Flat) {
+		return 0, fmt.Errorf("%w: %d labels for %d images, gradient of %d for %d parameters", ErrBatch, len(labels), count, len(grad), len(n.params.Flat))
+	}
+	k := n.Spec.Classes
+	clear(n.targets)
+	for i, y := range labels[:count] {
+		if y < 0 || y >= k {
+			return 0, fmt.Errorf("%w: label %d of sample %d outside [0, %d)", ErrBatch, y, i, k)
+		}
+		n.targets[i*k+y] = 1 / float32(count)
+	}
+	if n.dropout > 0 {
+		if rng == nil {
+			return 0, errors.New("alexnet: dropout needs an RNG")
+		}
+		keep := float32(1 / (1 - n.dropout))
+		for _, m := range n.masks {
+			for i := range m {
+				if rng.Float64() < n.dropout {
+					m[i] = 0
+				} else {
+					m[i] = keep
+				}
+			}
+		}
+	}
+	if err := n.run(); err != nil {
+		return 0, fmt.Errorf("alexnet: forward/backward: %w", err)
+	}
+	for i, t := range n.params.Layout {
+		v := n.grads[i].Value()
+		if v == nil {
+			return 0, fmt.Errorf("alexnet: no gradient for %s", t.Name)
+		}
+		d, ok := v.Data().([]float32)
+		if !ok || len(d) != t.Size {
+			return 0, fmt.Errorf("alexnet: gradient of %s has %d values, want %d", t.Name, len(d), t.Size)
+		}
+		copy(grad[t.Offset:t.Offset+t.Size], d)
+	}
+	loss, err := scalarF32(n.loss.Value())
+	if err != nil {
+		return 0, err
+	}
+	return loss, nil
+}
