@@ -6,8 +6,8 @@ package alexnet
 import "C"
 
 import (
-	G "gorgonia.org/gorgonia"
 	"gonum.org/v1/netlib/blas/netlib"
+	G "gorgonia.org/gorgonia"
 )
 
 // BLAS names the BLAS the graphs multiply with.

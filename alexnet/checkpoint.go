@@ -1,6 +1,7 @@
 package alexnet
 
 import (
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"sort"
@@ -80,7 +81,7 @@ func LoadModel(path string) (*Params, ModelMeta, error) {
 	}
 	meta.Variant = spec.Variant
 	p := NewParams(spec)
-	if err := fillParams(f, p, true); err != nil {
+	if err := fillParams(f, p); err != nil {
 		return nil, ModelMeta{}, fmt.Errorf("%s: %w", path, err)
 	}
 	return p, meta, nil
@@ -123,19 +124,21 @@ func specOf(f *STFile, variant string) (Spec, error) {
 	if variant != "" {
 		return NewSpec(variant, classes)
 	}
+	// A state_dict without our metadata: the variant whose first convolution has
+	// this width, so that a near miss is reported tensor by tensor.
+	first := f.Tensors["features.0.weight"].Shape
 	for _, name := range Variants() {
 		spec, _ := NewSpec(name, classes)
-		p := NewParams(spec)
-		if fillParams(f, p, false) == nil {
+		if len(first) > 0 && first[0] == spec.Widths[0] {
 			return spec, nil
 		}
 	}
-	return Spec{}, fmt.Errorf("shapes match no known variant (%s); features.0.weight is %v", strings.Join(Variants(), ", "), f.Tensors["features.0.weight"].Shape)
+	return Spec{}, fmt.Errorf("features.0.weight has shape %v, which matches no known variant (%s)", first, strings.Join(Variants(), ", "))
 }
 
-// fillParams checks the file's tensors against p's layout and, when copyIn is
-// set, copies them in.
-func fillParams(f *STFile, p *Params, copyIn bool) error {
+// fillParams checks the file's tensors against p's layout, names, dtypes and
+// shapes, with nothing missing or extra, and copies them in.
+func fillParams(f *STFile, p *Params) error {
 	want := make(map[string]bool, len(p.Layout))
 	for _, t := range p.Layout {
 		want[t.Name] = true
@@ -149,10 +152,6 @@ func fillParams(f *STFile, p *Params, copyIn bool) error {
 		if !sameShape(st.Shape, t.Shape) {
 			return fmt.Errorf("tensor %q has shape %v, want %v (variant %s, %d classes)", t.Name, st.Shape, t.Shape, p.Spec.Variant, p.Spec.Classes)
 		}
-		if copyIn {
-			v, _ := st.Float32s()
-			copy(p.Flat[t.Offset:t.Offset+t.Size], v)
-		}
 	}
 	var extra []string
 	for name := range f.Tensors {
@@ -163,6 +162,10 @@ func fillParams(f *STFile, p *Params, copyIn bool) error {
 	if len(extra) > 0 {
 		sort.Strings(extra)
 		return fmt.Errorf("unexpected tensors %v (variant %s)", extra, p.Spec.Variant)
+	}
+	for _, t := range p.Layout {
+		v, _ := f.Tensors[t.Name].Float32s()
+		copy(p.Flat[t.Offset:t.Offset+t.Size], v)
 	}
 	return nil
 }
@@ -177,4 +180,115 @@ func sameShape(a, b []int) bool {
 		}
 	}
 	return true
+}
+
+// TrainState is everything an exact resume needs: the parameters, Adam's moments
+// and step count, where training stands, and the state of the dropout RNG.
+type TrainState struct {
+	Params   *Params
+	Adam     *Adam
+	Epoch    int     // epochs completed
+	BestAcc  float64 // best validation accuracy so far
+	Seed     uint64
+	RNGState []byte // the dropout RNG's MarshalBinary
+	Classes  []string
+}
+
+// SaveTrainState writes the training state to path as safetensors (atomically):
+// three flat F32 tensors, "params", "adam.m" and "adam.v", in the model's layout.
+func SaveTrainState(path string, s *TrainState) error {
+	n := len(s.Params.Flat)
+	if len(s.Adam.M) != n || len(s.Adam.V) != n {
+		return fmt.Errorf("alexnet: save %s: Adam state of %d/%d values for %d parameters", path, len(s.Adam.M), len(s.Adam.V), n)
+	}
+	classes, _ := json.Marshal(s.Classes)
+	md := map[string]string{
+		metaFormat:      formatState,
+		metaVariant:     s.Params.Spec.Variant,
+		metaClasses:     string(classes),
+		"num_classes":   strconv.Itoa(s.Params.Spec.Classes),
+		metaEpoch:       strconv.Itoa(s.Epoch),
+		"best_accuracy": strconv.FormatFloat(s.BestAcc, 'g', -1, 64),
+		"seed":          strconv.FormatUint(s.Seed, 10),
+		"adam.step":     strconv.FormatInt(s.Adam.Step, 10),
+		"adam.lr":       strconv.FormatFloat(s.Adam.Config.LR, 'g', -1, 64),
+		"adam.beta1":    strconv.FormatFloat(s.Adam.Config.Beta1, 'g', -1, 64),
+		"adam.beta2":    strconv.FormatFloat(s.Adam.Config.Beta2, 'g', -1, 64),
+		"adam.eps":      strconv.FormatFloat(s.Adam.Config.Eps, 'g', -1, 64),
+		"rng":           hex.EncodeToString(s.RNGState),
+	}
+	tensors := map[string]STTensor{
+		"params": F32Tensor(s.Params.Flat, n),
+		"adam.m": F32Tensor(s.Adam.M, n),
+		"adam.v": F32Tensor(s.Adam.V, n),
+	}
+	return WriteSafetensors(path, []string{"params", "adam.m", "adam.v"}, tensors, md)
+}
+
+// LoadTrainState reads a training state written by SaveTrainState.
+func LoadTrainState(path string) (*TrainState, error) {
+	f, err := ReadSafetensors(path)
+	if err != nil {
+		return nil, err
+	}
+	s, err := trainState(f)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return s, nil
+}
+
+func trainState(f *STFile) (*TrainState, error) {
+	md := f.Metadata
+	if md[metaFormat] != formatState {
+		return nil, fmt.Errorf("not a training state (format %q, want %q)", md[metaFormat], formatState)
+	}
+	var perr error
+	num := func(key string) float64 {
+		v, err := strconv.ParseFloat(md[key], 64)
+		if err != nil && perr == nil {
+			perr = fmt.Errorf("metadata %q = %q is not a number", key, md[key])
+		}
+		return v
+	}
+	classes := int(num("num_classes"))
+	s := &TrainState{Epoch: int(num(metaEpoch)), BestAcc: num("best_accuracy"), Seed: uint64(num("seed"))}
+	cfg := AdamConfig{LR: num("adam.lr"), Beta1: num("adam.beta1"), Beta2: num("adam.beta2"), Eps: num("adam.eps")}
+	step := int64(num("adam.step"))
+	if perr != nil {
+		return nil, perr
+	}
+	// The seed may exceed a float64's exact range; parse it again as an integer.
+	if seed, err := strconv.ParseUint(md["seed"], 10, 64); err == nil {
+		s.Seed = seed
+	}
+	if err := json.Unmarshal([]byte(md[metaClasses]), &s.Classes); err != nil {
+		return nil, fmt.Errorf("metadata %q: %v", metaClasses, err)
+	}
+	rng, err := hex.DecodeString(md["rng"])
+	if err != nil {
+		return nil, fmt.Errorf("metadata \"rng\": %v", err)
+	}
+	s.RNGState = rng
+	spec, err := NewSpec(md[metaVariant], classes)
+	if err != nil {
+		return nil, err
+	}
+	s.Params = NewParams(spec)
+	if s.Adam, err = NewAdam(cfg, len(s.Params.Flat)); err != nil {
+		return nil, err
+	}
+	s.Adam.Step = step
+	for name, dst := range map[string][]float32{"params": s.Params.Flat, "adam.m": s.Adam.M, "adam.v": s.Adam.V} {
+		t, ok := f.Tensors[name]
+		if !ok {
+			return nil, fmt.Errorf("missing tensor %q", name)
+		}
+		if t.DType != "F32" || !sameShape(t.Shape, []int{len(dst)}) {
+			return nil, fmt.Errorf("tensor %q is %s%v, want F32[%d] for variant %s with %d classes", name, t.DType, t.Shape, len(dst), spec.Variant, classes)
+		}
+		v, _ := t.Float32s()
+		copy(dst, v)
+	}
+	return s, nil
 }

@@ -1,0 +1,223 @@
+package alexnet
+
+import (
+	"bytes"
+	"encoding/binary"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func tinyParams(t *testing.T, seed uint64) *Params {
+	t.Helper()
+	spec, err := NewSpec("tiny", 5)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := NewParams(spec)
+	p.Init(seed)
+	return p
+}
+
+func TestModelRoundTrip(t *testing.T) {
+	p := tinyParams(t, 3)
+	path := filepath.Join(t.TempDir(), "best.safetensors")
+	meta := ModelMeta{Classes: []string{"a", "b", "c", "d", "e"}, Epoch: 4, ValAccuracy: 0.625}
+	if err := SaveModel(path, p, meta); err != nil {
+		t.Fatal(err)
+	}
+	q, got, err := LoadModel(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if q.Spec != p.Spec {
+		t.Errorf("spec %+v, want %+v", q.Spec, p.Spec)
+	}
+	if !equalFloats(p.Flat, q.Flat) {
+		t.Error("parameters changed in the round trip")
+	}
+	if got.Epoch != 4 || got.ValAccuracy != 0.625 || strings.Join(got.Classes, ",") != "a,b,c,d,e" || got.Variant != "tiny" {
+		t.Errorf("metadata %+v", got)
+	}
+	if err := SaveModel(path, p, ModelMeta{Classes: []string{"a"}}); err == nil {
+		t.Error("saved 1 class name for a 5-class model")
+	}
+}
+
+// The fixture's weights were written by the reference (PyTorch) side; a
+// state_dict without our metadata loads by its shapes.
+func TestLoadPyTorchStateDict(t *testing.T) {
+	p, meta, err := LoadModel("testdata/tiny/weights.safetensors")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.Spec.Variant != "tiny" || p.Spec.Classes != 5 || meta.Classes != nil {
+		t.Errorf("loaded %+v %+v", p.Spec, meta)
+	}
+	f, _ := ReadSafetensors("testdata/tiny/weights.safetensors")
+	names, tensors := paramTensors(p)
+	path := filepath.Join(t.TempDir(), "nometa.safetensors")
+	if err := WriteSafetensors(path, names, tensors, nil); err != nil {
+		t.Fatal(err)
+	}
+	q, _, err := LoadModel(path)
+	if err != nil {
+		t.Fatalf("state_dict without metadata: %v", err)
+	}
+	if q.Spec.Variant != "tiny" {
+		t.Errorf("inferred variant %s, want tiny", q.Spec.Variant)
+	}
+	w, _ := f.Tensors["features.0.weight"].Float32s()
+	if !equalFloats(w, q.Flat[:len(w)]) {
+		t.Error("weights differ")
+	}
+}
+
+func equalFloats(a, b []float32) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+func TestBadModelFiles(t *testing.T) {
+	dir := t.TempDir()
+	good := filepath.Join(dir, "good.safetensors")
+	p := tinyParams(t, 1)
+	if err := SaveModel(good, p, ModelMeta{}); err != nil {
+		t.Fatal(err)
+	}
+	raw, _ := os.ReadFile(good)
+	write := func(name string, data []byte) string {
+		path := filepath.Join(dir, name)
+		if err := os.WriteFile(path, data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return path
+	}
+	rewrite := func(name string, edit func(names []string, ts map[string]STTensor) []string) string {
+		names, ts := paramTensors(p)
+		names = edit(names, ts)
+		path := filepath.Join(dir, name)
+		if err := WriteSafetensors(path, names, ts, nil); err != nil {
+			t.Fatal(err)
+		}
+		return path
+	}
+	rnd := make([]byte, 4096)
+	r := rand.New(rand.NewPCG(1, 2))
+	for i := range rnd {
+		rnd[i] = byte(r.Uint32())
+	}
+	hugeHeader := make([]byte, 16)
+	binary.LittleEndian.PutUint64(hugeHeader, 1<<40)
+
+	cases := []struct {
+		name, path, want string
+	}{
+		{"missing file", filepath.Join(dir, "nope.safetensors"), "no such file"},
+		{"empty", write("empty", nil), "shorter than the 8-byte header"},
+		{"random bytes", write("random", rnd), "header length"},
+		{"huge header length", write("huge", hugeHeader), "header length"},
+		{"truncated data", write("trunc", raw[:len(raw)-100]), "truncated"},
+		{"truncated header", write("trunch", raw[:40]), "header length"},
+		{"not JSON", write("notjson", append(binary.LittleEndian.AppendUint64(nil, 4), []byte("{{{{")...)), "not JSON"},
+		{"wrong dtype", rewrite("dtype", func(n []string, ts map[string]STTensor) []string {
+			t := ts["features.3.bias"]
+			ts["features.3.bias"] = STTensor{DType: "I32", Shape: t.Shape, Data: t.Data}
+			return n
+		}), `"features.3.bias" is I32, want F32`},
+		{"wrong shape", rewrite("shape", func(n []string, ts map[string]STTensor) []string {
+			t := ts["classifier.1.weight"]
+			ts["classifier.1.weight"] = STTensor{DType: "F32", Shape: []int{t.Shape[1], t.Shape[0]}, Data: t.Data}
+			return n
+		}), `"classifier.1.weight" has shape [16 64], want [64 16]`},
+		{"missing tensor", rewrite("missing", func(n []string, ts map[string]STTensor) []string {
+			return append(n[:2:2], n[3:]...)
+		}), `missing tensor "features.3.weight"`},
+		{"extra tensor", rewrite("extra", func(n []string, ts map[string]STTensor) []string {
+			ts["features.1.weight"] = F32Tensor([]float32{1}, 1)
+			return append(n, "features.1.weight")
+		}), "unexpected tensors [features.1.weight]"},
+		{"foreign model", rewrite("foreign", func(n []string, ts map[string]STTensor) []string {
+			ts["fc.weight"] = F32Tensor([]float32{1}, 1)
+			return []string{"fc.weight"}
+		}), "not an AlexNet"},
+		{"size mismatch", write("sizemm", func() []byte {
+			h := []byte(`{"classifier.6.bias":{"dtype":"F32","shape":[5],"data_offsets":[0,16]}}`)
+			return append(append(binary.LittleEndian.AppendUint64(nil, uint64(len(h))), h...), make([]byte, 16)...)
+		}()), "16 bytes for F32[5], want 20"},
+		{"overlap", write("overlap", func() []byte {
+			h := []byte(`{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"b":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}`)
+			return append(append(binary.LittleEndian.AppendUint64(nil, uint64(len(h))), h...), make([]byte, 4)...)
+		}()), "overlap or gap"},
+	}
+	for _, c := range cases {
+		_, _, err := LoadModel(c.path)
+		if err == nil {
+			t.Errorf("%s: loaded", c.name)
+			continue
+		}
+		if !strings.Contains(err.Error(), c.want) || (!strings.Contains(err.Error(), c.path) && c.name != "missing file") {
+			t.Errorf("%s: error %q, want it to name the file and say %q", c.name, err, c.want)
+		}
+	}
+	if !bytes.Equal(raw, mustRead(t, good)) {
+		t.Error("good file changed")
+	}
+}
+
+func mustRead(t *testing.T, path string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func TestTrainStateRoundTrip(t *testing.T) {
+	p := tinyParams(t, 5)
+	adam, _ := NewAdam(DefaultAdam(), len(p.Flat))
+	g := make([]float32, len(p.Flat))
+	for i := range g {
+		g[i] = float32(i%7) - 3
+	}
+	adam.Update(p.Flat, g)
+	adam.Update(p.Flat, g)
+	rng := rand.NewPCG(7, 8)
+	rng.Uint64()
+	rs, _ := rng.MarshalBinary()
+	st := &TrainState{Params: p, Adam: adam, Epoch: 3, BestAcc: 0.5, Seed: 1<<63 + 5, RNGState: rs, Classes: []string{"a", "b", "c", "d", "e"}}
+	path := filepath.Join(t.TempDir(), "state.safetensors")
+	if err := SaveTrainState(path, st); err != nil {
+		t.Fatal(err)
+	}
+	got, err := LoadTrainState(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Epoch != 3 || got.BestAcc != 0.5 || got.Seed != st.Seed || got.Adam.Step != 2 || got.Adam.Config != adam.Config ||
+		!bytes.Equal(got.RNGState, rs) || strings.Join(got.Classes, "") != "abcde" || got.Params.Spec != p.Spec {
+		t.Errorf("state %+v", got)
+	}
+	if !equalFloats(got.Params.Flat, p.Flat) || !equalFloats(got.Adam.M, adam.M) || !equalFloats(got.Adam.V, adam.V) {
+		t.Error("vectors changed in the round trip")
+	}
+	// A model file is not a training state, and the other way round.
+	model := filepath.Join(t.TempDir(), "m.safetensors")
+	SaveModel(model, p, ModelMeta{})
+	if _, err := LoadTrainState(model); err == nil || !strings.Contains(err.Error(), "not a training state") {
+		t.Errorf("model file as state: %v", err)
+	}
+	if _, _, err := LoadModel(path); err == nil {
+		t.Error("training state loaded as a model")
+	}
+}
