@@ -1,0 +1,103 @@
+package sharding
+
+import (
+	"sort"
+	"testing"
+)
+
+func TestPlanSamplerProperties(t *testing.T) {
+	for _, size := range []int{1, 7, 32, 33, 100} {
+		for world := 1; world <= 8; world++ {
+			for _, dropLast := range []bool{false, true} {
+				p := Plan{Seed: 42, Epoch: 3, World: world, Size: size, DropLast: dropLast, Shuffle: true}
+				if dropLast && size < world {
+					if err := p.Validate(); err == nil {
+						t.Errorf("size %d world %d drop_last accepted", size, world)
+					}
+					continue
+				}
+				count := map[int]int{}
+				var all []int
+				for r := 0; r < world; r++ {
+					s, err := p.Shard(r)
+					if err != nil {
+						t.Fatal(err)
+					}
+					if len(s) != p.PerRank() {
+						t.Fatalf("size %d world %d rank %d: %d samples, want %d", size, world, r, len(s), p.PerRank())
+					}
+					for _, i := range s {
+						count[i]++
+					}
+					all = append(all, s...)
+				}
+				if !dropLast {
+					// Covering: every sample; disjoint apart from the padding.
+					if len(count) != size {
+						t.Errorf("size %d world %d: %d distinct samples", size, world, len(count))
+					}
+					extra := len(all) - size
+					if extra >= world {
+						t.Errorf("size %d world %d: %d padding samples", size, world, extra)
+					}
+				} else {
+					for i, c := range count {
+						if c != 1 {
+							t.Errorf("drop_last: sample %d taken %d times", i, c)
+						}
+					}
+				}
+			}
+		}
+	}
+}
+
+func TestPlanReshufflesAndAgreesAcrossWorlds(t *testing.T) {
+	p := Plan{Seed: 1, Epoch: 0, World: 1, Size: 50, Shuffle: true}
+	a, _ := p.Shard(0)
+	p.Epoch = 1
+	b, _ := p.Shard(0)
+	same := 0
+	for i := range a {
+		if a[i] == b[i] {
+			same++
+		}
+	}
+	if same > 10 {
+		t.Errorf("epochs 0 and 1 share %d of 50 positions", same)
+	}
+	// Every world size's union is the same epoch: the first Size positions of
+	// the interleaved shards are the permutation itself.
+	for world := 2; world <= 5; world++ {
+		q := Plan{Seed: 1, Epoch: 1, World: world, Size: 50, Shuffle: true}
+		var union []int
+		for r := 0; r < world; r++ {
+			s, _ := q.Shard(r)
+			union = append(union, s...)
+		}
+		sort.Ints(union)
+		seen := map[int]bool{}
+		for _, i := range union {
+			seen[i] = true
+		}
+		if len(seen) != 50 {
+			t.Errorf("world %d covers %d samples", world, len(seen))
+		}
+		s0, _ := q.Shard(0)
+		for k, i := range s0 {
+			if k*world < 50 && i != b[k*world] {
+				t.Fatalf("world %d rank 0 position %d is %d, the world-1 order has %d", world, k, i, b[k*world])
+			}
+		}
+	}
+	if _, err := p.Shard(3); err == nil {
+		t.Error("rank outside the world accepted")
+	}
+	p.Shuffle = false
+	c, _ := p.Shard(0)
+	for i, v := range c {
+		if v != i {
+			t.Fatal("unshuffled plan is not the identity")
+		}
+	}
+}

@@ -1,0 +1,181 @@
+package sharding
+
+import (
+	"math"
+	"math/rand/v2"
+)
+
+// Crop is a rectangle of an image: top row, left column, height, width.
+type Crop struct{ Top, Left, H, W int }
+
+// RandomResizedCropParams is torchvision's RandomResizedCrop.get_params with
+// scale (0.08, 1) and ratio (3/4, 4/3): ten tries at a random area fraction and
+// log-uniform aspect ratio, then the central crop clamped to the ratio range.
+func RandomResizedCropParams(w, h int, rng *rand.Rand) Crop {
+	const minScale, maxScale = 0.08, 1.0
+	minRatio, maxRatio := 3.0/4.0, 4.0/3.0
+	area := float64(w * h)
+	logLo, logHi := math.Log(minRatio), math.Log(maxRatio)
+	for range 10 {
+		target := area * (minScale + rng.Float64()*(maxScale-minScale))
+		aspect := math.Exp(logLo + rng.Float64()*(logHi-logLo))
+		cw := int(math.RoundToEven(math.Sqrt(target * aspect)))
+		ch := int(math.RoundToEven(math.Sqrt(target / aspect)))
+		if cw > 0 && cw <= w && ch > 0 && ch <= h {
+			top := rng.IntN(h - ch + 1)
+			left := rng.IntN(w - cw + 1)
+			return Crop{Top: top, Left: left, H: ch, W: cw}
+		}
+	}
+	inRatio := float64(w) / float64(h)
+	cw, ch := w, h
+	switch {
+	case inRatio < minRatio:
+		ch = int(math.RoundToEven(float64(cw) / minRatio))
+	case inRatio > maxRatio:
+		cw = int(math.RoundToEven(float64(ch) * maxRatio))
+	}
+	return Crop{Top: (h - ch) / 2, Left: (w - cw) / 2, H: ch, W: cw}
+}
+
+// Pillow's resampling works in fixed point with this many fraction bits, and
+// keeps the intermediate (horizontal pass) image in 8 bits.
+const precisionBits = 32 - 8 - 2
+
+// resampleCoeffs are Pillow's bilinear coefficients for resizing the range
+// [start, start+inSize) of an axis to outSize samples: a triangle filter
+// widened by the scale when shrinking (antialiasing), normalised, in fixed point.
+type resampleCoeffs struct {
+	ksize  int
+	bounds []int // per output sample: first input index, count
+	k      []int32
+}
+
+func newCoeffs(start, inSize, outSize int) resampleCoeffs {
+	scale := float64(inSize) / float64(outSize)
+	filterscale := math.Max(scale, 1)
+	support := 1.0 * filterscale
+	ksize := int(math.Ceil(support))*2 + 1
+	c := resampleCoeffs{ksize: ksize, bounds: make([]int, 2*outSize), k: make([]int32, outSize*ksize)}
+	w := make([]float64, ksize)
+	for x := 0; x < outSize; x++ {
+		center := float64(start) + (float64(x)+0.5)*scale
+		xmin := int(center - support + 0.5)
+		if xmin < start {
+			xmin = start
+		}
+		xmax := int(center + support + 0.5)
+		if limit := start + inSize; xmax > limit {
+			xmax = limit
+		}
+		xmax -= xmin
+		var total float64
+		for j := 0; j < xmax; j++ {
+			t := math.Abs((float64(j+xmin) - center + 0.5) / filterscale)
+			v := 0.0
+			if t < 1 {
+				v = 1 - t
+			}
+			w[j] = v
+			total += v
+		}
+		for j := 0; j < xmax; j++ {
+			v := w[j]
+			if total != 0 {
+				v /= total
+			}
+			if v < 0 {
+				c.k[x*ksize+j] = int32(-0.5 + v*(1<<precisionBits))
+			} else {
+				c.k[x*ksize+j] = int32(0.5 + v*(1<<precisionBits))
+			}
+		}
+		c.bounds[2*x], c.bounds[2*x+1] = xmin, xmax
+	}
+	return c
+}
+
+func clip8(v int64) uint8 {
+	v >>= precisionBits
+	if v < 0 {
+		return 0
+	}
+	if v > 255 {
+		return 255
+	}
+	return uint8(v)
+}
+
+// Resizer resizes RGB crops to a fixed square side with Pillow's BILINEAR
+// (what torchvision's Resize and RandomResizedCrop use on PIL images), reusing
+// its buffers: one Resizer per goroutine.
+type Resizer struct {
+	tmp []uint8
+}
+
+// Resize writes the crop of src resized to side x side into dst (3*side*side
+// bytes, RGB interleaved): the horizontal pass first into an 8-bit buffer, then
+// the vertical one, as Pillow does.
+func (r *Resizer) Resize(src *RGB, crop Crop, side int, dst []uint8) {
+	hc := newCoeffs(crop.Left, crop.W, side)
+	vc := newCoeffs(crop.Top, crop.H, side)
+	// The vertical pass needs only the rows between the first and last bounds.
+	y0 := vc.bounds[0]
+	y1 := vc.bounds[2*(side-1)] + vc.bounds[2*(side-1)+1]
+	rows := y1 - y0
+	if n := rows * side * 3; cap(r.tmp) < n {
+		r.tmp = make([]uint8, n)
+	}
+	tmp := r.tmp[:rows*side*3]
+	half := int64(1) << (precisionBits - 1)
+	for y := 0; y < rows; y++ {
+		in := src.Pix[(y0+y)*src.W*3:]
+		out := tmp[y*side*3:]
+		for x := 0; x < side; x++ {
+			xmin, n := hc.bounds[2*x], hc.bounds[2*x+1]
+			k := hc.k[x*hc.ksize:]
+			s0, s1, s2 := half, half, half
+			for j := 0; j < n; j++ {
+				p := in[(xmin+j)*3:]
+				kj := int64(k[j])
+				s0 += int64(p[0]) * kj
+				s1 += int64(p[1]) * kj
+				s2 += int64(p[2]) * kj
+			}
+			out[3*x], out[3*x+1], out[3*x+2] = clip8(s0), clip8(s1), clip8(s2)
+		}
+	}
+	rowLen := side * 3
+	for y := 0; y < side; y++ {
+		ymin, n := vc.bounds[2*y]-y0, vc.bounds[2*y+1]
+		k := vc.k[y*vc.ksize:]
+		out := dst[y*rowLen : (y+1)*rowLen]
+		for x := 0; x < rowLen; x++ {
+			s := half
+			for j := 0; j < n; j++ {
+				s += int64(tmp[(ymin+j)*rowLen+x]) * int64(k[j])
+			}
+			out[x] = clip8(s)
+		}
+	}
+}
+
+// ToTensor writes an RGB square (HWC bytes) as normalised CHW floats:
+// ToTensor (/255) then Normalize(mean 0.5, std 0.5), flipped horizontally if
+// asked.
+func ToTensor(rgb []uint8, side int, flip bool, dst []float32) {
+	plane := side * side
+	for y := 0; y < side; y++ {
+		for x := 0; x < side; x++ {
+			sx := x
+			if flip {
+				sx = side - 1 - x
+			}
+			p := rgb[(y*side+sx)*3:]
+			o := y*side + x
+			for c := 0; c < 3; c++ {
+				dst[c*plane+o] = (float32(p[c])/255 - 0.5) / 0.5
+			}
+		}
+	}
+}
