@@ -286,7 +286,7 @@ func (st *sampleState) transform(index int, cfg LoaderConfig, dst []float32) err
 	if cap(st.square) < n {
 		st.square = make([]uint8, n)
 	}
-	st.resizer.Resize(&st.rgb, crop, cfg.Side, st.square[:n])
+	st.resizer.Resize(&st.rgb, crop, cfg.Side, cfg.Side, st.square[:n])
 	ToTensor(st.square[:n], cfg.Side, flip, dst)
 	return nil
 }

@@ -113,25 +113,25 @@ type Resizer struct {
 	tmp []uint8
 }
 
-// Resize writes the crop of src resized to side x side into dst (3*side*side
-// bytes, RGB interleaved): the horizontal pass first into an 8-bit buffer, then
-// the vertical one, as Pillow does.
-func (r *Resizer) Resize(src *RGB, crop Crop, side int, dst []uint8) {
-	hc := newCoeffs(crop.Left, crop.W, side)
-	vc := newCoeffs(crop.Top, crop.H, side)
+// Resize writes the crop of src resized to w x h into dst (3*w*h bytes, RGB
+// interleaved): the horizontal pass first into an 8-bit buffer, then the
+// vertical one, as Pillow does.
+func (r *Resizer) Resize(src *RGB, crop Crop, w, h int, dst []uint8) {
+	hc := newCoeffs(crop.Left, crop.W, w)
+	vc := newCoeffs(crop.Top, crop.H, h)
 	// The vertical pass needs only the rows between the first and last bounds.
 	y0 := vc.bounds[0]
-	y1 := vc.bounds[2*(side-1)] + vc.bounds[2*(side-1)+1]
+	y1 := vc.bounds[2*(h-1)] + vc.bounds[2*(h-1)+1]
 	rows := y1 - y0
-	if n := rows * side * 3; cap(r.tmp) < n {
+	if n := rows * w * 3; cap(r.tmp) < n {
 		r.tmp = make([]uint8, n)
 	}
-	tmp := r.tmp[:rows*side*3]
+	tmp := r.tmp[:rows*w*3]
 	half := int64(1) << (precisionBits - 1)
 	for y := 0; y < rows; y++ {
 		in := src.Pix[(y0+y)*src.W*3:]
-		out := tmp[y*side*3:]
-		for x := 0; x < side; x++ {
+		out := tmp[y*w*3:]
+		for x := 0; x < w; x++ {
 			xmin, n := hc.bounds[2*x], hc.bounds[2*x+1]
 			k := hc.k[x*hc.ksize:]
 			s0, s1, s2 := half, half, half
@@ -145,8 +145,8 @@ func (r *Resizer) Resize(src *RGB, crop Crop, side int, dst []uint8) {
 			out[3*x], out[3*x+1], out[3*x+2] = clip8(s0), clip8(s1), clip8(s2)
 		}
 	}
-	rowLen := side * 3
-	for y := 0; y < side; y++ {
+	rowLen := w * 3
+	for y := 0; y < h; y++ {
 		ymin, n := vc.bounds[2*y]-y0, vc.bounds[2*y+1]
 		k := vc.k[y*vc.ksize:]
 		out := dst[y*rowLen : (y+1)*rowLen]

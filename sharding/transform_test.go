@@ -33,7 +33,7 @@ func TestResizeMatchesPillow(t *testing.T) {
 			t.Fatal(err)
 		}
 		got := make([]uint8, 3*c.side*c.side)
-		r.Resize(&src, c.crop, c.side, got)
+		r.Resize(&src, c.crop, c.side, c.side, got)
 		diff := 0
 		for i := range got {
 			if got[i] != want[i] {

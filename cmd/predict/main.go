@@ -1,0 +1,175 @@
+// Command predict classifies images with a trained model on this machine, as
+// the seed's predict.py does: Resize((224, 224)), ToTensor, Normalize(0.5, 0.5),
+// softmax over the logits.
+//
+//	predict [--model best.safetensors] [--class-indices class_indices.json] [--json] [--plot out.png] IMAGE...
+//
+// Exit codes: 0 all images predicted; 1 some image could not be read (the others
+// are still predicted); 2 bad flags, model or class index.
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"strconv"
+	"strings"
+
+	"github.com/alexring/alexring/alexnet"
+	"github.com/alexring/alexring/sharding"
+)
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// Prediction is one image's result; its JSON is what --json prints.
+type Prediction struct {
+	Image string             `json:"image"`
+	Class string             `json:"class"`
+	Index int                `json:"index"`
+	Prob  float64            `json:"prob"`
+	Probs map[string]float64 `json:"probs"`
+
+	probs []float64 // by class index
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("predict", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	model := fs.String("model", "best.safetensors", "model file (safetensors, as written by training or by PyTorch)")
+	indices := fs.String("class-indices", "class_indices.json", "class names ({\"0\": name, ...}); if the default is missing, the model's own names")
+	asJSON := fs.Bool("json", false, "print one JSON object per image")
+	plot := fs.String("plot", "", "write a PNG of each image beside a bar chart of its class probabilities")
+	fs.Usage = func() {
+		fmt.Fprintln(stderr, "usage: predict [flags] IMAGE...")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	if fs.NArg() == 0 {
+		fmt.Fprintln(stderr, "predict: no images given")
+		fs.Usage()
+		return 2
+	}
+	indicesSet := false
+	fs.Visit(func(f *flag.Flag) { indicesSet = indicesSet || f.Name == "class-indices" })
+
+	params, meta, err := alexnet.LoadModel(*model)
+	if err != nil {
+		fmt.Fprintln(stderr, "predict:", err)
+		return 2
+	}
+	classes, err := classNames(*indices, indicesSet, meta.Classes, params.Spec.Classes)
+	if err != nil {
+		fmt.Fprintln(stderr, "predict:", err)
+		return 2
+	}
+	net, err := alexnet.NewNet(params, alexnet.NetOptions{Batch: 1})
+	if err != nil {
+		fmt.Fprintln(stderr, "predict:", err)
+		return 2
+	}
+	defer net.Close()
+
+	side := params.Spec.Input
+	input := make([]float32, 3*side*side)
+	code := 0
+	var plotted []plotRow
+	for _, path := range fs.Args() {
+		if err := sharding.LoadImage(path, side, input); err != nil {
+			fmt.Fprintln(stderr, "predict:", err)
+			code = 1
+			continue
+		}
+		logits, err := net.Logits(input, 1)
+		if err != nil {
+			fmt.Fprintln(stderr, "predict:", err)
+			return 2
+		}
+		p := predict(path, logits, classes)
+		if *asJSON {
+			js, _ := json.Marshal(p)
+			fmt.Fprintln(stdout, string(js))
+		} else {
+			if fs.NArg() > 1 {
+				fmt.Fprintf(stdout, "image: %s\n", path)
+			}
+			fmt.Fprintf(stdout, "predicted: %s prob: %s\n", p.Class, pyFloat3(p.Prob))
+			for i, c := range classes {
+				fmt.Fprintf(stdout, "class: %-10s prob: %s\n", c, pyFloat3(p.probs[i]))
+			}
+		}
+		if *plot != "" {
+			plotted = append(plotted, plotRow{path: path, pred: p, classes: classes})
+		}
+	}
+	if *plot != "" && len(plotted) > 0 {
+		if err := writePlot(*plot, plotted); err != nil {
+			fmt.Fprintln(stderr, "predict:", err)
+			return 1
+		}
+	}
+	return code
+}
+
+// classNames takes the names from the class index file, or when the default
+// file is absent, from the model's metadata.
+func classNames(path string, explicit bool, fromModel []string, count int) ([]string, error) {
+	classes, err := sharding.ReadClassIndices(path)
+	if err != nil {
+		if explicit || !errors.Is(err, os.ErrNotExist) {
+			return nil, err
+		}
+		if len(fromModel) == 0 {
+			return nil, fmt.Errorf("no %s and the model names no classes: give --class-indices", path)
+		}
+		classes = fromModel
+	}
+	if len(classes) != count {
+		return nil, fmt.Errorf("%s names %d classes but the model has %d outputs", path, len(classes), count)
+	}
+	return classes, nil
+}
+
+func predict(path string, logits []float32, classes []string) Prediction {
+	m := math.Inf(-1)
+	for _, z := range logits {
+		m = math.Max(m, float64(z))
+	}
+	probs := make([]float64, len(logits))
+	var sum float64
+	for i, z := range logits {
+		probs[i] = math.Exp(float64(z) - m)
+		sum += probs[i]
+	}
+	best := 0
+	p := Prediction{Image: path, Probs: map[string]float64{}, probs: probs}
+	for i := range probs {
+		probs[i] /= sum
+		p.Probs[classes[i]] = probs[i]
+		if probs[i] > probs[best] {
+			best = i
+		}
+	}
+	p.Index, p.Class, p.Prob = best, classes[best], probs[best]
+	return p
+}
+
+// pyFloat3 formats like Python's "{:.3}": three significant digits, and a
+// ".0" on whole numbers.
+func pyFloat3(v float64) string {
+	s := strconv.FormatFloat(v, 'g', 3, 64)
+	if !strings.ContainsAny(s, ".eEn") {
+		s += ".0"
+	}
+	return s
+}

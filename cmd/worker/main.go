@@ -1,0 +1,73 @@
+// Command worker is one rank of an alexring job; with --standalone it is a
+// whole job in one process (the seed's train.py).
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"go.uber.org/zap"
+
+	"github.com/alexring/alexring/internal/cli"
+	"github.com/alexring/alexring/worker"
+)
+
+func main() {
+	os.Exit(run())
+}
+
+func run() int {
+	cfg := worker.DefaultConfig()
+	fs := flag.NewFlagSet("worker", flag.ContinueOnError)
+	standalone := fs.Bool("standalone", false, "train alone in this process (a world of one), as the seed's train.py")
+	gpu := fs.Int("gpu", -1, "GPU to train on; -1 is the CPU (this build has no CUDA: always the CPU)")
+	fs.StringVar(&cfg.Data, "data", "", "ImageFolder root with train/ and val/ (default: generate the synthetic demo dataset)")
+	fs.StringVar(&cfg.Out, "out", cfg.Out, "output folder for best.safetensors, state.safetensors and class_indices.json")
+	fs.StringVar(&cfg.Resume, "resume", "", "continue from this state.safetensors")
+	fs.StringVar(&cfg.Variant, "variant", cfg.Variant, "model variant: seed, full or tiny")
+	fs.IntVar(&cfg.Epochs, "epochs", cfg.Epochs, "epochs to train (in all, counting those of --resume)")
+	fs.IntVar(&cfg.Batch, "batch", cfg.Batch, "global batch size")
+	fs.Float64Var(&cfg.LR, "lr", cfg.LR, "Adam learning rate")
+	fs.Uint64Var(&cfg.Seed, "seed", cfg.Seed, "seed of the initialisation, shuffling, augmentation and dropout")
+	fs.Float64Var(&cfg.Dropout, "dropout", cfg.Dropout, "dropout probability of the classifier (0: off)")
+	fs.BoolVar(&cfg.Augment, "augment", cfg.Augment, "RandomResizedCrop and flip on training images")
+	fs.IntVar(&cfg.EvalBatch, "eval-batch", cfg.EvalBatch, "validation batch size")
+	fs.IntVar(&cfg.LoaderGoroutines, "loader-goroutines", 0, "image decoding goroutines (0: one per core)")
+	logFormat := fs.String("log-format", "auto", "log format: auto (console on a terminal, else json), console or json")
+	debug := fs.Bool("debug", false, "debug logs (every step)")
+	if err := fs.Parse(os.Args[1:]); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	log, err := cli.NewLogger(*logFormat, *debug)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "worker:", err)
+		return 2
+	}
+	defer log.Sync()
+	if *debug {
+		cfg.StepLog = 1
+	}
+	if !*standalone {
+		fmt.Fprintln(os.Stderr, "worker: give --standalone to train in this process")
+		fs.Usage()
+		return 2
+	}
+	if *gpu >= 0 {
+		log.Warn("this build has no CUDA support: training on the CPU", zap.Int("gpu", *gpu))
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := worker.RunStandalone(ctx, cfg, log, os.Stdout); err != nil {
+		fmt.Fprintln(os.Stderr, "worker:", err)
+		return 1
+	}
+	return 0
+}

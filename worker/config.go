@@ -1,0 +1,87 @@
+package worker
+
+import (
+	"fmt"
+
+	"github.com/alexring/alexring/alexnet"
+)
+
+// Config is one training job as a rank sees it. DefaultConfig is the seed's
+// train.py: the seed model, batch 32, Adam 2e-4, 10 epochs, dropout 0.5 and the
+// train augmentation.
+type Config struct {
+	Data    string // ImageFolder root holding train/ and val/
+	Out     string // where rank 0 writes best.safetensors, state.safetensors, class_indices.json
+	Resume  string // a state.safetensors to continue from (empty: start fresh)
+	Variant string // model variant (alexnet.Variants)
+
+	Epochs int
+	// Batch is the global batch: the samples of one optimiser step summed over
+	// the ranks; each rank takes Batch/world (it must divide).
+	Batch int
+	LR    float64
+	Seed  uint64
+	// Dropout is the drop probability of the classifier's dropout layers; 0 turns
+	// them off (the parity checks of data parallelism need that).
+	Dropout float64
+	// Augment applies RandomResizedCrop and the flip to training images;
+	// without it they get the validation transform.
+	Augment bool
+
+	EvalBatch        int // validation batch (memory, not numerics)
+	LoaderGoroutines int // decode goroutines per loader; 0 means GOMAXPROCS
+	StepLog          int // log every N steps at debug level; 0 never
+}
+
+// DefaultConfig is the seed's training.
+func DefaultConfig() Config {
+	return Config{
+		Out: "out", Variant: alexnet.DefaultVariant, Epochs: 10, Batch: 32, LR: 2e-4,
+		Dropout: 0.5, Augment: true, EvalBatch: 16,
+	}
+}
+
+// Validate reports what is wrong with the config, naming the setting.
+func (c Config) Validate() error {
+	switch {
+	case c.Data == "":
+		return fmt.Errorf("worker: no data folder (--data)")
+	case c.Out == "":
+		return fmt.Errorf("worker: no output folder (--out)")
+	case c.Epochs < 1:
+		return fmt.Errorf("worker: --epochs %d, want at least 1", c.Epochs)
+	case c.Batch < 1:
+		return fmt.Errorf("worker: --batch %d, want at least 1", c.Batch)
+	case c.EvalBatch < 1:
+		return fmt.Errorf("worker: eval batch %d, want at least 1", c.EvalBatch)
+	case c.Dropout < 0 || c.Dropout >= 1:
+		return fmt.Errorf("worker: --dropout %g, want [0, 1)", c.Dropout)
+	case c.LoaderGoroutines < 0:
+		return fmt.Errorf("worker: loader goroutines %d", c.LoaderGoroutines)
+	}
+	if _, err := alexnet.NewSpec(c.Variant, 1); err != nil {
+		return fmt.Errorf("worker: --variant: %w", err)
+	}
+	if err := c.Adam().Validate(); err != nil {
+		return fmt.Errorf("worker: --lr: %w", err)
+	}
+	return nil
+}
+
+// CheckWorld reports a global batch that the world size does not divide.
+func (c Config) CheckWorld(world int) error {
+	if world < 1 || c.Batch%world != 0 {
+		return fmt.Errorf("worker: global batch %d is not divisible by the world size %d", c.Batch, world)
+	}
+	return nil
+}
+
+// WorkerBatch is each rank's share of the global batch.
+func (c Config) WorkerBatch(world int) int { return c.Batch / world }
+
+// Adam is the optimiser's configuration.
+func (c Config) Adam() alexnet.AdamConfig {
+	a := alexnet.DefaultAdam()
+	a.LR = c.LR
+	return a
+}

@@ -1,0 +1,62 @@
+package worker
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/alexring/alexring/sharding"
+)
+
+// DemoData is the built-in default dataset: synthetic shapes, small enough to
+// train the tiny variant in a minute on two cores.
+var DemoData = sharding.SynthConfig{Train: 80, Val: 20, Size: 64, Seed: 1}
+
+// WithDemoData runs fn with cfg.Data set: the given folder, or when none is
+// given, a synthetic dataset generated into a temporary folder removed after.
+func WithDemoData(cfg Config, log *zap.Logger, fn func(Config) error) error {
+	if cfg.Data != "" {
+		return fn(cfg)
+	}
+	dir, err := os.MkdirTemp("", "alexring-demo-data-")
+	if err != nil {
+		return fmt.Errorf("worker: demo data: %w", err)
+	}
+	defer os.RemoveAll(dir)
+	if err := sharding.Synthesize(dir, DemoData); err != nil {
+		return err
+	}
+	log.Info("no --data given: generated the synthetic demo dataset", zap.String("dir", dir),
+		zap.Int("train_per_class", DemoData.Train), zap.Int("val_per_class", DemoData.Val))
+	cfg.Data = dir
+	return fn(cfg)
+}
+
+// RunStandalone trains in a world of one, printing the seed's epoch lines to
+// out: the same Trainer that rank 0 of a ring runs.
+func RunStandalone(ctx context.Context, cfg Config, log *zap.Logger, out io.Writer) error {
+	return WithDemoData(cfg, log, func(cfg Config) error {
+		t, err := NewTrainer(cfg, Solo{}, log)
+		if err != nil {
+			return err
+		}
+		defer t.Close()
+		start := time.Now()
+		t.OnEpoch = func(r EpochResult) {
+			fmt.Fprintf(out, "Epoch %d/%d - Train loss: %.4f - Val Accuracy: %.4f\n", r.Epoch, r.Epochs, r.TrainLoss, r.ValAccuracy)
+			log.Info("epoch done", zap.Int("epoch", r.Epoch), zap.Float64("train_loss", r.TrainLoss),
+				zap.Float64("val_accuracy", r.ValAccuracy), zap.Bool("best", r.Best),
+				zap.Float64("img_per_s", float64(r.Images)/r.Duration.Seconds()), zap.Duration("took", r.Duration))
+		}
+		if err := t.Run(ctx); err != nil {
+			return err
+		}
+		fmt.Fprintf(out, "Finished Training: best Val Accuracy %.4f in %s; model in %s\n",
+			t.bestAcc, time.Since(start).Round(time.Second), cfg.Out)
+		return nil
+	})
+}

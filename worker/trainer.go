@@ -1,0 +1,327 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/alexring/alexring/alexnet"
+	"github.com/alexring/alexring/sharding"
+)
+
+// Collective is what a rank needs from its peers: averaging the flat gradient
+// and taking rank 0's parameters. A world of one needs nothing (Solo); the
+// gRPC ring of the allreduce package is the real one.
+type Collective interface {
+	Rank() int
+	World() int
+	// AllReduceAvg replaces v, on every rank, by the element-wise mean of all
+	// ranks' v, bit-identical on every rank.
+	AllReduceAvg(ctx context.Context, v []float32) error
+	// Broadcast replaces v on every rank by root's v.
+	Broadcast(ctx context.Context, v []float32, root int) error
+}
+
+// Solo is the collective of a world of one.
+type Solo struct{}
+
+func (Solo) Rank() int                                       { return 0 }
+func (Solo) World() int                                      { return 1 }
+func (Solo) AllReduceAvg(context.Context, []float32) error   { return nil }
+func (Solo) Broadcast(context.Context, []float32, int) error { return nil }
+
+// EpochResult is what one epoch did, as rank 0 saw it.
+type EpochResult struct {
+	Epoch, Epochs int     // 1-based
+	TrainLoss     float64 // mean of the batch losses (the seed's running_loss / len(loader))
+	ValAccuracy   float64 // correct / val samples (rank 0 only)
+	Best          bool    // this epoch's model became best.safetensors
+	Images        int     // training images this rank saw
+	Duration      time.Duration
+	BadFiles      int
+}
+
+// Trainer trains one rank: its shard of each epoch, forward/backward, the
+// all-reduce, Adam; rank 0 also validates and writes the checkpoints.
+type Trainer struct {
+	cfg   Config
+	log   *zap.Logger
+	coll  Collective
+	train *sharding.Dataset
+	val   *sharding.Dataset
+
+	params *alexnet.Params
+	adam   *alexnet.Adam
+	pcg    *rand.PCG // dropout masks
+	rng    *rand.Rand
+	net    *alexnet.Net
+	eval   *alexnet.Net
+	grad   []float32
+	bad    *sharding.BadFiles
+
+	epoch   int // epochs completed
+	bestAcc float64
+
+	// OnEpoch, when set, is called after every epoch (after validation on rank 0).
+	OnEpoch func(EpochResult)
+}
+
+// NewTrainer scans the data, builds the model (or restores cfg.Resume) and the
+// graphs. On rank 0 it writes class_indices.json into cfg.Out.
+func NewTrainer(cfg Config, coll Collective, log *zap.Logger) (*Trainer, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if err := cfg.CheckWorld(coll.World()); err != nil {
+		return nil, err
+	}
+	train, val, err := sharding.ScanSplits(cfg.Data)
+	if err != nil {
+		return nil, err
+	}
+	t := &Trainer{cfg: cfg, log: log, coll: coll, train: train, val: val, bad: sharding.NewBadFiles(log)}
+	spec, err := alexnet.NewSpec(cfg.Variant, len(train.Classes))
+	if err != nil {
+		return nil, err
+	}
+	if cfg.Resume != "" {
+		if err := t.restore(spec); err != nil {
+			return nil, err
+		}
+	} else {
+		t.params = alexnet.NewParams(spec)
+		t.params.Init(cfg.Seed)
+		if t.adam, err = alexnet.NewAdam(cfg.Adam(), len(t.params.Flat)); err != nil {
+			return nil, err
+		}
+		t.pcg = rand.NewPCG(cfg.Seed, uint64(coll.Rank())+1)
+	}
+	t.rng = rand.New(t.pcg)
+	t.grad = make([]float32, len(t.params.Flat))
+	if t.net, err = alexnet.NewNet(t.params, alexnet.NetOptions{Batch: cfg.WorkerBatch(coll.World()), Train: true, Dropout: cfg.Dropout}); err != nil {
+		return nil, err
+	}
+	if coll.Rank() == 0 {
+		if t.eval, err = alexnet.NewNet(t.params, alexnet.NetOptions{Batch: cfg.EvalBatch}); err != nil {
+			return nil, err
+		}
+		if err := os.MkdirAll(cfg.Out, 0o755); err != nil {
+			return nil, fmt.Errorf("worker: output folder: %w", err)
+		}
+		if err := sharding.WriteClassIndices(filepath.Join(cfg.Out, ClassIndicesFile), train.Classes); err != nil {
+			return nil, err
+		}
+	}
+	log.Info("model ready",
+		zap.String("variant", spec.Variant), zap.Int("parameters", len(t.params.Flat)),
+		zap.Int("classes", spec.Classes), zap.Int("train_images", len(train.Samples)), zap.Int("val_images", len(val.Samples)),
+		zap.Int("rank", coll.Rank()), zap.Int("world", coll.World()), zap.Int("batch_per_rank", cfg.WorkerBatch(coll.World())),
+		zap.String("blas", alexnet.BLAS), zap.Int("start_epoch", t.epoch))
+	return t, nil
+}
+
+// The files rank 0 writes into the output folder.
+const (
+	BestFile         = "best.safetensors"
+	StateFile        = "state.safetensors"
+	ClassIndicesFile = "class_indices.json"
+)
+
+func (t *Trainer) restore(spec alexnet.Spec) error {
+	st, err := alexnet.LoadTrainState(t.cfg.Resume)
+	if err != nil {
+		return err
+	}
+	if st.Params.Spec != spec {
+		return fmt.Errorf("worker: %s holds a %s model with %d classes; the data and config make a %s model with %d classes",
+			t.cfg.Resume, st.Params.Spec.Variant, st.Params.Spec.Classes, spec.Variant, spec.Classes)
+	}
+	t.pcg = &rand.PCG{}
+	if err := t.pcg.UnmarshalBinary(st.RNGState); err != nil {
+		return fmt.Errorf("worker: %s: dropout RNG state: %w", t.cfg.Resume, err)
+	}
+	t.params, t.adam, t.epoch, t.bestAcc = st.Params, st.Adam, st.Epoch, st.BestAcc
+	// The learning rate may be changed on resume; the moments carry over.
+	t.adam.Config = t.cfg.Adam()
+	return nil
+}
+
+// Params is the rank's parameter vector (shared, not copied).
+func (t *Trainer) Params() *alexnet.Params { return t.params }
+
+// Close releases the graphs.
+func (t *Trainer) Close() {
+	t.net.Close()
+	if t.eval != nil {
+		t.eval.Close()
+	}
+}
+
+// Run trains the remaining epochs. Rank 0's initial parameters go to every rank
+// first, so all replicas start identical whatever their seeds.
+func (t *Trainer) Run(ctx context.Context) error {
+	if err := t.coll.Broadcast(ctx, t.params.Flat, 0); err != nil {
+		return fmt.Errorf("worker: initial parameters from rank 0: %w", err)
+	}
+	for t.epoch < t.cfg.Epochs {
+		res, err := t.runEpoch(ctx, t.epoch)
+		if err != nil {
+			return err
+		}
+		t.epoch++
+		if t.coll.Rank() == 0 {
+			if err := t.saveState(); err != nil {
+				return err
+			}
+		}
+		if t.OnEpoch != nil {
+			t.OnEpoch(res)
+		}
+	}
+	return nil
+}
+
+func (t *Trainer) runEpoch(ctx context.Context, epoch int) (EpochResult, error) {
+	start := time.Now()
+	res := EpochResult{Epoch: epoch + 1, Epochs: t.cfg.Epochs}
+	plan := sharding.Plan{Seed: t.cfg.Seed, Epoch: epoch, World: t.coll.World(), Size: len(t.train.Samples),
+		Dataset: t.train.Fingerprint(), Shuffle: true}
+	shard, err := plan.Shard(t.coll.Rank())
+	if err != nil {
+		return res, err
+	}
+	batch := t.cfg.WorkerBatch(t.coll.World())
+	loader, err := sharding.NewLoader(ctx, t.train, shard, sharding.LoaderConfig{
+		Side: t.params.Spec.Input, Batch: batch, Augment: t.cfg.Augment,
+		Seed: t.cfg.Seed, Epoch: epoch, Goroutines: t.cfg.LoaderGoroutines,
+	}, t.bad)
+	if err != nil {
+		return res, err
+	}
+	defer loader.Close()
+	var lossSum float64
+	steps := 0
+	for {
+		b, err := loader.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return res, fmt.Errorf("worker: epoch %d: %w", epoch+1, err)
+		}
+		loss, err := t.net.Gradient(b.Images, b.Labels, b.Count, t.rng, t.grad)
+		res.Images += b.Count
+		loader.Release(b)
+		if err != nil {
+			return res, fmt.Errorf("worker: epoch %d step %d: %w", epoch+1, steps+1, err)
+		}
+		if math.IsNaN(float64(loss)) || math.IsInf(float64(loss), 0) {
+			return res, fmt.Errorf("worker: epoch %d step %d: loss is %v on rank %d", epoch+1, steps+1, loss, t.coll.Rank())
+		}
+		if err := t.coll.AllReduceAvg(ctx, t.grad); err != nil {
+			return res, fmt.Errorf("worker: epoch %d step %d: gradient all-reduce: %w", epoch+1, steps+1, err)
+		}
+		if err := t.adam.Update(t.params.Flat, t.grad); err != nil {
+			return res, err
+		}
+		lossSum += float64(loss)
+		steps++
+		if t.cfg.StepLog > 0 && steps%t.cfg.StepLog == 0 {
+			t.log.Debug("step", zap.Int("epoch", epoch+1), zap.Int("step", steps), zap.Int("of", loader.Batches()), zap.Float32("loss", loss))
+		}
+	}
+	if steps > 0 {
+		res.TrainLoss = lossSum / float64(steps)
+	}
+	res.BadFiles = t.bad.Count()
+	if t.coll.Rank() == 0 {
+		acc, err := t.Validate(ctx)
+		if err != nil {
+			return res, err
+		}
+		res.ValAccuracy = acc
+		// The first epoch always writes one, so that every run leaves a model.
+		if acc > t.bestAcc || epoch == 0 {
+			t.bestAcc = acc
+			res.Best = true
+			meta := alexnet.ModelMeta{Classes: t.train.Classes, Epoch: epoch + 1, ValAccuracy: acc}
+			if err := alexnet.SaveModel(filepath.Join(t.cfg.Out, BestFile), t.params, meta); err != nil {
+				return res, err
+			}
+		}
+	}
+	res.Duration = time.Since(start)
+	return res, nil
+}
+
+// Validate is the accuracy of the current parameters on the whole val split
+// (rank 0 only).
+func (t *Trainer) Validate(ctx context.Context) (float64, error) {
+	if t.eval == nil {
+		return 0, errors.New("worker: only rank 0 validates")
+	}
+	all := make([]int, len(t.val.Samples))
+	for i := range all {
+		all[i] = i
+	}
+	loader, err := sharding.NewLoader(ctx, t.val, all, sharding.LoaderConfig{
+		Side: t.params.Spec.Input, Batch: t.cfg.EvalBatch, Goroutines: t.cfg.LoaderGoroutines,
+	}, t.bad)
+	if err != nil {
+		return 0, err
+	}
+	defer loader.Close()
+	correct := 0
+	k := t.params.Spec.Classes
+	for {
+		b, err := loader.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return 0, fmt.Errorf("worker: validation: %w", err)
+		}
+		logits, err := t.eval.Logits(b.Images, b.Count)
+		if err != nil {
+			loader.Release(b)
+			return 0, err
+		}
+		for i := 0; i < b.Count; i++ {
+			if argmax(logits[i*k:(i+1)*k]) == b.Labels[i] {
+				correct++
+			}
+		}
+		loader.Release(b)
+	}
+	return float64(correct) / float64(len(t.val.Samples)), nil
+}
+
+// argmax is the first index of the largest value, as torch.max returns.
+func argmax(v []float32) int {
+	best := 0
+	for i, x := range v {
+		if x > v[best] {
+			best = i
+		}
+	}
+	return best
+}
+
+func (t *Trainer) saveState() error {
+	rs, err := t.pcg.MarshalBinary()
+	if err != nil {
+		return err
+	}
+	return alexnet.SaveTrainState(filepath.Join(t.cfg.Out, StateFile), &alexnet.TrainState{
+		Params: t.params, Adam: t.adam, Epoch: t.epoch, BestAcc: t.bestAcc,
+		Seed: t.cfg.Seed, RNGState: rs, Classes: t.train.Classes,
+	})
+}
