@@ -1,0 +1,187 @@
+// Command bench measures alexring against its peers. Each subcommand ends with
+// one line "RESULT bench=NAME key=value ...", to put beside the peer's figure
+// measured in the same run on the same machine.
+//
+//	bench step   [--variant seed] [--batch 32] [--steps 20] [--warmup 3]
+//	bench loader --data DIR [--goroutines G] [--images N] [--side 224]
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"os"
+	"runtime"
+	"slices"
+	"syscall"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/alexring/alexring/alexnet"
+	"github.com/alexring/alexring/sharding"
+)
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+var subcommands = map[string]func(args []string, out io.Writer) error{
+	"step":   benchStep,
+	"loader": benchLoader,
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 || subcommands[args[0]] == nil {
+		fmt.Fprintln(stderr, "usage: bench step|loader [flags]  (bench SUBCOMMAND --help for its flags)")
+		return 2
+	}
+	if err := subcommands[args[0]](args[1:], stdout); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		fmt.Fprintf(stderr, "bench %s: %v\n", args[0], err)
+		return 1
+	}
+	return 0
+}
+
+// peakRSSMB is the process's peak resident set size (getrusage's ru_maxrss).
+func peakRSSMB() float64 {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return float64(ru.Maxrss) / 1024
+}
+
+func median(d []time.Duration) time.Duration {
+	s := slices.Clone(d)
+	slices.Sort(s)
+	return s[len(s)/2]
+}
+
+// benchStep times one training step (forward, backward, Adam) of a variant on
+// a fixed random batch, as bench_step.py does for PyTorch.
+func benchStep(args []string, out io.Writer) error {
+	fs := flag.NewFlagSet("bench step", flag.ContinueOnError)
+	variant := fs.String("variant", alexnet.DefaultVariant, "model variant")
+	batch := fs.Int("batch", 32, "batch size")
+	steps := fs.Int("steps", 20, "timed steps")
+	warmup := fs.Int("warmup", 3, "untimed steps first")
+	classes := fs.Int("classes", 5, "classes")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *steps < 1 || *warmup < 0 {
+		return fmt.Errorf("--steps %d --warmup %d", *steps, *warmup)
+	}
+	spec, err := alexnet.NewSpec(*variant, *classes)
+	if err != nil {
+		return err
+	}
+	params := alexnet.NewParams(spec)
+	params.Init(0)
+	net, err := alexnet.NewNet(params, alexnet.NetOptions{Batch: *batch, Train: true, Dropout: 0.5})
+	if err != nil {
+		return err
+	}
+	defer net.Close()
+	adam, err := alexnet.NewAdam(alexnet.DefaultAdam(), len(params.Flat))
+	if err != nil {
+		return err
+	}
+	rng := rand.New(rand.NewPCG(0, 1))
+	images := make([]float32, *batch*3*spec.Input*spec.Input)
+	for i := range images {
+		images[i] = float32(rng.NormFloat64())
+	}
+	labels := make([]int, *batch)
+	for i := range labels {
+		labels[i] = rng.IntN(spec.Classes)
+	}
+	grad := make([]float32, len(params.Flat))
+	var times []time.Duration
+	for i := 0; i < *warmup+*steps; i++ {
+		start := time.Now()
+		if _, err := net.Gradient(images, labels, *batch, rng, grad); err != nil {
+			return err
+		}
+		if err := adam.Update(params.Flat, grad); err != nil {
+			return err
+		}
+		if i >= *warmup {
+			times = append(times, time.Since(start))
+		}
+	}
+	med := median(times)
+	ips := float64(*batch) / med.Seconds()
+	fmt.Fprintf(out, "alexring %s blas=%s GOMAXPROCS=%d variant=%s batch=%d: median %.1f ms/step, %.1f img/s, peak RSS %.0f MB\n",
+		runtime.Version(), alexnet.BLAS, runtime.GOMAXPROCS(0), *variant, *batch, float64(med.Microseconds())/1e3, ips, peakRSSMB())
+	fmt.Fprintf(out, "RESULT bench=step variant=%s batch=%d img_per_s=%.1f ms_per_step=%.1f peak_rss_mb=%.0f\n",
+		*variant, *batch, ips, float64(med.Microseconds())/1e3, peakRSSMB())
+	return nil
+}
+
+// benchLoader runs the training loader (decode, RandomResizedCrop, flip,
+// normalise) over a split, as torchvision's transforms would on the same files.
+func benchLoader(args []string, out io.Writer) error {
+	fs := flag.NewFlagSet("bench loader", flag.ContinueOnError)
+	data := fs.String("data", "", "an ImageFolder split (e.g. ../shared/datasets/flowers/train)")
+	goroutines := fs.Int("goroutines", runtime.GOMAXPROCS(0), "decode goroutines")
+	images := fs.Int("images", 1000, "images to load (the split repeats if smaller)")
+	side := fs.Int("side", 224, "output side")
+	batch := fs.Int("batch", 32, "batch size")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *data == "" {
+		return errors.New("--data is required")
+	}
+	if *goroutines < 1 || *images < 1 {
+		return fmt.Errorf("--goroutines %d --images %d", *goroutines, *images)
+	}
+	ds, err := sharding.Scan(*data)
+	if err != nil {
+		return err
+	}
+	plan := sharding.Plan{Seed: 1, World: 1, Size: len(ds.Samples), Shuffle: true}
+	order, err := plan.Shard(0)
+	if err != nil {
+		return err
+	}
+	shard := make([]int, *images)
+	for i := range shard {
+		shard[i] = order[i%len(order)]
+	}
+	bad := sharding.NewBadFiles(zap.NewNop())
+	start := time.Now()
+	loader, err := sharding.NewLoader(context.Background(), ds, shard, sharding.LoaderConfig{
+		Side: *side, Batch: *batch, Augment: true, Seed: 1, Goroutines: *goroutines, Prefetch: 2 * *goroutines,
+	}, bad)
+	if err != nil {
+		return err
+	}
+	defer loader.Close()
+	n := 0
+	for {
+		b, err := loader.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return err
+		}
+		n += b.Count
+		loader.Release(b)
+	}
+	el := time.Since(start)
+	cores := min(*goroutines, runtime.NumCPU())
+	ips := float64(n) / el.Seconds()
+	fmt.Fprintf(out, "loader: %d images from %s with %d goroutines on %d cores in %.2f s, %d bad files\n", n, *data, *goroutines, runtime.NumCPU(), el.Seconds(), bad.Count())
+	fmt.Fprintf(out, "RESULT bench=loader goroutines=%d images=%d img_per_s=%.1f img_per_s_per_core=%.1f\n", *goroutines, n, ips, ips/float64(cores))
+	return nil
+}

@@ -1,0 +1,152 @@
+package worker
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"go.uber.org/zap"
+
+	"github.com/alexring/alexring/alexnet"
+	"github.com/alexring/alexring/sharding"
+)
+
+func synthData(t *testing.T, perClass int) string {
+	t.Helper()
+	dir := t.TempDir()
+	if err := sharding.Synthesize(dir, sharding.SynthConfig{Train: perClass, Val: perClass / 4, Size: 48, Seed: 1}); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+func tinyConfig(data, out string) Config {
+	cfg := DefaultConfig()
+	cfg.Data, cfg.Out, cfg.Variant = data, out, "tiny"
+	cfg.Batch, cfg.EvalBatch, cfg.LoaderGoroutines = 16, 8, 2
+	return cfg
+}
+
+func train(t *testing.T, cfg Config) (*Trainer, []EpochResult) {
+	t.Helper()
+	tr, err := NewTrainer(cfg, Solo{}, zap.NewNop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(tr.Close)
+	var res []EpochResult
+	tr.OnEpoch = func(r EpochResult) { res = append(res, r) }
+	if err := tr.Run(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	return tr, res
+}
+
+func TestStandaloneLossFallsAndCheckpoints(t *testing.T) {
+	out := t.TempDir()
+	cfg := tinyConfig(synthData(t, 40), out)
+	cfg.Epochs, cfg.LR, cfg.Dropout, cfg.Augment = 6, 3e-3, 0, false
+	tr, res := train(t, cfg)
+	if len(res) != 6 {
+		t.Fatalf("%d epochs reported", len(res))
+	}
+	if !(res[5].TrainLoss < res[0].TrainLoss-0.1) {
+		t.Errorf("train loss went %.4f -> %.4f; it should fall", res[0].TrainLoss, res[5].TrainLoss)
+	}
+	if res[0].Images != 200 || !res[0].Best {
+		t.Errorf("epoch 1: %+v", res[0])
+	}
+	p, meta, err := alexnet.LoadModel(filepath.Join(out, BestFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	best := 0.0
+	for _, r := range res {
+		best = max(best, r.ValAccuracy)
+	}
+	if meta.ValAccuracy != best || strings.Join(meta.Classes, ",") != strings.Join(sharding.SynthClasses, ",") || p.Spec.Variant != "tiny" {
+		t.Errorf("best.safetensors metadata %+v, best accuracy %v", meta, best)
+	}
+	classes, err := sharding.ReadClassIndices(filepath.Join(out, ClassIndicesFile))
+	if err != nil || len(classes) != 5 {
+		t.Errorf("class_indices.json: %v %v", classes, err)
+	}
+	st, err := alexnet.LoadTrainState(filepath.Join(out, StateFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Epoch != 6 || st.Adam.Step != 6*13 {
+		t.Errorf("state at epoch %d step %d, want 6 and %d", st.Epoch, st.Adam.Step, 6*13)
+	}
+	for i := range st.Params.Flat {
+		if st.Params.Flat[i] != tr.Params().Flat[i] {
+			t.Fatal("state parameters differ from the trainer's")
+		}
+	}
+}
+
+// Resuming from the training state gives the same parameters as an
+// uninterrupted run, bit for bit, with dropout and augmentation on.
+func TestResumeIsExact(t *testing.T) {
+	data := synthData(t, 8)
+	straight := tinyConfig(data, t.TempDir())
+	straight.Epochs = 3
+	a, _ := train(t, straight)
+
+	split := tinyConfig(data, t.TempDir())
+	split.Epochs = 1
+	train(t, split)
+	split.Epochs = 3
+	split.Resume = filepath.Join(split.Out, StateFile)
+	b, res := train(t, split)
+	if len(res) != 2 || res[0].Epoch != 2 {
+		t.Fatalf("resumed run reported %+v", res)
+	}
+	for i := range a.Params().Flat {
+		if a.Params().Flat[i] != b.Params().Flat[i] {
+			t.Fatalf("parameter %d: %v uninterrupted, %v resumed", i, a.Params().Flat[i], b.Params().Flat[i])
+		}
+	}
+}
+
+func TestTrainerErrors(t *testing.T) {
+	data := synthData(t, 4)
+	cases := []struct {
+		name string
+		edit func(*Config)
+		want string
+	}{
+		{"missing data", func(c *Config) { c.Data = filepath.Join(c.Data, "nope") }, "nope"},
+		{"bad variant", func(c *Config) { c.Variant = "huge" }, "--variant"},
+		{"bad lr", func(c *Config) { c.LR = -1 }, "--lr"},
+		{"zero epochs", func(c *Config) { c.Epochs = 0 }, "--epochs"},
+		{"bad resume", func(c *Config) { c.Resume = filepath.Join(c.Data, "train", "circle", "circle_0000.png") }, "circle_0000.png"},
+		{"unwritable out", func(c *Config) {
+			f := filepath.Join(t.TempDir(), "file")
+			os.WriteFile(f, nil, 0o644)
+			c.Out = filepath.Join(f, "out")
+		}, "output folder"},
+	}
+	for _, c := range cases {
+		cfg := tinyConfig(data, t.TempDir())
+		c.edit(&cfg)
+		_, err := NewTrainer(cfg, Solo{}, zap.NewNop())
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: error %v, want it to mention %q", c.name, err, c.want)
+		}
+	}
+	cfg := tinyConfig(data, t.TempDir())
+	cfg.Batch = 15
+	if _, err := NewTrainer(cfg, fakeWorld{2}, zap.NewNop()); err == nil || !strings.Contains(err.Error(), "not divisible") {
+		t.Errorf("batch 15 over 2 ranks: %v", err)
+	}
+}
+
+type fakeWorld struct{ n int }
+
+func (f fakeWorld) Rank() int                                     { return 0 }
+func (f fakeWorld) World() int                                    { return f.n }
+func (fakeWorld) AllReduceAvg(context.Context, []float32) error   { return nil }
+func (fakeWorld) Broadcast(context.Context, []float32, int) error { return nil }
