@@ -1,0 +1,183 @@
+package allreduce
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	"github.com/alexring/alexring/allreduce/ringpb"
+)
+
+const acceptedHeader = "alexring-ring-accepted"
+
+// Service is the receiving side of the rings of one process: it takes each
+// predecessor's stream and hands its frames to the ring it names. One Service
+// serves any number of rings over time (a re-formed ring is a new ring id).
+type Service struct {
+	ringpb.UnimplementedRingServer
+	log *zap.Logger
+
+	mu      sync.Mutex
+	rings   map[string]*Ring
+	changed chan struct{} // closed and replaced whenever rings changes
+	// AttachTimeout is how long a predecessor's stream waits for its ring to be
+	// opened on this rank (ranks open rings at slightly different times).
+	AttachTimeout time.Duration
+}
+
+// NewService returns a Service with no rings.
+func NewService(log *zap.Logger) *Service {
+	return &Service{log: log, rings: map[string]*Ring{}, changed: make(chan struct{}), AttachTimeout: 60 * time.Second}
+}
+
+// Register adds the ring service to a gRPC server.
+func (s *Service) Register(g *grpc.Server) { ringpb.RegisterRingServer(g, s) }
+
+func (s *Service) register(r *Ring) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.rings[r.cfg.RingID]; ok {
+		return fmt.Errorf("allreduce: ring %q is already open in this process", r.cfg.RingID)
+	}
+	s.rings[r.cfg.RingID] = r
+	close(s.changed)
+	s.changed = make(chan struct{})
+	return nil
+}
+
+func (s *Service) unregister(r *Ring) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.rings[r.cfg.RingID] == r {
+		delete(s.rings, r.cfg.RingID)
+	}
+}
+
+// waitRing returns the ring with the given id once it is registered.
+func (s *Service) waitRing(ctx context.Context, id string) (*Ring, error) {
+	ctx, cancel := context.WithTimeout(ctx, s.AttachTimeout)
+	defer cancel()
+	for {
+		s.mu.Lock()
+		r, changed := s.rings[id], s.changed
+		s.mu.Unlock()
+		if r != nil {
+			return r, nil
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return nil, status.Errorf(codes.NotFound, "no ring %q on this rank", id)
+		}
+	}
+}
+
+// Pipe takes a predecessor's stream: a Hello that must name an open ring, this
+// rank's predecessor in it and its world size, then frames until the stream or
+// the ring ends.
+func (s *Service) Pipe(stream ringpb.Ring_PipeServer) error {
+	first, err := stream.Recv()
+	if err != nil {
+		return err
+	}
+	hello := first.GetHello()
+	if hello == nil {
+		return status.Error(codes.InvalidArgument, "the first frame of a ring stream must be a hello")
+	}
+	r, err := s.waitRing(stream.Context(), hello.RingId)
+	if err != nil {
+		return err
+	}
+	if int(hello.FromRank) != r.pred || int(hello.World) != r.cfg.World {
+		return status.Errorf(codes.FailedPrecondition, "ring %q: rank %d expects its predecessor rank %d of %d, got rank %d of %d",
+			r.cfg.RingID, r.cfg.Rank, r.pred, r.cfg.World, hello.FromRank, hello.World)
+	}
+	s.mu.Lock()
+	taken := r.hasPred
+	r.hasPred = true
+	s.mu.Unlock()
+	if taken {
+		return status.Errorf(codes.AlreadyExists, "ring %q: rank %d already has a predecessor stream", r.cfg.RingID, r.cfg.Rank)
+	}
+	if err := stream.SendHeader(metadata.Pairs(acceptedHeader, r.cfg.RingID)); err != nil {
+		return err
+	}
+	close(r.attached)
+	// Receive in a goroutine so that closing the ring ends the handler (and so
+	// the stream) even while the predecessor stays silent.
+	ended := make(chan struct{})
+	go func() {
+		defer close(ended)
+		for {
+			f, err := stream.Recv()
+			in := inbound{frame: f, err: err}
+			if err != nil {
+				in.err = fmt.Errorf("stream from %s broke: %v", r.cfg.Peers[r.pred], statusOf(err))
+			}
+			select {
+			case r.inbox <- in:
+			case <-r.done:
+				return
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	select {
+	case <-ended:
+		return nil
+	case <-r.done:
+		return status.Error(codes.Canceled, "ring closed")
+	}
+}
+
+// Node is a gRPC server with a ring Service: what a rank listens with.
+type Node struct {
+	Service *Service
+	Server  *grpc.Server
+	Addr    string
+	lis     net.Listener
+	served  chan error
+	close   sync.Once
+}
+
+// Listen serves a ring Service on addr (e.g. "127.0.0.1:0"); creds secure it
+// (nil for plaintext on loopback).
+func Listen(addr string, creds credentials.TransportCredentials, log *zap.Logger) (*Node, error) {
+	lis, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("allreduce: listen on %s: %w", addr, err)
+	}
+	opts := []grpc.ServerOption{
+		grpc.InitialWindowSize(8 << 20), grpc.InitialConnWindowSize(16 << 20),
+		grpc.WriteBufferSize(1 << 20), grpc.ReadBufferSize(1 << 20),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
+	}
+	if creds != nil {
+		opts = append(opts, grpc.Creds(creds))
+	}
+	n := &Node{Service: NewService(log), Server: grpc.NewServer(opts...), Addr: lis.Addr().String(), lis: lis, served: make(chan error, 1)}
+	n.Service.Register(n.Server)
+	go func() { n.served <- n.Server.Serve(lis) }()
+	return n, nil
+}
+
+// Close stops the server at once (streams of open rings break). It is safe to
+// call more than once.
+func (n *Node) Close() {
+	n.close.Do(func() {
+		n.Server.Stop()
+		<-n.served
+	})
+}
