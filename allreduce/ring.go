@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math"
 	"sync"
 	"time"
 	"unsafe"
@@ -112,12 +111,15 @@ type Ring struct {
 	close  sync.Once
 	exited chan struct{}
 
-	half []uint16 // send buffer for fp16
+	// sending counts the chunks gRPC has not yet written out: their payloads
+	// alias the caller's vector, which must not change until they are.
+	sending sync.WaitGroup
+	scratch []float32 // aligned copy of a received payload (executor only)
 }
 
 type inbound struct {
-	frame *ringpb.Frame
-	err   error
+	in  *inFrame
+	err error
 }
 
 // Pending is a collective started with Start; Wait for its result.
@@ -187,8 +189,8 @@ func (r *Ring) connect(ctx context.Context) error {
 	addr := r.cfg.Peers[r.succ]
 	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(creds),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 10 * time.Second, Timeout: 5 * time.Second, PermitWithoutStream: true}),
-		grpc.WithInitialWindowSize(8<<20), grpc.WithInitialConnWindowSize(16<<20),
-		grpc.WithWriteBufferSize(1<<20), grpc.WithReadBufferSize(1<<20))
+		grpc.WithInitialWindowSize(32<<20), grpc.WithInitialConnWindowSize(64<<20),
+		grpc.WithWriteBufferSize(4<<20), grpc.WithReadBufferSize(4<<20))
 	if err != nil {
 		return fmt.Errorf("allreduce: rank %d address %q: %w", r.succ, addr, err)
 	}
@@ -201,7 +203,7 @@ func (r *Ring) connect(ctx context.Context) error {
 	peerErr := func(err error) error {
 		return &PeerError{Rank: r.succ, Collective: "ring open", Err: fmt.Errorf("connect to %s: %w", addr, err)}
 	}
-	out, err := ringpb.NewRingClient(conn).Pipe(streamCtx, grpc.WaitForReady(true))
+	out, err := ringpb.NewRingClient(conn).Pipe(streamCtx, grpc.WaitForReady(true), grpc.CallContentSubtype(codecName))
 	if err != nil {
 		return peerErr(err)
 	}
@@ -472,7 +474,10 @@ func (r *Ring) allReduce(ctx context.Context, p *Pending) error {
 			}
 		}
 	}
-	return <-sendErr
+	if err := <-sendErr; err != nil {
+		return err
+	}
+	return r.waitSent(ctx)
 }
 
 // finish turns a fully summed chunk into the value every rank will hold:
@@ -514,22 +519,20 @@ func (r *Ring) sendSteps(ctx context.Context, p *Pending, steps []ringStep, read
 }
 
 func (r *Ring) sendChunk(p *Pending, step, index int, v []float32) error {
-	var data []byte
+	out := &outChunk{chunk: &ringpb.Chunk{
+		RingId: r.cfg.RingID, Seq: p.seq, Kind: p.kind, Step: uint32(step), Index: uint32(index), Fp16: r.cfg.FP16,
+	}}
+	r.sending.Add(1)
 	if r.cfg.FP16 {
-		if cap(r.half) < len(v) {
-			r.half = make([]uint16, r.elemsPerChunk())
-		}
-		h := r.half[:len(v)]
+		half := make([]byte, 2*len(v))
 		for i, x := range v {
-			h[i] = toHalf(x)
+			binary.LittleEndian.PutUint16(half[2*i:], toHalf(x))
 		}
-		data = leBytes16(h)
+		out.data, out.release = half, r.sending.Done
 	} else {
-		data = leBytes32(v)
+		out.data, out.release = leBytes32(v), r.sending.Done
 	}
-	err := r.out.Send(&ringpb.Frame{Body: &ringpb.Frame_Chunk{Chunk: &ringpb.Chunk{
-		RingId: r.cfg.RingID, Seq: p.seq, Kind: p.kind, Step: uint32(step), Index: uint32(index), Fp16: r.cfg.FP16, Data: data,
-	}}})
+	err := r.out.SendMsg(out)
 	if err != nil {
 		// The stream's status says why the successor went away.
 		if errors.Is(err, io.EOF) {
@@ -542,12 +545,29 @@ func (r *Ring) sendChunk(p *Pending, step, index int, v []float32) error {
 	return nil
 }
 
+// waitSent returns once gRPC has written out every chunk sent so far, so that
+// the caller may change its vector.
+func (r *Ring) waitSent(ctx context.Context) error {
+	done := make(chan struct{})
+	go func() {
+		r.sending.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		r.outCancel() // drop what is unsent rather than let it read a changing vector
+		return &PeerError{Rank: r.succ, Collective: "send", Err: errors.New("the successor stopped taking data")}
+	}
+}
+
 // receiveInto waits for chunk (step, index) of p from the predecessor and adds
 // it to dst (reduce) or copies it there.
 func (r *Ring) receiveInto(ctx context.Context, p *Pending, step, index int, dst []float32, reduce bool) error {
-	var in inbound
+	var got inbound
 	select {
-	case in = <-r.inbox:
+	case got = <-r.inbox:
 	case err := <-r.failures:
 		return err
 	case <-ctx.Done():
@@ -558,9 +578,11 @@ func (r *Ring) receiveInto(ctx context.Context, p *Pending, step, index int, dst
 	case <-r.done:
 		return ErrClosed
 	}
-	if in.err != nil {
-		return &PeerError{Rank: r.pred, Collective: p.name(), Err: in.err}
+	if got.err != nil {
+		return &PeerError{Rank: r.pred, Collective: p.name(), Err: got.err}
 	}
+	in := got.in
+	defer in.release()
 	if ab := in.frame.GetAbort(); ab != nil {
 		return &PeerError{Rank: int(ab.LostRank), Collective: p.name(), Err: fmt.Errorf("reported by rank %d: %s", r.pred, ab.Reason)}
 	}
@@ -573,10 +595,14 @@ func (r *Ring) receiveInto(ctx context.Context, p *Pending, step, index int, dst
 	if ch.Fp16 {
 		width = 2
 	}
-	if len(ch.Data) != width*len(dst) {
-		return &PeerError{Rank: r.pred, Collective: p.name(), Err: fmt.Errorf("chunk of %d bytes, want %d: do the ranks reduce vectors of different lengths?", len(ch.Data), width*len(dst))}
+	if n := in.payloadLen() + len(ch.Data); n != width*len(dst) {
+		return &PeerError{Rank: r.pred, Collective: p.name(), Err: fmt.Errorf("chunk of %d bytes, want %d: do the ranks reduce vectors of different lengths?", n, width*len(dst))}
 	}
-	accumulate(dst, ch.Data, ch.Fp16, reduce)
+	views := in.views
+	if len(ch.Data) > 0 {
+		views = [][]byte{ch.Data}
+	}
+	accumulate(dst, views, width, reduce, &r.scratch)
 	return nil
 }
 
@@ -587,25 +613,38 @@ func describe(f *ringpb.Frame) string {
 	return fmt.Sprintf("%T", f.GetBody())
 }
 
-// accumulate adds (or copies) little-endian values into dst.
-func accumulate(dst []float32, data []byte, fp16, reduce bool) {
-	switch {
-	case fp16:
+// accumulate adds (or copies) the little-endian values held in views (in
+// order; a value may straddle two views) into dst. width is 4 (float32) or 2
+// (half floats). gRPC's buffers have no alignment, so each view is first
+// copied into an aligned scratch vector (a memmove is far cheaper than
+// decoding value by value).
+func accumulate(dst []float32, views [][]byte, width int, reduce bool, scratch *[]float32) {
+	if cap(*scratch) < len(dst) {
+		*scratch = make([]float32, len(dst))
+	}
+	vals := (*scratch)[:len(dst)]
+	raw := leBytes32(vals)[:width*len(dst)]
+	at := 0
+	for _, b := range views {
+		at += copy(raw[at:], b)
+	}
+	if width == 2 {
 		for i := range dst {
-			x := fromHalf(binary.LittleEndian.Uint16(data[2*i:]))
+			x := fromHalf(binary.LittleEndian.Uint16(raw[2*i:]))
 			if reduce {
 				dst[i] += x
 			} else {
 				dst[i] = x
 			}
 		}
-	case reduce:
-		src := asFloat32s(data)
-		for i := range dst {
-			dst[i] += src[i]
-		}
-	default:
-		copy(dst, asFloat32s(data))
+		return
+	}
+	if !reduce {
+		copy(dst, vals)
+		return
+	}
+	for i, x := range vals {
+		dst[i] += x
 	}
 }
 
@@ -632,7 +671,7 @@ func (r *Ring) broadcast(ctx context.Context, p *Pending) error {
 			}
 		}
 	}
-	return nil
+	return r.waitSent(ctx)
 }
 
 // The wire is little-endian; so are the machines we run on (amd64, arm64), so
@@ -642,27 +681,6 @@ func leBytes32(v []float32) []byte {
 		return nil
 	}
 	return unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(v))), 4*len(v))
-}
-
-func leBytes16(v []uint16) []byte {
-	if len(v) == 0 {
-		return nil
-	}
-	return unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(v))), 2*len(v))
-}
-
-func asFloat32s(b []byte) []float32 {
-	if len(b) == 0 {
-		return nil
-	}
-	if uintptr(unsafe.Pointer(unsafe.SliceData(b)))%4 == 0 {
-		return unsafe.Slice((*float32)(unsafe.Pointer(unsafe.SliceData(b))), len(b)/4)
-	}
-	out := make([]float32, len(b)/4)
-	for i := range out {
-		out[i] = math.Float32frombits(binary.LittleEndian.Uint32(b[4*i:]))
-	}
-	return out
 }
 
 // statusOf is the gRPC status message of err, for logs.

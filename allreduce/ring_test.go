@@ -22,7 +22,7 @@ type cluster struct {
 	rings []*Ring
 }
 
-func startCluster(t *testing.T, world int, edit func(*Config)) *cluster {
+func startCluster(t testing.TB, world int, edit func(*Config)) *cluster {
 	t.Helper()
 	c := &cluster{}
 	var addrs []string
@@ -341,7 +341,7 @@ func TestForeignAndStaleFramesRejected(t *testing.T) {
 	// A frame of the wrong sequence (a stale or duplicated chunk) breaks the
 	// collective with an error naming the sender.
 	r0 := c.rings[0]
-	r0.inbox <- inbound{frame: chunkFrame("test-ring", 99)}
+	r0.inbox <- inbound{in: &inFrame{frame: chunkFrame("test-ring", 99)}}
 	err = r0.AllReduce(context.Background(), make([]float32, 10), Sum)
 	var pe *PeerError
 	if !errors.As(err, &pe) || pe.Rank != 1 || !strings.Contains(err.Error(), "seq 99") {

@@ -119,14 +119,16 @@ func (s *Service) Pipe(stream ringpb.Ring_PipeServer) error {
 	go func() {
 		defer close(ended)
 		for {
-			f, err := stream.Recv()
-			in := inbound{frame: f, err: err}
+			f := &inFrame{}
+			err := stream.RecvMsg(f)
+			in := inbound{in: f}
 			if err != nil {
-				in.err = fmt.Errorf("stream from %s broke: %v", r.cfg.Peers[r.pred], statusOf(err))
+				in = inbound{err: fmt.Errorf("stream from %s broke: %v", r.cfg.Peers[r.pred], statusOf(err))}
 			}
 			select {
 			case r.inbox <- in:
 			case <-r.done:
+				f.release()
 				return
 			}
 			if err != nil {
@@ -160,8 +162,8 @@ func Listen(addr string, creds credentials.TransportCredentials, log *zap.Logger
 		return nil, fmt.Errorf("allreduce: listen on %s: %w", addr, err)
 	}
 	opts := []grpc.ServerOption{
-		grpc.InitialWindowSize(8 << 20), grpc.InitialConnWindowSize(16 << 20),
-		grpc.WriteBufferSize(1 << 20), grpc.ReadBufferSize(1 << 20),
+		grpc.InitialWindowSize(32 << 20), grpc.InitialConnWindowSize(64 << 20),
+		grpc.WriteBufferSize(4 << 20), grpc.ReadBufferSize(4 << 20),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
 	}
 	if creds != nil {

@@ -1,0 +1,201 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"runtime/pprof"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/alexring/alexring/allreduce"
+)
+
+func init() {
+	subcommands["allreduce"] = benchAllReduce
+	subcommands["allreduce-rank"] = benchAllReduceRank
+}
+
+type allReduceFlags struct {
+	world, iters, warmup, chunk int
+	sizes                       []int
+	fp16                        bool
+	cpuprofile                  string
+}
+
+func (a *allReduceFlags) define(fs *flag.FlagSet) *string {
+	fs.IntVar(&a.world, "world", 2, "ranks, each a separate process on 127.0.0.1")
+	fs.IntVar(&a.iters, "iters", 20, "timed all-reduces per size")
+	fs.IntVar(&a.warmup, "warmup", 3, "untimed all-reduces per size first")
+	fs.IntVar(&a.chunk, "chunk", 1<<20, "chunk bytes on the wire")
+	fs.BoolVar(&a.fp16, "fp16", false, "half floats on the wire")
+	fs.StringVar(&a.cpuprofile, "cpuprofile", "", "write rank 0's CPU profile to this file")
+	return fs.String("bytes", "1048576,58366740", "comma-separated payload sizes in bytes (float32: multiples of 4)")
+}
+
+func (a *allReduceFlags) parseSizes(s string) error {
+	for _, f := range strings.Split(s, ",") {
+		b, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || b < 4 || b%4 != 0 {
+			return fmt.Errorf("--bytes %q: want positive multiples of 4", f)
+		}
+		a.sizes = append(a.sizes, b)
+	}
+	if a.world < 1 || a.iters < 1 || a.warmup < 0 {
+		return fmt.Errorf("--world %d --iters %d --warmup %d", a.world, a.iters, a.warmup)
+	}
+	return nil
+}
+
+// benchAllReduce starts world copies of this binary as ranks on loopback and
+// relays rank 0's nccl-tests-style table.
+func benchAllReduce(args []string, out io.Writer) error {
+	var a allReduceFlags
+	fs := flag.NewFlagSet("bench allreduce", flag.ContinueOnError)
+	sizes := a.define(fs)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if err := a.parseSizes(*sizes); err != nil {
+		return err
+	}
+	peers, err := freeAddrs(a.world)
+	if err != nil {
+		return err
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	var wg sync.WaitGroup
+	errs := make([]error, a.world)
+	for r := 0; r < a.world; r++ {
+		cmd := exec.CommandContext(ctx, self, append([]string{"allreduce-rank", "--rank", strconv.Itoa(r), "--peers", strings.Join(peers, ",")}, args...)...)
+		cmd.Stderr = os.Stderr
+		if r == 0 {
+			cmd.Stdout = out
+		}
+		if err := cmd.Start(); err != nil {
+			return err
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := cmd.Wait(); err != nil {
+				errs[r] = fmt.Errorf("rank %d: %w", r, err)
+				cancel() // one rank failing ends the others
+			}
+		}()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+// freeAddrs picks n free loopback ports.
+func freeAddrs(n int) ([]string, error) {
+	var addrs []string
+	var ls []net.Listener
+	defer func() {
+		for _, l := range ls {
+			l.Close()
+		}
+	}()
+	for range n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, err
+		}
+		ls = append(ls, l)
+		addrs = append(addrs, l.Addr().String())
+	}
+	return addrs, nil
+}
+
+func benchAllReduceRank(args []string, out io.Writer) error {
+	var a allReduceFlags
+	fs := flag.NewFlagSet("bench allreduce-rank", flag.ContinueOnError)
+	sizes := a.define(fs)
+	rank := fs.Int("rank", 0, "this rank")
+	peers := fs.String("peers", "", "every rank's address")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if err := a.parseSizes(*sizes); err != nil {
+		return err
+	}
+	if a.cpuprofile != "" && *rank == 0 {
+		f, err := os.Create(a.cpuprofile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		pprof.StartCPUProfile(f)
+		defer pprof.StopCPUProfile()
+	}
+	addrs := strings.Split(*peers, ",")
+	if len(addrs) != a.world {
+		return fmt.Errorf("%d peers for world %d", len(addrs), a.world)
+	}
+	log := zap.NewNop()
+	node, err := allreduce.Listen(addrs[*rank], nil, log)
+	if err != nil {
+		return err
+	}
+	defer node.Close()
+	cfg := allreduce.DefaultConfig()
+	cfg.RingID, cfg.Rank, cfg.World, cfg.Peers = "bench", *rank, a.world, addrs
+	cfg.ChunkBytes, cfg.FP16 = a.chunk, a.fp16
+	ctx := context.Background()
+	ring, err := allreduce.Open(ctx, node.Service, cfg, log)
+	if err != nil {
+		return err
+	}
+	defer ring.Close()
+	w := bufio.NewWriter(out)
+	defer w.Flush()
+	fmt.Fprintf(w, "# alexring ring all-reduce over gRPC, world %d, chunk %d B, fp16 %v, %d iterations (median)\n", a.world, a.chunk, a.fp16, a.iters)
+	fmt.Fprintf(w, "%14s %12s %12s %12s\n", "bytes", "time_ms", "algbw_GB/s", "busbw_GB/s")
+	var last float64
+	for _, size := range a.sizes {
+		v := make([]float32, size/4)
+		for i := range v {
+			v[i] = float32(i%97) * 0.01
+		}
+		var times []time.Duration
+		for i := 0; i < a.warmup+a.iters; i++ {
+			if err := ring.Barrier(ctx); err != nil {
+				return err
+			}
+			start := time.Now()
+			if err := ring.AllReduce(ctx, v, allreduce.Sum); err != nil {
+				return err
+			}
+			if i >= a.warmup {
+				times = append(times, time.Since(start))
+			}
+		}
+		med := median(times)
+		algbw := float64(size) / med.Seconds() / 1e9
+		busbw := algbw * 2 * float64(a.world-1) / float64(a.world)
+		fmt.Fprintf(w, "%14d %12.3f %12.3f %12.3f\n", size, float64(med.Microseconds())/1e3, algbw, busbw)
+		last = busbw
+	}
+	// Leave together, so that no rank closes its stream under another's last step.
+	if err := ring.Barrier(ctx); err != nil {
+		return err
+	}
+	fmt.Fprintf(w, "RESULT bench=allreduce world=%d bytes=%d fp16=%v busbw_gbps=%.3f\n", a.world, a.sizes[len(a.sizes)-1], a.fp16, last)
+	return nil
+}
