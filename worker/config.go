@@ -2,6 +2,7 @@ package worker
 
 import (
 	"fmt"
+	"time"
 
 	"github.com/alexring/alexring/alexnet"
 )
@@ -10,27 +11,36 @@ import (
 // train.py: the seed model, batch 32, Adam 2e-4, 10 epochs, dropout 0.5 and the
 // train augmentation.
 type Config struct {
-	Data    string // ImageFolder root holding train/ and val/
-	Out     string // where rank 0 writes best.safetensors, state.safetensors, class_indices.json
-	Resume  string // a state.safetensors to continue from (empty: start fresh)
-	Variant string // model variant (alexnet.Variants)
+	Data    string `yaml:"data" json:"data"`       // ImageFolder root holding train/ and val/
+	Out     string `yaml:"out" json:"out"`         // where rank 0 writes best.safetensors, state.safetensors, class_indices.json
+	Resume  string `yaml:"resume" json:"resume"`   // a state.safetensors to continue from (empty: start fresh)
+	Variant string `yaml:"variant" json:"variant"` // model variant (alexnet.Variants)
 
-	Epochs int
+	Epochs int `yaml:"epochs" json:"epochs"`
 	// Batch is the global batch: the samples of one optimiser step summed over
 	// the ranks; each rank takes Batch/world (it must divide).
-	Batch int
-	LR    float64
-	Seed  uint64
+	Batch int     `yaml:"batch" json:"batch"`
+	LR    float64 `yaml:"lr" json:"lr"`
+	Seed  uint64  `yaml:"seed" json:"seed"`
 	// Dropout is the drop probability of the classifier's dropout layers; 0 turns
 	// them off (the parity checks of data parallelism need that).
-	Dropout float64
+	Dropout float64 `yaml:"dropout" json:"dropout"`
 	// Augment applies RandomResizedCrop and the flip to training images;
 	// without it they get the validation transform.
-	Augment bool
+	Augment bool `yaml:"augment" json:"augment"`
 
-	EvalBatch        int // validation batch (memory, not numerics)
-	LoaderGoroutines int // decode goroutines per loader; 0 means GOMAXPROCS
-	StepLog          int // log every N steps at debug level; 0 never
+	EvalBatch        int `yaml:"eval_batch" json:"eval_batch"`               // validation batch (memory, not numerics)
+	LoaderGoroutines int `yaml:"loader_goroutines" json:"loader_goroutines"` // decode goroutines per loader; 0 means GOMAXPROCS
+	StepLog          int `yaml:"-" json:"-"`                                 // log every N steps at debug level; 0 never
+
+	Ring RingConfig `yaml:"ring" json:"ring"`
+}
+
+// RingConfig is how the ranks' all-reduce moves data.
+type RingConfig struct {
+	ChunkBytes int           `yaml:"chunk_bytes" json:"chunk_bytes"` // bytes per message
+	FP16       bool          `yaml:"fp16" json:"fp16"`               // half floats on the wire
+	OpTimeout  time.Duration `yaml:"op_timeout" json:"op_timeout"`   // a collective's deadline: a peer silent that long is lost
 }
 
 // DefaultConfig is the seed's training.
@@ -38,6 +48,7 @@ func DefaultConfig() Config {
 	return Config{
 		Out: "out", Variant: alexnet.DefaultVariant, Epochs: 10, Batch: 32, LR: 2e-4,
 		Dropout: 0.5, Augment: true, EvalBatch: 16,
+		Ring: RingConfig{ChunkBytes: 1 << 20, OpTimeout: 60 * time.Second},
 	}
 }
 
@@ -56,6 +67,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("worker: eval batch %d, want at least 1", c.EvalBatch)
 	case c.Dropout < 0 || c.Dropout >= 1:
 		return fmt.Errorf("worker: --dropout %g, want [0, 1)", c.Dropout)
+	case c.Ring.ChunkBytes < 8 || c.Ring.OpTimeout <= 0:
+		return fmt.Errorf("worker: ring chunk_bytes %d op_timeout %v: want at least 8 bytes and a positive timeout", c.Ring.ChunkBytes, c.Ring.OpTimeout)
 	case c.LoaderGoroutines < 0:
 		return fmt.Errorf("worker: loader goroutines %d", c.LoaderGoroutines)
 	}

@@ -2,8 +2,10 @@ package worker
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/crc64"
 	"io"
 	"math"
 	"math/rand/v2"
@@ -47,6 +49,7 @@ type EpochResult struct {
 	Images        int     // training images this rank saw
 	Duration      time.Duration
 	BadFiles      int
+	Checksum      uint64 // CRC-64 of the parameters after the epoch: equal on every rank
 }
 
 // Trainer trains one rank: its shard of each epoch, forward/backward, the
@@ -70,8 +73,12 @@ type Trainer struct {
 	epoch   int // epochs completed
 	bestAcc float64
 
-	// OnEpoch, when set, is called after every epoch (after validation on rank 0).
-	OnEpoch func(EpochResult)
+	// OnEpoch, when set, is called after every epoch (after validation on rank
+	// 0); an error stops the training.
+	OnEpoch func(EpochResult) error
+	// EpochPlan, when set, gives each epoch's sharding (the coordinator's);
+	// the trainer checks it against its own derivation. Unset, it derives it.
+	EpochPlan func(ctx context.Context, epoch int) (sharding.Plan, error)
 }
 
 // NewTrainer scans the data, builds the model (or restores cfg.Resume) and the
@@ -183,7 +190,9 @@ func (t *Trainer) Run(ctx context.Context) error {
 			}
 		}
 		if t.OnEpoch != nil {
-			t.OnEpoch(res)
+			if err := t.OnEpoch(res); err != nil {
+				return err
+			}
 		}
 	}
 	return nil
@@ -194,6 +203,15 @@ func (t *Trainer) runEpoch(ctx context.Context, epoch int) (EpochResult, error) 
 	res := EpochResult{Epoch: epoch + 1, Epochs: t.cfg.Epochs}
 	plan := sharding.Plan{Seed: t.cfg.Seed, Epoch: epoch, World: t.coll.World(), Size: len(t.train.Samples),
 		Dataset: t.train.Fingerprint(), Shuffle: true}
+	if t.EpochPlan != nil {
+		given, err := t.EpochPlan(ctx, epoch)
+		if err != nil {
+			return res, fmt.Errorf("worker: epoch %d plan: %w", epoch+1, err)
+		}
+		if given != plan {
+			return res, fmt.Errorf("worker: epoch %d: the coordinator's plan %+v differs from this rank's %+v (different data or config?)", epoch+1, given, plan)
+		}
+	}
 	shard, err := plan.Shard(t.coll.Rank())
 	if err != nil {
 		return res, err
@@ -259,7 +277,26 @@ func (t *Trainer) runEpoch(ctx context.Context, epoch int) (EpochResult, error) 
 		}
 	}
 	res.Duration = time.Since(start)
+	res.Checksum = Checksum(t.params.Flat)
 	return res, nil
+}
+
+var crcTable = crc64.MakeTable(crc64.ECMA)
+
+// Checksum is a CRC-64 of a parameter vector's bits: ranks compare it after
+// every epoch, since bit-identical replicas are the point of the ring.
+func Checksum(v []float32) uint64 {
+	b := make([]byte, 4096)
+	h := crc64.New(crcTable)
+	for len(v) > 0 {
+		n := min(len(v), len(b)/4)
+		for i, x := range v[:n] {
+			binary.LittleEndian.PutUint32(b[4*i:], math.Float32bits(x))
+		}
+		h.Write(b[:4*n])
+		v = v[n:]
+	}
+	return h.Sum64()
 }
 
 // Validate is the accuracy of the current parameters on the whole val split

@@ -37,7 +37,7 @@ func train(t *testing.T, cfg Config) (*Trainer, []EpochResult) {
 	}
 	t.Cleanup(tr.Close)
 	var res []EpochResult
-	tr.OnEpoch = func(r EpochResult) { res = append(res, r) }
+	tr.OnEpoch = func(r EpochResult) error { res = append(res, r); return nil }
 	if err := tr.Run(context.Background()); err != nil {
 		t.Fatal(err)
 	}

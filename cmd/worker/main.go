@@ -7,12 +7,14 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"net"
 	"os"
 	"os/signal"
 	"syscall"
 
 	"go.uber.org/zap"
 
+	"github.com/alexring/alexring/alexnet"
 	"github.com/alexring/alexring/internal/cli"
 	"github.com/alexring/alexring/worker"
 )
@@ -25,8 +27,14 @@ func run() int {
 	cfg := worker.DefaultConfig()
 	fs := flag.NewFlagSet("worker", flag.ContinueOnError)
 	standalone := fs.Bool("standalone", false, "train alone in this process (a world of one), as the seed's train.py")
+	jc := worker.DefaultJoinConfig()
+	fs.StringVar(&jc.Join, "join", "", "the coordinator's gossip address (host:port) to join a job")
+	fs.StringVar(&jc.Bind, "bind", jc.Bind, "this worker's gossip address (port 0 picks one)")
+	fs.StringVar(&jc.RingAddr, "ring-addr", jc.RingAddr, "this worker's all-reduce address (port 0 picks one)")
+	fs.StringVar(&jc.Name, "name", jc.Name, "this worker's name in the cluster; ranks follow the sorted names")
+	fs.DurationVar(&jc.JoinTimeout, "join-timeout", jc.JoinTimeout, "how long to retry joining before giving up")
 	gpu := fs.Int("gpu", -1, "GPU to train on; -1 is the CPU (this build has no CUDA: always the CPU)")
-	fs.StringVar(&cfg.Data, "data", "", "ImageFolder root with train/ and val/ (default: generate the synthetic demo dataset)")
+	fs.StringVar(&cfg.Data, "data", "", "ImageFolder root with train/ and val/ (standalone default: generate the synthetic demo dataset; joined: the job's)")
 	fs.StringVar(&cfg.Out, "out", cfg.Out, "output folder for best.safetensors, state.safetensors and class_indices.json")
 	fs.StringVar(&cfg.Resume, "resume", "", "continue from this state.safetensors")
 	fs.StringVar(&cfg.Variant, "variant", cfg.Variant, "model variant: seed, full or tiny")
@@ -55,19 +63,39 @@ func run() int {
 	if *debug {
 		cfg.StepLog = 1
 	}
-	if !*standalone {
-		fmt.Fprintln(os.Stderr, "worker: give --standalone to train in this process")
+	if *standalone == (jc.Join != "") {
+		fmt.Fprintln(os.Stderr, "worker: give either --standalone (train alone) or --join HOST:PORT (a rank of a job)")
 		fs.Usage()
 		return 2
 	}
 	if *gpu >= 0 {
 		log.Warn("this build has no CUDA support: training on the CPU", zap.Int("gpu", *gpu))
+	} else {
+		log.Info("training on the CPU", zap.String("blas", alexnet.BLAS))
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := worker.RunStandalone(ctx, cfg, log, os.Stdout); err != nil {
+	if *standalone {
+		err = worker.RunStandalone(ctx, cfg, log, os.Stdout)
+	} else {
+		jc.Data = cfg.Data
+		jc.Local = isLoopback(jc.Join)
+		err = worker.RunJoined(ctx, jc, log)
+	}
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "worker:", err)
 		return 1
 	}
 	return 0
+}
+
+// isLoopback says whether a host:port is on this machine's loopback, where the
+// failure detector can be tuned tight.
+func isLoopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	ip := net.ParseIP(host)
+	return host == "localhost" || (ip != nil && ip.IsLoopback())
 }

@@ -1,0 +1,128 @@
+// Command coordinator runs an alexring job: it waits for --workers workers to
+// join, assigns ranks, hands out shards and prints the seed's epoch lines. With
+// --local it also starts the workers on this machine.
+//
+// Exit codes: 0 the job finished; 1 the job failed; 2 bad flags or config.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/alexring/alexring/coordinator"
+	"github.com/alexring/alexring/internal/cli"
+	"github.com/alexring/alexring/worker"
+)
+
+func main() { os.Exit(run()) }
+
+func run() int {
+	fs := flag.NewFlagSet("coordinator", flag.ContinueOnError)
+	var c coordinator.Config
+	fs.IntVar(&c.Workers, "workers", 1, "workers (ranks) the job waits for")
+	configPath := fs.String("config", "", "job file: a path or a built-in name (demo, flowers, tiny); default: demo without --data, flowers' settings with it")
+	data := fs.String("data", "", "ImageFolder root with train/ and val/ (default: generate the synthetic demo dataset)")
+	out := fs.String("out", "", "output folder for best.safetensors, state.safetensors, class_indices.json (default: the config's)")
+	epochs := fs.Int("epochs", 0, "epochs (default: the config's)")
+	batch := fs.Int("batch", 0, "global batch size (default: the config's)")
+	lr := fs.Float64("lr", 0, "Adam learning rate (default: the config's)")
+	seed := fs.Uint64("seed", 0, "seed (default: the config's)")
+	fs.StringVar(&c.Bind, "bind", "127.0.0.1:7946", "gossip address (host:port) workers --join")
+	fs.StringVar(&c.Control, "control", "127.0.0.1:0", "control-plane gRPC address (advertised through gossip)")
+	fs.DurationVar(&c.WaitTimeout, "wait-timeout", 5*time.Minute, "how long to wait for all workers to join")
+	local := fs.Bool("local", false, "also start the workers as child processes on this machine")
+	logFormat := fs.String("log-format", "auto", "log format: auto, console or json")
+	debug := fs.Bool("debug", false, "debug logs")
+	if err := fs.Parse(os.Args[1:]); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	log, err := cli.NewLogger(*logFormat, *debug)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "coordinator:", err)
+		return 2
+	}
+	defer log.Sync()
+	if *configPath == "" {
+		*configPath = "flowers"
+		if *data == "" {
+			*configPath = "demo"
+		}
+	}
+	job, err := coordinator.LoadJobConfig(*configPath)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
+	}
+	// Flags given on the command line override the file.
+	fs.Visit(func(f *flag.Flag) {
+		switch f.Name {
+		case "data":
+			job.Data = *data
+		case "out":
+			job.Out = *out
+		case "epochs":
+			job.Epochs = *epochs
+		case "batch":
+			job.Batch = *batch
+		case "lr":
+			job.LR = *lr
+		case "seed":
+			job.Seed = *seed
+		}
+	})
+	if *configPath == "demo" && *data == "" {
+		job.Data = ""
+	}
+	c.Local = *local
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	err = worker.WithDemoData(job, log, func(job worker.Config) error {
+		c.Job = job
+		co, err := coordinator.New(c, log, os.Stdout)
+		if err != nil {
+			return err
+		}
+		var workers *coordinator.LocalWorkers
+		var ready func(string)
+		if *local {
+			bin, err := coordinator.WorkerBinary()
+			if err != nil {
+				return err
+			}
+			extra := []string{"--log-format", *logFormat, "--data", job.Data}
+			ready = func(gossip string) {
+				workers, err = coordinator.StartLocal(ctx, bin, c.Workers, gossip, extra, os.Stderr)
+				if err != nil {
+					log.Error("starting local workers", zap.Error(err))
+					stop()
+				}
+			}
+		}
+		runErr := co.Run(ctx, ready)
+		if workers != nil {
+			if runErr != nil {
+				workers.Stop()
+			}
+			if err := workers.Wait(time.Minute); err != nil && runErr == nil {
+				runErr = err
+			}
+		}
+		return runErr
+	})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "coordinator:", err)
+		return 1
+	}
+	return 0
+}

@@ -1,0 +1,419 @@
+// Package coordinator owns a job's life: it scans the dataset, waits until the
+// workers have joined, assigns their ranks in a stable order, hands out the
+// plan and each epoch's shard, checks after every epoch that the replicas are
+// bit-identical, and prints the seed's epoch lines. It holds no model.
+package coordinator
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"gopkg.in/yaml.v3"
+
+	"github.com/alexring/alexring/configs"
+	"github.com/alexring/alexring/coordinator/controlpb"
+	"github.com/alexring/alexring/coordinator/membership"
+	"github.com/alexring/alexring/sharding"
+	"github.com/alexring/alexring/worker"
+)
+
+// Config is a coordinator's job.
+type Config struct {
+	Job     worker.Config // what every rank trains (sent to them as JSON)
+	Workers int           // world size to wait for
+	Bind    string        // gossip address (host:port)
+	Control string        // control gRPC address (port 0 picks one)
+	// WaitTimeout bounds the wait for all workers to join and register.
+	WaitTimeout time.Duration
+	Local       bool // loopback-tuned failure detection
+}
+
+// LoadJobConfig reads a YAML job file (a path, or a built-in config's name)
+// over the defaults; unknown keys are errors that name the file.
+func LoadJobConfig(name string) (worker.Config, error) {
+	cfg := worker.DefaultConfig()
+	data, source, err := configs.Read(name)
+	if err != nil {
+		return cfg, fmt.Errorf("coordinator: --config: %w", err)
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(&cfg); err != nil && !errors.Is(err, io.EOF) {
+		return cfg, fmt.Errorf("coordinator: --config %s: %w", source, err)
+	}
+	return cfg, nil
+}
+
+// Coordinator runs one job.
+type Coordinator struct {
+	cfg   Config
+	log   *zap.Logger
+	out   io.Writer
+	jobID string
+	train *sharding.Dataset
+
+	mu       sync.Mutex
+	changed  chan struct{} // closed and replaced on every state change
+	workers  map[string]*controlpb.RegisterRequest
+	started  bool
+	ranks    map[string]int // name -> rank once started
+	plans    map[string]*controlpb.JobPlan
+	reports  map[int][]*controlpb.EpochReport // epoch -> by rank
+	verdicts map[int]*controlpb.ReportReply
+	failed   error
+	finished bool
+
+	summary struct {
+		bestAcc   float64
+		bestEpoch int
+	}
+	control *grpc.Server
+}
+
+// New checks the config and scans the data.
+func New(cfg Config, log *zap.Logger, out io.Writer) (*Coordinator, error) {
+	if cfg.Workers < 1 {
+		return nil, fmt.Errorf("coordinator: --workers %d, want at least 1", cfg.Workers)
+	}
+	if err := cfg.Job.Validate(); err != nil {
+		return nil, err
+	}
+	if err := cfg.Job.CheckWorld(cfg.Workers); err != nil {
+		return nil, fmt.Errorf("coordinator: %w (set --batch to a multiple of --workers)", err)
+	}
+	train, _, err := sharding.ScanSplits(cfg.Job.Data)
+	if err != nil {
+		return nil, err
+	}
+	id := make([]byte, 6)
+	rand.Read(id)
+	return &Coordinator{
+		cfg: cfg, log: log, out: out, jobID: "job-" + hex.EncodeToString(id), train: train,
+		changed: make(chan struct{}), workers: map[string]*controlpb.RegisterRequest{},
+		reports: map[int][]*controlpb.EpochReport{}, verdicts: map[int]*controlpb.ReportReply{},
+	}, nil
+}
+
+// Run serves the job until it is done: every rank reported the last epoch.
+// ready, when set, is called with the gossip address once workers can join.
+func (c *Coordinator) Run(ctx context.Context, ready func(gossip string)) error {
+	if err := os.MkdirAll(c.cfg.Job.Out, 0o755); err != nil {
+		return fmt.Errorf("coordinator: --out: %w", err)
+	}
+	if err := sharding.WriteClassIndices(filepath.Join(c.cfg.Job.Out, worker.ClassIndicesFile), c.train.Classes); err != nil {
+		return err
+	}
+	lis, err := net.Listen("tcp", c.cfg.Control)
+	if err != nil {
+		return fmt.Errorf("coordinator: control address %s: %w", c.cfg.Control, err)
+	}
+	c.control = grpc.NewServer()
+	controlpb.RegisterControlServer(c.control, &controlService{c: c})
+	go c.control.Serve(lis)
+	defer stopGracefully(c.control, 5*time.Second)
+
+	member, err := membership.Start(membership.Config{
+		Name: "coordinator", Bind: c.cfg.Bind, Local: c.cfg.Local,
+		Meta: membership.Meta{Role: membership.RoleCoordinator, GRPC: lis.Addr().String(), Job: c.jobID},
+	}, c.log)
+	if err != nil {
+		return err
+	}
+	defer member.Leave(time.Second)
+	c.log.Info("waiting for workers", zap.Int("workers", c.cfg.Workers), zap.String("gossip", member.Addr()),
+		zap.String("control", lis.Addr().String()), zap.String("job", c.jobID), zap.String("data", c.cfg.Job.Data))
+	if ready != nil {
+		ready(member.Addr())
+	}
+	if err := c.waitForWorkers(ctx, member); err != nil {
+		return err
+	}
+	fmt.Fprintf(c.out, "Job %s: %d workers, %d training images, %d classes; global batch %d\n",
+		c.jobID, c.cfg.Workers, len(c.train.Samples), len(c.train.Classes), c.cfg.Job.Batch)
+	start := time.Now()
+	for {
+		c.mu.Lock()
+		done, failed, changed := c.finished, c.failed, c.changed
+		c.mu.Unlock()
+		if failed != nil {
+			return failed
+		}
+		if done {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-changed:
+		case e := <-member.Events():
+			c.onMember(e)
+		}
+	}
+	fmt.Fprintf(c.out, "Finished Training in %s: best Val Accuracy %.4f at epoch %d; model in %s\n",
+		time.Since(start).Round(time.Second), c.summary.bestAcc, c.summary.bestEpoch, filepath.Join(c.cfg.Job.Out, worker.BestFile))
+	return nil
+}
+
+// waitForWorkers returns once Workers workers have registered, then assigns
+// ranks by sorted name, or fails at WaitTimeout listing who is there.
+func (c *Coordinator) waitForWorkers(ctx context.Context, member *membership.Member) error {
+	timeout := time.NewTimer(c.cfg.WaitTimeout)
+	defer timeout.Stop()
+	for {
+		c.mu.Lock()
+		n, changed := len(c.workers), c.changed
+		c.mu.Unlock()
+		if n >= c.cfg.Workers {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-changed:
+		case e := <-member.Events():
+			c.log.Info("member "+e.Kind.String(), zap.String("name", e.Name), zap.String("role", e.Meta.Role), zap.String("addr", e.Addr))
+		case <-timeout.C:
+			var there []string
+			for _, m := range member.Members() {
+				there = append(there, fmt.Sprintf("%s (%s, %s)", m.Name, m.Meta.Role, m.Addr))
+			}
+			c.mu.Lock()
+			var registered []string
+			for name := range c.workers {
+				registered = append(registered, name)
+			}
+			c.mu.Unlock()
+			sort.Strings(registered)
+			if len(there) == 0 {
+				there = []string{"nobody"}
+			}
+			return fmt.Errorf("coordinator: waited %v for %d workers; %d registered [%s]; members: %s",
+				c.cfg.WaitTimeout, c.cfg.Workers, len(registered), strings.Join(registered, ", "), strings.Join(there, ", "))
+		}
+	}
+	c.start()
+	return nil
+}
+
+// start assigns ranks in sorted-name order and makes every worker's plan.
+func (c *Coordinator) start() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	names := make([]string, 0, len(c.workers))
+	for name := range c.workers {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	peers := make([]string, len(names))
+	c.ranks = map[string]int{}
+	for r, name := range names {
+		c.ranks[name] = r
+		peers[r] = c.workers[name].RingAddr
+	}
+	cfgJSON, _ := json.Marshal(c.cfg.Job)
+	c.plans = map[string]*controlpb.JobPlan{}
+	for r, name := range names {
+		c.plans[name] = &controlpb.JobPlan{
+			JobId: c.jobID, Rank: int32(r), World: int32(len(names)), Peers: peers, RingId: c.jobID + "-ring-1",
+			ConfigJson: cfgJSON, Classes: c.train.Classes, Dataset: c.train.Fingerprint(),
+		}
+		c.log.Info("rank assigned", zap.String("worker", name), zap.Int("rank", r), zap.String("ring_addr", peers[r]), zap.String("device", c.workers[name].Device))
+	}
+	c.started = true
+	c.notify()
+}
+
+func (c *Coordinator) notify() {
+	close(c.changed)
+	c.changed = make(chan struct{})
+}
+
+// onMember reacts to membership: a registered worker leaving ends the job
+// (re-forming the ring without it is the elastic mode's work).
+func (c *Coordinator) onMember(e membership.Event) {
+	c.log.Info("member "+e.Kind.String(), zap.String("name", e.Name), zap.String("role", e.Meta.Role))
+	if e.Kind != membership.Left {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if r, ok := c.ranks[e.Name]; ok && !c.finished && c.failed == nil {
+		c.failed = fmt.Errorf("coordinator: worker %s (rank %d) left the job", e.Name, r)
+		c.notify()
+	}
+}
+
+// report records a rank's epoch and, once all ranks are in, decides.
+func (c *Coordinator) report(ctx context.Context, rep *controlpb.EpochReport) (*controlpb.ReportReply, error) {
+	c.mu.Lock()
+	if !c.started || rep.JobId != c.jobID || int(rep.Rank) >= c.cfg.Workers || rep.Rank < 0 {
+		c.mu.Unlock()
+		return nil, status.Errorf(codes.InvalidArgument, "report for job %q rank %d does not belong to job %s", rep.JobId, rep.Rank, c.jobID)
+	}
+	e := int(rep.Epoch)
+	if c.reports[e] == nil {
+		c.reports[e] = make([]*controlpb.EpochReport, c.cfg.Workers)
+	}
+	c.reports[e][rep.Rank] = rep
+	complete := true
+	for _, r := range c.reports[e] {
+		complete = complete && r != nil
+	}
+	if complete {
+		c.verdicts[e] = c.decide(e)
+		c.notify()
+	}
+	for c.verdicts[e] == nil && c.failed == nil {
+		changed := c.changed
+		c.mu.Unlock()
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+		c.mu.Lock()
+	}
+	defer c.mu.Unlock()
+	if v := c.verdicts[e]; v != nil {
+		return v, nil
+	}
+	return &controlpb.ReportReply{Stop: true, Reason: c.failed.Error()}, nil
+}
+
+// decide checks that the ranks hold the same parameters and prints the epoch.
+// Called with c.mu held.
+func (c *Coordinator) decide(epoch int) *controlpb.ReportReply {
+	reps := c.reports[epoch]
+	for _, r := range reps[1:] {
+		if r.Checksum != reps[0].Checksum {
+			var sums []string
+			for _, x := range reps {
+				sums = append(sums, fmt.Sprintf("rank %d %016x", x.Rank, x.Checksum))
+			}
+			c.failed = fmt.Errorf("coordinator: parameters diverged after epoch %d: %s", epoch, strings.Join(sums, ", "))
+			return &controlpb.ReportReply{Stop: true, Reason: c.failed.Error()}
+		}
+	}
+	var loss, ips float64
+	images := 0
+	for _, r := range reps {
+		loss += r.TrainLoss * float64(r.Images)
+		images += int(r.Images)
+		ips += r.ImagesPerS
+	}
+	if images > 0 {
+		loss /= float64(images)
+	}
+	acc := reps[0].ValAccuracy
+	if reps[0].Best {
+		c.summary.bestAcc, c.summary.bestEpoch = acc, epoch
+	}
+	fmt.Fprintf(c.out, "Epoch %d/%d - Train loss: %.4f - Val Accuracy: %.4f\n", epoch, c.cfg.Job.Epochs, loss, acc)
+	c.log.Info("epoch", zap.Int("epoch", epoch), zap.Float64("train_loss", loss), zap.Float64("val_accuracy", acc),
+		zap.Float64("img_per_s", ips), zap.Uint64("checksum", reps[0].Checksum))
+	if epoch >= c.cfg.Job.Epochs {
+		c.finished = true
+	}
+	return &controlpb.ReportReply{}
+}
+
+// stopGracefully lets the last replies (the final epoch's verdicts) reach the
+// workers, then stops the server for good.
+func stopGracefully(s *grpc.Server, wait time.Duration) {
+	done := make(chan struct{})
+	go func() {
+		s.GracefulStop()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(wait):
+		s.Stop()
+	}
+}
+
+type controlService struct {
+	controlpb.UnimplementedControlServer
+	c *Coordinator
+}
+
+func (s *controlService) Register(ctx context.Context, req *controlpb.RegisterRequest) (*controlpb.JobPlan, error) {
+	c := s.c
+	c.mu.Lock()
+	if req.Name == "" || req.RingAddr == "" {
+		c.mu.Unlock()
+		return nil, status.Error(codes.InvalidArgument, "register needs a name and a ring address")
+	}
+	if _, dup := c.workers[req.Name]; dup || c.started {
+		c.mu.Unlock()
+		if c.started {
+			return nil, status.Errorf(codes.FailedPrecondition, "job %s has started with %d workers; %s cannot join it", c.jobID, c.cfg.Workers, req.Name)
+		}
+		return nil, status.Errorf(codes.AlreadyExists, "a worker named %s is already registered", req.Name)
+	}
+	if len(c.workers) >= c.cfg.Workers {
+		c.mu.Unlock()
+		return nil, status.Errorf(codes.ResourceExhausted, "job %s already has its %d workers", c.jobID, c.cfg.Workers)
+	}
+	c.workers[req.Name] = req
+	c.log.Info("worker registered", zap.String("name", req.Name), zap.String("ring_addr", req.RingAddr), zap.String("device", req.Device),
+		zap.Int("registered", len(c.workers)), zap.Int("of", c.cfg.Workers))
+	c.notify()
+	for !c.started && c.failed == nil {
+		changed := c.changed
+		c.mu.Unlock()
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			c.mu.Lock()
+			if !c.started {
+				delete(c.workers, req.Name)
+				c.notify()
+			}
+			c.mu.Unlock()
+			return nil, ctx.Err()
+		}
+		c.mu.Lock()
+	}
+	defer c.mu.Unlock()
+	if c.failed != nil {
+		return nil, status.Error(codes.Aborted, c.failed.Error())
+	}
+	return c.plans[req.Name], nil
+}
+
+func (s *controlService) EpochShard(ctx context.Context, req *controlpb.EpochRequest) (*controlpb.Shard, error) {
+	c := s.c
+	if req.JobId != c.jobID {
+		return nil, status.Errorf(codes.InvalidArgument, "job %q is not %s", req.JobId, c.jobID)
+	}
+	c.mu.Lock()
+	failed := c.failed
+	c.mu.Unlock()
+	if failed != nil {
+		return nil, status.Error(codes.Aborted, failed.Error())
+	}
+	return &controlpb.Shard{Seed: c.cfg.Job.Seed, Epoch: req.Epoch, World: int32(c.cfg.Workers), Size: int32(len(c.train.Samples)),
+		Dataset: c.train.Fingerprint(), Shuffle: true}, nil
+}
+
+func (s *controlService) Report(ctx context.Context, req *controlpb.EpochReport) (*controlpb.ReportReply, error) {
+	return s.c.report(ctx, req)
+}
