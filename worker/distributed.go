@@ -73,8 +73,7 @@ func RunJoined(ctx context.Context, jc JoinConfig, log *zap.Logger) error {
 	if jc.Data != "" {
 		cfg.Data = jc.Data
 	}
-	log = log.With(zap.Int("rank", int(plan.Rank)))
-	log.Info("job plan received", zap.String("job", plan.JobId), zap.Int("world", int(plan.World)), zap.String("ring", plan.RingId))
+	log.Info("job plan received", zap.Int("rank", int(plan.Rank)), zap.String("job", plan.JobId), zap.Int("world", int(plan.World)), zap.String("ring", plan.RingId))
 
 	rcfg := allreduce.DefaultConfig()
 	rcfg.RingID, rcfg.Rank, rcfg.World, rcfg.Peers = plan.RingId, int(plan.Rank), int(plan.World), plan.Peers
@@ -126,7 +125,7 @@ func RunJoined(ctx context.Context, jc JoinConfig, log *zap.Logger) error {
 			Dataset: s.Dataset, DropLast: s.DropLast, Shuffle: s.Shuffle}, nil
 	}
 	t.OnEpoch = func(r EpochResult) error {
-		log.Info("epoch done", zap.Int("epoch", r.Epoch), zap.Float64("train_loss", r.TrainLoss),
+		log.Info("epoch done", zap.Int("rank", int(plan.Rank)), zap.Int("epoch", r.Epoch), zap.Float64("train_loss", r.TrainLoss),
 			zap.Float64("img_per_s", float64(r.Images)/r.Duration.Seconds()), zap.Uint64("checksum", r.Checksum))
 		reply, err := control.Report(ctx, &controlpb.EpochReport{
 			JobId: plan.JobId, Rank: plan.Rank, Epoch: int32(r.Epoch), TrainLoss: r.TrainLoss, ValAccuracy: r.ValAccuracy,
@@ -148,7 +147,7 @@ func RunJoined(ctx context.Context, jc JoinConfig, log *zap.Logger) error {
 	if err := ring.Barrier(ctx); err != nil && !errors.Is(err, context.Canceled) {
 		return fmt.Errorf("worker: final barrier: %w", err)
 	}
-	log.Info("job done")
+	log.Info("job done", zap.Int("rank", int(plan.Rank)))
 	return nil
 }
 
