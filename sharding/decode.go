@@ -27,11 +27,40 @@ type RGB struct {
 // ErrDecode marks a file that is not a readable image.
 var ErrDecode = errors.New("sharding: cannot decode image")
 
+// Decoder turns image files into RGB; it keeps native state (libjpeg-turbo),
+// so use one per goroutine and Close it.
+type Decoder struct {
+	jpeg *jpegDecoder
+}
+
+// NewDecoder returns a Decoder.
+func NewDecoder() *Decoder { return &Decoder{jpeg: newJPEGDecoder()} }
+
+// Close releases the native state.
+func (d *Decoder) Close() { d.jpeg.close() }
+
 // Decode reads an image file's bytes into dst (reusing its pixel buffer) as RGB,
-// the way PIL's convert("RGB") does: grayscale is replicated, CMYK inverted
-// through K, palettes looked up, alpha dropped (not blended), 16-bit colour
-// reduced to its high byte and 16-bit gray clipped at 255.
+// the way PIL's convert("RGB") does: JPEGs through libjpeg-turbo as PIL
+// decodes them, grayscale replicated, CMYK inverted through K, palettes looked
+// up, alpha dropped (not blended), 16-bit colour reduced to its high byte and
+// 16-bit gray clipped at 255.
+func (d *Decoder) Decode(data []byte, dst *RGB) error {
+	if bytes.HasPrefix(data, []byte{0xff, 0xd8}) {
+		if err := d.jpeg.decode(data, dst); !errors.Is(err, errUseGo) {
+			return err
+		}
+	}
+	return decodeGo(data, dst)
+}
+
+// Decode is a one-off Decoder's Decode.
 func Decode(data []byte, dst *RGB) error {
+	d := NewDecoder()
+	defer d.Close()
+	return d.Decode(data, dst)
+}
+
+func decodeGo(data []byte, dst *RGB) error {
 	img, err := decodeAny(data)
 	if err != nil {
 		return fmt.Errorf("%w: %v", ErrDecode, err)

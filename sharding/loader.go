@@ -148,6 +148,7 @@ func (l *Loader) batchSize(n int) int {
 func (l *Loader) work() {
 	defer l.wg.Done()
 	var st sampleState
+	defer st.close()
 	for {
 		l.mu.Lock()
 		for l.ctx.Err() == nil && l.err == nil && l.next < len(l.shard) && l.next/l.cfg.Batch >= l.released+len(l.slots) {
@@ -246,10 +247,17 @@ func (l *Loader) Close() {
 
 // sampleState is one goroutine's reusable buffers.
 type sampleState struct {
+	dec     *Decoder
 	file    bytes.Buffer
 	rgb     RGB
 	resizer Resizer
 	square  []uint8
+}
+
+func (st *sampleState) close() {
+	if st.dec != nil {
+		st.dec.Close()
+	}
 }
 
 // SampleRNG is the RNG of one sample's augmentation in one epoch.
@@ -268,7 +276,10 @@ func (st *sampleState) load(path string, index int, cfg LoaderConfig, dst []floa
 	if err != nil {
 		return err
 	}
-	if err := Decode(st.file.Bytes(), &st.rgb); err != nil {
+	if st.dec == nil {
+		st.dec = NewDecoder()
+	}
+	if err := st.dec.Decode(st.file.Bytes(), &st.rgb); err != nil {
 		return err
 	}
 	return st.transform(index, cfg, dst)
@@ -295,6 +306,7 @@ func (st *sampleState) transform(index int, cfg LoaderConfig, dst []float32) err
 // normalise) into dst: what predict does to its inputs.
 func LoadImage(path string, side int, dst []float32) error {
 	var st sampleState
+	defer st.close()
 	if err := st.load(path, 0, LoaderConfig{Side: side}, dst); err != nil {
 		if errors.Is(err, ErrDecode) {
 			return fmt.Errorf("%s: %w", path, err)

@@ -111,6 +111,7 @@ func clip8(v int64) uint8 {
 // its buffers: one Resizer per goroutine.
 type Resizer struct {
 	tmp []uint8
+	acc []int32
 }
 
 // Resize writes the crop of src resized to w x h into dst (3*w*h bytes, RGB
@@ -127,38 +128,62 @@ func (r *Resizer) Resize(src *RGB, crop Crop, w, h int, dst []uint8) {
 		r.tmp = make([]uint8, n)
 	}
 	tmp := r.tmp[:rows*w*3]
-	half := int64(1) << (precisionBits - 1)
+	const half = int32(1) << (precisionBits - 1)
 	for y := 0; y < rows; y++ {
-		in := src.Pix[(y0+y)*src.W*3:]
-		out := tmp[y*w*3:]
+		in := src.Pix[(y0+y)*src.W*3 : (y0+y+1)*src.W*3]
+		out := tmp[y*w*3 : (y+1)*w*3]
 		for x := 0; x < w; x++ {
 			xmin, n := hc.bounds[2*x], hc.bounds[2*x+1]
-			k := hc.k[x*hc.ksize:]
+			k := hc.k[x*hc.ksize : x*hc.ksize+n]
+			p := in[xmin*3 : (xmin+n)*3]
 			s0, s1, s2 := half, half, half
-			for j := 0; j < n; j++ {
-				p := in[(xmin+j)*3:]
-				kj := int64(k[j])
-				s0 += int64(p[0]) * kj
-				s1 += int64(p[1]) * kj
-				s2 += int64(p[2]) * kj
+			for j, kj := range k {
+				s0 += int32(p[3*j]) * kj
+				s1 += int32(p[3*j+1]) * kj
+				s2 += int32(p[3*j+2]) * kj
 			}
-			out[3*x], out[3*x+1], out[3*x+2] = clip8(s0), clip8(s1), clip8(s2)
+			out[3*x], out[3*x+1], out[3*x+2] = clip8(int64(s0)), clip8(int64(s1)), clip8(int64(s2))
 		}
 	}
+	// Vertical pass: row by row, each tap adds a whole input row, so memory is
+	// read in order. Bilinear weights are non-negative and sum to 1<<22, so
+	// 255<<22 plus the rounding half fits an int32.
 	rowLen := w * 3
+	if cap(r.acc) < rowLen {
+		r.acc = make([]int32, rowLen)
+	}
+	acc := r.acc[:rowLen]
 	for y := 0; y < h; y++ {
 		ymin, n := vc.bounds[2*y]-y0, vc.bounds[2*y+1]
 		k := vc.k[y*vc.ksize:]
-		out := dst[y*rowLen : (y+1)*rowLen]
-		for x := 0; x < rowLen; x++ {
-			s := half
-			for j := 0; j < n; j++ {
-				s += int64(tmp[(ymin+j)*rowLen+x]) * int64(k[j])
+		for x := range acc {
+			acc[x] = int32(half)
+		}
+		for j := 0; j < n; j++ {
+			kj := k[j]
+			if kj == 0 {
+				continue
 			}
-			out[x] = clip8(s)
+			row := tmp[(ymin+j)*rowLen : (ymin+j+1)*rowLen]
+			for x, v := range row {
+				acc[x] += int32(v) * kj
+			}
+		}
+		out := dst[y*rowLen : (y+1)*rowLen]
+		for x, v := range acc {
+			out[x] = clip8(int64(v))
 		}
 	}
 }
+
+// normalized is ToTensor then Normalize(0.5, 0.5) of every byte value, computed
+// as torchvision does (divide by 255, subtract 0.5, divide by 0.5, in float32).
+var normalized = func() (t [256]float32) {
+	for v := range t {
+		t[v] = (float32(v)/255 - 0.5) / 0.5
+	}
+	return t
+}()
 
 // ToTensor writes an RGB square (HWC bytes) as normalised CHW floats:
 // ToTensor (/255) then Normalize(mean 0.5, std 0.5), flipped horizontally if
@@ -173,9 +198,7 @@ func ToTensor(rgb []uint8, side int, flip bool, dst []float32) {
 			}
 			p := rgb[(y*side+sx)*3:]
 			o := y*side + x
-			for c := 0; c < 3; c++ {
-				dst[c*plane+o] = (float32(p[c])/255 - 0.5) / 0.5
-			}
+			dst[o], dst[plane+o], dst[2*plane+o] = normalized[p[0]], normalized[p[1]], normalized[p[2]]
 		}
 	}
 }

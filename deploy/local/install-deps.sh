@@ -7,6 +7,9 @@ command -v gcc >/dev/null 2>&1 || need+=(gcc libc6-dev)
 if ! ldconfig -p 2>/dev/null | grep -q 'libopenblas\.so ' && ! dpkg -s libopenblas-dev >/dev/null 2>&1; then
   need+=(libopenblas-dev)
 fi
+if [ ! -f /usr/include/turbojpeg.h ]; then
+  need+=(libturbojpeg0-dev)
+fi
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"

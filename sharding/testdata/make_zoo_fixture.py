@@ -19,8 +19,16 @@ im = Image.new("P", (W, H)); im.putpalette([random.randrange(256) for _ in range
 im.info["transparency"] = bytes([random.randrange(256) for _ in range(16)]); imgs["palette.png"] = im
 im = Image.new("I;16", (W, H)); im.putdata(noise("I", 1, 65536)); imgs["gray16.png"] = im
 im = Image.new("LA", (W, H)); im.putdata(noise("LA", 2)); imgs["gray_alpha.png"] = im
+# Smooth colour JPEGs (4:2:0 and 4:4:4) and a grayscale one: PIL decodes them
+# with libjpeg-turbo, as alexring does.
+grad = Image.new("RGB", (37, 29)); grad.putdata([((x * 7) % 256, (y * 9) % 256, (x * y) % 256) for y in range(29) for x in range(37)])
+imgs["rgb420.jpg"] = grad
+imgs["rgb444.jpg"] = grad.copy()
+imgs["gray8.jpg"] = grad.convert("L")
 for name, im in imgs.items():
     kw = {"quality": 95} if name.endswith(".jpg") else {}
+    if name == "rgb444.jpg":
+        kw["subsampling"] = 0
     if name == "palette.png":
         im.save("zoo_" + name, transparency=im.info["transparency"])
     else:
