@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"net"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/memberlist"
@@ -72,6 +73,7 @@ type Member struct {
 	events chan Event
 	meta   []byte
 	log    *zap.Logger
+	leave  sync.Once
 }
 
 // Start creates the member and, when cfg.Join is set, joins the cluster with
@@ -152,11 +154,10 @@ func (m *Member) Members() []Event {
 
 // Leave tells the cluster we go, then stops. Safe to call twice.
 func (m *Member) Leave(timeout time.Duration) {
-	if m.ml == nil {
-		return
-	}
-	m.ml.Leave(timeout)
-	m.ml.Shutdown()
+	m.leave.Do(func() {
+		m.ml.Leave(timeout) // memberlist panics on a second Leave
+		m.ml.Shutdown()
+	})
 }
 
 func toEvent(kind EventKind, n *memberlist.Node) Event {
