@@ -2,6 +2,11 @@
 
 package alexnet
 
+import "gonum.org/v1/gonum/blas/gonum"
+
 // BLAS names the BLAS the graphs multiply with: gonum's pure Go, for builds
 // without cgo or OpenBLAS (build tag purego).
 const BLAS = "gonum"
+
+// sgemm is the BLAS the custom ops call directly.
+var sgemm = gonum.Implementation{}.Sgemm

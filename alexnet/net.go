@@ -99,11 +99,8 @@ func (n *Net) build() error {
 		if err != nil {
 			return err
 		}
-		if x, err = G.Conv2d(x, w, tensor.Shape{c.Kernel, c.Kernel}, []int{c.Pad, c.Pad}, []int{c.Stride, c.Stride}, []int{1, 1}); err != nil {
+		if x, err = conv2d(x, w, bias, c, b); err != nil {
 			return fmt.Errorf("%s: %w", c.WeightName, err)
-		}
-		if x, err = G.BroadcastAdd(x, bias, nil, []byte{0, 2, 3}); err != nil {
-			return fmt.Errorf("%s: %w", c.BiasName, err)
 		}
 		if x, err = G.Rectify(x); err != nil {
 			return err
@@ -133,15 +130,8 @@ func (n *Net) build() error {
 		if err != nil {
 			return err
 		}
-		wt, err := G.Transpose(w)
-		if err != nil {
-			return err
-		}
-		if x, err = G.Mul(x, wt); err != nil {
+		if x, err = linear(x, w, bias, l, b); err != nil {
 			return fmt.Errorf("%s: %w", l.WeightName, err)
-		}
-		if x, err = G.BroadcastAdd(x, bias, nil, []byte{0}); err != nil {
-			return fmt.Errorf("%s: %w", l.BiasName, err)
 		}
 		if l.ReLUAfter {
 			if x, err = G.Rectify(x); err != nil {

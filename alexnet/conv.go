@@ -1,0 +1,256 @@
+package alexnet
+
+import (
+	"fmt"
+	"hash"
+
+	"github.com/chewxy/hm"
+	G "gorgonia.org/gorgonia"
+	"gonum.org/v1/gonum/blas"
+	"gorgonia.org/tensor"
+)
+
+// Convolution as custom gorgonia ops. gorgonia's Conv2d lays the patches out
+// batch-major ([B*Ho*Wo, Cin*K*K]), multiplies, then transposes the result back
+// to NCHW and its gradient likewise: two transposes and a 4-D copy per layer and
+// step, and a separate broadcast copy for the bias. Per image, W [Cout, Cin*K*K]
+// times the image's patches [Cin*K*K, Ho*Wo] is already NCHW, so these ops do
+// one im2col into a reused buffer and one sgemm, with the bias added in place.
+
+// convGeom is one convolution's shapes.
+type convGeom struct {
+	batch, in, out, kernel, stride, pad int
+	side, outSide                       int
+}
+
+func (g convGeom) colRows() int { return g.in * g.kernel * g.kernel }
+func (g convGeom) hw() int      { return g.outSide * g.outSide }
+
+// im2col writes image x [in, side, side] as patches [in*K*K, outSide*outSide].
+func (g convGeom) im2col(x, col []float32) {
+	hw := g.hw()
+	for c := 0; c < g.in; c++ {
+		plane := x[c*g.side*g.side : (c+1)*g.side*g.side]
+		for ky := 0; ky < g.kernel; ky++ {
+			for kx := 0; kx < g.kernel; kx++ {
+				row := col[((c*g.kernel+ky)*g.kernel+kx)*hw:][:hw]
+				i := 0
+				for oy := 0; oy < g.outSide; oy++ {
+					iy := oy*g.stride - g.pad + ky
+					if iy < 0 || iy >= g.side {
+						clear(row[i : i+g.outSide])
+						i += g.outSide
+						continue
+					}
+					src := plane[iy*g.side : (iy+1)*g.side]
+					for ox := 0; ox < g.outSide; ox++ {
+						ix := ox*g.stride - g.pad + kx
+						if ix >= 0 && ix < g.side {
+							row[i] = src[ix]
+						} else {
+							row[i] = 0
+						}
+						i++
+					}
+				}
+			}
+		}
+	}
+}
+
+// col2im adds patches [in*K*K, outSide*outSide] back into image dx.
+func (g convGeom) col2im(col, dx []float32) {
+	hw := g.hw()
+	for c := 0; c < g.in; c++ {
+		plane := dx[c*g.side*g.side : (c+1)*g.side*g.side]
+		for ky := 0; ky < g.kernel; ky++ {
+			for kx := 0; kx < g.kernel; kx++ {
+				row := col[((c*g.kernel+ky)*g.kernel+kx)*hw:][:hw]
+				i := 0
+				for oy := 0; oy < g.outSide; oy++ {
+					iy := oy*g.stride - g.pad + ky
+					if iy < 0 || iy >= g.side {
+						i += g.outSide
+						continue
+					}
+					dst := plane[iy*g.side : (iy+1)*g.side]
+					for ox := 0; ox < g.outSide; ox++ {
+						ix := ox*g.stride - g.pad + kx
+						if ix >= 0 && ix < g.side {
+							dst[ix] += row[i]
+						}
+						i++
+					}
+				}
+			}
+		}
+	}
+}
+
+// convKind says which of the four computations an op is.
+type convKind int
+
+const (
+	convForward     convKind = iota // (x, w, b) -> y
+	convGradInput                   // (w, dy) -> dx
+	convGradWeights                 // (x, dy) -> dw
+	convGradBias                    // (dy) -> db
+)
+
+var convKindNames = [...]string{"Conv", "ConvGradInput", "ConvGradWeights", "ConvGradBias"}
+
+type convOp struct {
+	g    convGeom
+	kind convKind
+}
+
+// conv2d applies the fused convolution and bias.
+func conv2d(x, w, b *G.Node, c Conv, batch int) (*G.Node, error) {
+	g := convGeom{batch: batch, in: c.In, out: c.Out, kernel: c.Kernel, stride: c.Stride, pad: c.Pad, side: c.InSide, outSide: c.OutSide}
+	return G.ApplyOp(convOp{g: g, kind: convForward}, x, w, b)
+}
+
+func (op convOp) Arity() int {
+	switch op.kind {
+	case convGradBias:
+		return 1
+	case convForward:
+		return 3
+	}
+	return 2
+}
+
+func (op convOp) Type() hm.Type {
+	a := hm.TypeVariable('a')
+	t4 := G.TensorType{Dims: 4, Of: a}
+	t1 := G.TensorType{Dims: 1, Of: a}
+	switch op.kind {
+	case convForward:
+		return hm.NewFnType(t4, t4, t1, t4)
+	case convGradBias:
+		return hm.NewFnType(t4, t1)
+	}
+	return hm.NewFnType(t4, t4, t4)
+}
+
+func (op convOp) shape() tensor.Shape {
+	g := op.g
+	switch op.kind {
+	case convForward:
+		return tensor.Shape{g.batch, g.out, g.outSide, g.outSide}
+	case convGradInput:
+		return tensor.Shape{g.batch, g.in, g.side, g.side}
+	case convGradWeights:
+		return tensor.Shape{g.out, g.in, g.kernel, g.kernel}
+	}
+	return tensor.Shape{g.out}
+}
+
+func (op convOp) InferShape(...G.DimSizer) (tensor.Shape, error) { return op.shape(), nil }
+func (op convOp) ReturnsPtr() bool                                { return false }
+func (op convOp) CallsExtern() bool                               { return true }
+func (op convOp) OverwritesInput() int                            { return -1 }
+func (op convOp) WriteHash(h hash.Hash)                           { fmt.Fprint(h, op.String()) }
+func (op convOp) Hashcode() uint32                                { return hashOf(op) }
+func (op convOp) String() string {
+	g := op.g
+	return fmt.Sprintf("%s{%dx%d->%d k%d s%d p%d b%d}", convKindNames[op.kind], g.in, g.side, g.out, g.kernel, g.stride, g.pad, g.batch)
+}
+
+func (op convOp) DiffWRT(int) []bool {
+	if op.kind == convForward {
+		return []bool{true, true, true}
+	}
+	return nil
+}
+
+func (op convOp) SymDiff(inputs G.Nodes, output, grad *G.Node) (G.Nodes, error) {
+	if op.kind != convForward {
+		return nil, fmt.Errorf("alexnet: %v has no gradient", op)
+	}
+	x, w := inputs[0], inputs[1]
+	dx, err := G.ApplyOp(convOp{g: op.g, kind: convGradInput}, w, grad)
+	if err != nil {
+		return nil, err
+	}
+	dw, err := G.ApplyOp(convOp{g: op.g, kind: convGradWeights}, x, grad)
+	if err != nil {
+		return nil, err
+	}
+	db, err := G.ApplyOp(convOp{g: op.g, kind: convGradBias}, grad)
+	if err != nil {
+		return nil, err
+	}
+	return G.Nodes{dx, dw, db}, nil
+}
+
+func (op convOp) Do(in ...G.Value) (G.Value, error) {
+	out := tensor.New(tensor.WithShape(op.shape()...), tensor.Of(tensor.Float32))
+	return op.UsePreallocDo(out, in...)
+}
+
+// UsePreallocDo computes into prealloc when it has the output's shape (the
+// machine hands back last step's buffer), overwriting all of it.
+func (op convOp) UsePreallocDo(prealloc G.Value, in ...G.Value) (G.Value, error) {
+	out, ok := prealloc.(*tensor.Dense)
+	if !ok || !out.Shape().Eq(op.shape()) || out.Dtype() != tensor.Float32 {
+		return nil, fmt.Errorf("alexnet: %v cannot reuse %T", op, prealloc)
+	}
+	args := make([][]float32, len(in))
+	for i, v := range in {
+		_, f, err := denseF32(v, fmt.Sprintf("%v input %d", op, i))
+		if err != nil {
+			return nil, err
+		}
+		args[i] = f
+	}
+	dst := out.Data().([]float32)
+	g := op.g
+	hw, rows := g.hw(), g.colRows()
+	inSize, outSize := g.in*g.side*g.side, g.out*hw
+	switch op.kind {
+	case convForward:
+		x, w, b := args[0], args[1], args[2]
+		col := make([]float32, rows*hw)
+		for i := 0; i < g.batch; i++ {
+			y := dst[i*outSize : (i+1)*outSize]
+			g.im2col(x[i*inSize:(i+1)*inSize], col)
+			for c := 0; c < g.out; c++ {
+				row := y[c*hw : (c+1)*hw]
+				for j := range row {
+					row[j] = b[c]
+				}
+			}
+			sgemm(blas.NoTrans, blas.NoTrans, g.out, hw, rows, 1, w, rows, col, hw, 1, y, hw)
+		}
+	case convGradInput:
+		w, dy := args[0], args[1]
+		col := make([]float32, rows*hw)
+		clear(dst)
+		for i := 0; i < g.batch; i++ {
+			sgemm(blas.Trans, blas.NoTrans, rows, hw, g.out, 1, w, rows, dy[i*outSize:(i+1)*outSize], hw, 0, col, hw)
+			g.col2im(col, dst[i*inSize:(i+1)*inSize])
+		}
+	case convGradWeights:
+		x, dy := args[0], args[1]
+		col := make([]float32, rows*hw)
+		clear(dst)
+		for i := 0; i < g.batch; i++ {
+			g.im2col(x[i*inSize:(i+1)*inSize], col)
+			sgemm(blas.NoTrans, blas.Trans, g.out, rows, hw, 1, dy[i*outSize:(i+1)*outSize], hw, col, hw, 1, dst, rows)
+		}
+	case convGradBias:
+		dy := args[0]
+		clear(dst)
+		for i := 0; i < g.batch; i++ {
+			for c := 0; c < g.out; c++ {
+				var s float32
+				for _, v := range dy[i*outSize+c*hw : i*outSize+(c+1)*hw] {
+					s += v
+				}
+				dst[c] += s
+			}
+		}
+	}
+	return out, nil
+}
