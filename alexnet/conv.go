@@ -5,8 +5,8 @@ import (
 	"hash"
 
 	"github.com/chewxy/hm"
-	G "gorgonia.org/gorgonia"
 	"gonum.org/v1/gonum/blas"
+	G "gorgonia.org/gorgonia"
 	"gorgonia.org/tensor"
 )
 
@@ -147,11 +147,11 @@ func (op convOp) shape() tensor.Shape {
 }
 
 func (op convOp) InferShape(...G.DimSizer) (tensor.Shape, error) { return op.shape(), nil }
-func (op convOp) ReturnsPtr() bool                                { return false }
-func (op convOp) CallsExtern() bool                               { return true }
-func (op convOp) OverwritesInput() int                            { return -1 }
-func (op convOp) WriteHash(h hash.Hash)                           { fmt.Fprint(h, op.String()) }
-func (op convOp) Hashcode() uint32                                { return hashOf(op) }
+func (op convOp) ReturnsPtr() bool                               { return false }
+func (op convOp) CallsExtern() bool                              { return true }
+func (op convOp) OverwritesInput() int                           { return -1 }
+func (op convOp) WriteHash(h hash.Hash)                          { fmt.Fprint(h, op.String()) }
+func (op convOp) Hashcode() uint32                               { return hashOf(op) }
 func (op convOp) String() string {
 	g := op.g
 	return fmt.Sprintf("%s{%dx%d->%d k%d s%d p%d b%d}", convKindNames[op.kind], g.in, g.side, g.out, g.kernel, g.stride, g.pad, g.batch)

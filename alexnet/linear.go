@@ -5,8 +5,8 @@ import (
 	"hash"
 
 	"github.com/chewxy/hm"
-	G "gorgonia.org/gorgonia"
 	"gonum.org/v1/gonum/blas"
+	G "gorgonia.org/gorgonia"
 	"gorgonia.org/tensor"
 )
 
@@ -71,11 +71,11 @@ func (op linearOp) shape() tensor.Shape {
 }
 
 func (op linearOp) InferShape(...G.DimSizer) (tensor.Shape, error) { return op.shape(), nil }
-func (op linearOp) ReturnsPtr() bool                                { return false }
-func (op linearOp) CallsExtern() bool                               { return true }
-func (op linearOp) OverwritesInput() int                            { return -1 }
-func (op linearOp) WriteHash(h hash.Hash)                           { fmt.Fprint(h, op.String()) }
-func (op linearOp) Hashcode() uint32                                { return hashOf(op) }
+func (op linearOp) ReturnsPtr() bool                               { return false }
+func (op linearOp) CallsExtern() bool                              { return true }
+func (op linearOp) OverwritesInput() int                           { return -1 }
+func (op linearOp) WriteHash(h hash.Hash)                          { fmt.Fprint(h, op.String()) }
+func (op linearOp) Hashcode() uint32                               { return hashOf(op) }
 func (op linearOp) String() string {
 	return fmt.Sprintf("%s{%d->%d b%d}", linearKindNames[op.kind], op.in, op.out, op.batch)
 }
