@@ -3,6 +3,8 @@ package alexnet
 import (
 	"fmt"
 	"math"
+	"runtime"
+	"sync"
 )
 
 // AdamConfig holds torch.optim.Adam's hyper-parameters.
@@ -61,13 +63,36 @@ func (a *Adam) Update(params, grad []float32) error {
 		eps         = float32(c.Eps)
 		m, v, p, gr = a.M, a.V, params, grad[:len(params)]
 	)
-	for i := range p {
-		g := gr[i]
-		mi := m[i]*b1 + g*g1
-		vi := v[i]*b2 + g*g*g2
-		m[i], v[i] = mi, vi
-		denom := float32(math.Sqrt(float64(vi)))/bc2Sqrt + eps
-		p[i] -= stepSize * (mi / denom)
-	}
+	// Element-wise, so splitting the vector over the cores changes no bit.
+	parallelRanges(len(p), func(lo, hi int) {
+		for i := lo; i < hi; i++ {
+			g := gr[i]
+			mi := m[i]*b1 + g*g1
+			vi := v[i]*b2 + g*g*g2
+			m[i], v[i] = mi, vi
+			denom := float32(math.Sqrt(float64(vi)))/bc2Sqrt + eps
+			p[i] -= stepSize * (mi / denom)
+		}
+	})
 	return nil
+}
+
+// parallelRanges runs fn over [0, n) cut into one range per core (below a
+// million elements, one range: the goroutines would cost more than they save).
+func parallelRanges(n int, fn func(lo, hi int)) {
+	parts := runtime.GOMAXPROCS(0)
+	if n < 1<<20 || parts < 2 {
+		fn(0, n)
+		return
+	}
+	var wg sync.WaitGroup
+	for k := range parts {
+		lo, hi := k*n/parts, (k+1)*n/parts
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			fn(lo, hi)
+		}()
+	}
+	wg.Wait()
 }

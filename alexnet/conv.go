@@ -100,14 +100,36 @@ const (
 var convKindNames = [...]string{"Conv", "ConvGradInput", "ConvGradWeights", "ConvGradBias"}
 
 type convOp struct {
-	g    convGeom
-	kind convKind
+	g       convGeom
+	kind    convKind
+	scratch *opScratch
+}
+
+// opScratch is an op's reused memory: its output (rewritten every step; the
+// values of one step are dead by the next) and its patch buffer.
+type opScratch struct {
+	out *tensor.Dense
+	col []float32
+}
+
+func (s *opScratch) output(shape tensor.Shape) *tensor.Dense {
+	if s.out == nil {
+		s.out = tensor.New(tensor.WithShape(shape...), tensor.Of(tensor.Float32))
+	}
+	return s.out
+}
+
+func (s *opScratch) patches(n int) []float32 {
+	if len(s.col) < n {
+		s.col = make([]float32, n)
+	}
+	return s.col[:n]
 }
 
 // conv2d applies the fused convolution and bias.
 func conv2d(x, w, b *G.Node, c Conv, batch int) (*G.Node, error) {
 	g := convGeom{batch: batch, in: c.In, out: c.Out, kernel: c.Kernel, stride: c.Stride, pad: c.Pad, side: c.InSide, outSide: c.OutSide}
-	return G.ApplyOp(convOp{g: g, kind: convForward}, x, w, b)
+	return G.ApplyOp(convOp{g: g, kind: convForward, scratch: &opScratch{}}, x, w, b)
 }
 
 func (op convOp) Arity() int {
@@ -169,15 +191,15 @@ func (op convOp) SymDiff(inputs G.Nodes, output, grad *G.Node) (G.Nodes, error) 
 		return nil, fmt.Errorf("alexnet: %v has no gradient", op)
 	}
 	x, w := inputs[0], inputs[1]
-	dx, err := G.ApplyOp(convOp{g: op.g, kind: convGradInput}, w, grad)
+	dx, err := G.ApplyOp(convOp{g: op.g, kind: convGradInput, scratch: &opScratch{}}, w, grad)
 	if err != nil {
 		return nil, err
 	}
-	dw, err := G.ApplyOp(convOp{g: op.g, kind: convGradWeights}, x, grad)
+	dw, err := G.ApplyOp(convOp{g: op.g, kind: convGradWeights, scratch: &opScratch{}}, x, grad)
 	if err != nil {
 		return nil, err
 	}
-	db, err := G.ApplyOp(convOp{g: op.g, kind: convGradBias}, grad)
+	db, err := G.ApplyOp(convOp{g: op.g, kind: convGradBias, scratch: &opScratch{}}, grad)
 	if err != nil {
 		return nil, err
 	}
@@ -185,8 +207,7 @@ func (op convOp) SymDiff(inputs G.Nodes, output, grad *G.Node) (G.Nodes, error) 
 }
 
 func (op convOp) Do(in ...G.Value) (G.Value, error) {
-	out := tensor.New(tensor.WithShape(op.shape()...), tensor.Of(tensor.Float32))
-	return op.UsePreallocDo(out, in...)
+	return op.UsePreallocDo(op.scratch.output(op.shape()), in...)
 }
 
 // UsePreallocDo computes into prealloc when it has the output's shape (the
@@ -211,7 +232,7 @@ func (op convOp) UsePreallocDo(prealloc G.Value, in ...G.Value) (G.Value, error)
 	switch op.kind {
 	case convForward:
 		x, w, b := args[0], args[1], args[2]
-		col := make([]float32, rows*hw)
+		col := op.scratch.patches(rows * hw)
 		for i := 0; i < g.batch; i++ {
 			y := dst[i*outSize : (i+1)*outSize]
 			g.im2col(x[i*inSize:(i+1)*inSize], col)
@@ -225,7 +246,7 @@ func (op convOp) UsePreallocDo(prealloc G.Value, in ...G.Value) (G.Value, error)
 		}
 	case convGradInput:
 		w, dy := args[0], args[1]
-		col := make([]float32, rows*hw)
+		col := op.scratch.patches(rows * hw)
 		clear(dst)
 		for i := 0; i < g.batch; i++ {
 			sgemm(blas.Trans, blas.NoTrans, rows, hw, g.out, 1, w, rows, dy[i*outSize:(i+1)*outSize], hw, 0, col, hw)
@@ -233,7 +254,7 @@ func (op convOp) UsePreallocDo(prealloc G.Value, in ...G.Value) (G.Value, error)
 		}
 	case convGradWeights:
 		x, dy := args[0], args[1]
-		col := make([]float32, rows*hw)
+		col := op.scratch.patches(rows * hw)
 		clear(dst)
 		for i := 0; i < g.batch; i++ {
 			g.im2col(x[i*inSize:(i+1)*inSize], col)

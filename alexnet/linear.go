@@ -29,10 +29,11 @@ var linearKindNames = [...]string{"Linear", "LinearGradInput", "LinearGradWeight
 type linearOp struct {
 	batch, in, out int
 	kind           linearKind
+	scratch        *opScratch
 }
 
 func linear(x, w, b *G.Node, l Linear, batch int) (*G.Node, error) {
-	return G.ApplyOp(linearOp{batch: batch, in: l.In, out: l.Out, kind: linearForward}, x, w, b)
+	return G.ApplyOp(linearOp{batch: batch, in: l.In, out: l.Out, kind: linearForward, scratch: &opScratch{}}, x, w, b)
 }
 
 func (op linearOp) Arity() int {
@@ -94,7 +95,7 @@ func (op linearOp) SymDiff(inputs G.Nodes, output, grad *G.Node) (G.Nodes, error
 	x, w := inputs[0], inputs[1]
 	next := func(k linearKind, in ...*G.Node) (*G.Node, error) {
 		o := op
-		o.kind = k
+		o.kind, o.scratch = k, &opScratch{}
 		return G.ApplyOp(o, in...)
 	}
 	dx, err := next(linearGradInput, w, grad)
@@ -113,8 +114,7 @@ func (op linearOp) SymDiff(inputs G.Nodes, output, grad *G.Node) (G.Nodes, error
 }
 
 func (op linearOp) Do(in ...G.Value) (G.Value, error) {
-	out := tensor.New(tensor.WithShape(op.shape()...), tensor.Of(tensor.Float32))
-	return op.UsePreallocDo(out, in...)
+	return op.UsePreallocDo(op.scratch.output(op.shape()), in...)
 }
 
 // UsePreallocDo computes into prealloc when it has the output's shape,
