@@ -145,8 +145,8 @@ func (c *Coordinator) Run(ctx context.Context, ready func(gossip string)) error 
 	if err := c.waitForWorkers(ctx, member); err != nil {
 		return err
 	}
-	fmt.Fprintf(c.out, "Job %s: %d workers, %d training images, %d classes; global batch %d\n",
-		c.jobID, c.cfg.Workers, len(c.train.Samples), len(c.train.Classes), c.cfg.Job.Batch)
+	fmt.Fprintf(c.out, "Job %s: %d workers, %d training images, %d classes; global batch %d (%d per worker)\n",
+		c.jobID, c.cfg.Workers, len(c.train.Samples), len(c.train.Classes), c.cfg.Job.WorkerBatch(c.cfg.Workers)*c.cfg.Workers, c.cfg.Job.WorkerBatch(c.cfg.Workers))
 	start := time.Now()
 	for {
 		c.mu.Lock()

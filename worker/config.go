@@ -19,9 +19,12 @@ type Config struct {
 	Epochs int `yaml:"epochs" json:"epochs"`
 	// Batch is the global batch: the samples of one optimiser step summed over
 	// the ranks; each rank takes Batch/world (it must divide).
-	Batch int     `yaml:"batch" json:"batch"`
-	LR    float64 `yaml:"lr" json:"lr"`
-	Seed  uint64  `yaml:"seed" json:"seed"`
+	Batch int `yaml:"batch" json:"batch"`
+	// WorkerBatch, when set, is each rank's batch instead: the global batch is
+	// then WorkerBatch x world.
+	WorkerBatchSize int     `yaml:"worker_batch" json:"worker_batch"`
+	LR              float64 `yaml:"lr" json:"lr"`
+	Seed            uint64  `yaml:"seed" json:"seed"`
 	// Dropout is the drop probability of the classifier's dropout layers; 0 turns
 	// them off (the parity checks of data parallelism need that).
 	Dropout float64 `yaml:"dropout" json:"dropout"`
@@ -63,6 +66,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("worker: --epochs %d, want at least 1", c.Epochs)
 	case c.Batch < 1:
 		return fmt.Errorf("worker: --batch %d, want at least 1", c.Batch)
+	case c.WorkerBatchSize < 0:
+		return fmt.Errorf("worker: worker_batch %d, want at least 1 (or 0 to split the global batch)", c.WorkerBatchSize)
 	case c.EvalBatch < 1:
 		return fmt.Errorf("worker: eval batch %d, want at least 1", c.EvalBatch)
 	case c.Dropout < 0 || c.Dropout >= 1:
@@ -83,6 +88,9 @@ func (c Config) Validate() error {
 
 // CheckWorld reports a global batch that the world size does not divide.
 func (c Config) CheckWorld(world int) error {
+	if c.WorkerBatchSize > 0 {
+		return nil
+	}
 	if world < 1 || c.Batch%world != 0 {
 		return fmt.Errorf("worker: global batch %d is not divisible by the world size %d", c.Batch, world)
 	}
@@ -90,7 +98,12 @@ func (c Config) CheckWorld(world int) error {
 }
 
 // WorkerBatch is each rank's share of the global batch.
-func (c Config) WorkerBatch(world int) int { return c.Batch / world }
+func (c Config) WorkerBatch(world int) int {
+	if c.WorkerBatchSize > 0 {
+		return c.WorkerBatchSize
+	}
+	return c.Batch / world
+}
 
 // Adam is the optimiser's configuration.
 func (c Config) Adam() alexnet.AdamConfig {

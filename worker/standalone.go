@@ -50,7 +50,8 @@ func RunStandalone(ctx context.Context, cfg Config, log *zap.Logger, out io.Writ
 			fmt.Fprintf(out, "Epoch %d/%d - Train loss: %.4f - Val Accuracy: %.4f\n", r.Epoch, r.Epochs, r.TrainLoss, r.ValAccuracy)
 			log.Info("epoch done", zap.Int("epoch", r.Epoch), zap.Float64("train_loss", r.TrainLoss),
 				zap.Float64("val_accuracy", r.ValAccuracy), zap.Bool("best", r.Best),
-				zap.Float64("img_per_s", float64(r.Images)/r.Duration.Seconds()), zap.Duration("took", r.Duration))
+				zap.Float64("img_per_s", float64(r.Images)/r.Duration.Seconds()), zap.Duration("took", r.Duration),
+				zap.Int("bad_files", r.BadFiles))
 			return nil
 		}
 		if err := t.Run(ctx); err != nil {

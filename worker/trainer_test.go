@@ -150,3 +150,14 @@ func (f fakeWorld) Rank() int                                     { return 0 }
 func (f fakeWorld) World() int                                    { return f.n }
 func (fakeWorld) AllReduceAvg(context.Context, []float32) error   { return nil }
 func (fakeWorld) Broadcast(context.Context, []float32, int) error { return nil }
+
+func TestWorkerBatchOption(t *testing.T) {
+	cfg := DefaultConfig()
+	if cfg.WorkerBatch(4) != 8 || cfg.CheckWorld(3) == nil {
+		t.Errorf("global batch 32: %d per worker of 4; over 3: %v", cfg.WorkerBatch(4), cfg.CheckWorld(3))
+	}
+	cfg.WorkerBatchSize = 5
+	if cfg.WorkerBatch(3) != 5 || cfg.CheckWorld(3) != nil {
+		t.Errorf("worker_batch 5: %d per worker, %v", cfg.WorkerBatch(3), cfg.CheckWorld(3))
+	}
+}
