@@ -87,6 +87,24 @@ func (g convGeom) col2im(col, dx []float32) {
 	}
 }
 
+// operands checks that prealloc can take an op's output of the given shape and
+// returns its data with the inputs' data, all float32.
+func operands(op G.Op, shape tensor.Shape, prealloc G.Value, in []G.Value) (*tensor.Dense, []float32, [][]float32, error) {
+	out, ok := prealloc.(*tensor.Dense)
+	if !ok || !out.Shape().Eq(shape) || out.Dtype() != tensor.Float32 {
+		return nil, nil, nil, fmt.Errorf("alexnet: %v cannot write into %T", op, prealloc)
+	}
+	args := make([][]float32, len(in))
+	for i, v := range in {
+		_, f, err := denseF32(v, fmt.Sprintf("%v input %d", op, i))
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		args[i] = f
+	}
+	return out, out.Data().([]float32), args, nil
+}
+
 // convKind says which of the four computations an op is.
 type convKind int
 
@@ -213,19 +231,10 @@ func (op convOp) Do(in ...G.Value) (G.Value, error) {
 // UsePreallocDo computes into prealloc when it has the output's shape (the
 // machine hands back last step's buffer), overwriting all of it.
 func (op convOp) UsePreallocDo(prealloc G.Value, in ...G.Value) (G.Value, error) {
-	out, ok := prealloc.(*tensor.Dense)
-	if !ok || !out.Shape().Eq(op.shape()) || out.Dtype() != tensor.Float32 {
-		return nil, fmt.Errorf("alexnet: %v cannot reuse %T", op, prealloc)
+	out, dst, args, err := operands(op, op.shape(), prealloc, in)
+	if err != nil {
+		return nil, err
 	}
-	args := make([][]float32, len(in))
-	for i, v := range in {
-		_, f, err := denseF32(v, fmt.Sprintf("%v input %d", op, i))
-		if err != nil {
-			return nil, err
-		}
-		args[i] = f
-	}
-	dst := out.Data().([]float32)
 	g := op.g
 	hw, rows := g.hw(), g.colRows()
 	inSize, outSize := g.in*g.side*g.side, g.out*hw

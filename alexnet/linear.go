@@ -120,19 +120,10 @@ func (op linearOp) Do(in ...G.Value) (G.Value, error) {
 // UsePreallocDo computes into prealloc when it has the output's shape,
 // overwriting all of it.
 func (op linearOp) UsePreallocDo(prealloc G.Value, in ...G.Value) (G.Value, error) {
-	out, ok := prealloc.(*tensor.Dense)
-	if !ok || !out.Shape().Eq(op.shape()) || out.Dtype() != tensor.Float32 {
-		return nil, fmt.Errorf("alexnet: %v cannot reuse %T", op, prealloc)
+	out, dst, args, err := operands(op, op.shape(), prealloc, in)
+	if err != nil {
+		return nil, err
 	}
-	args := make([][]float32, len(in))
-	for i, v := range in {
-		_, f, err := denseF32(v, fmt.Sprintf("%v input %d", op, i))
-		if err != nil {
-			return nil, err
-		}
-		args[i] = f
-	}
-	dst := out.Data().([]float32)
 	b, n, k := op.batch, op.in, op.out
 	switch op.kind {
 	case linearForward: // y[b,k] = bias[k] + x[b,n] W[k,n]^T
