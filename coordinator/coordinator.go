@@ -84,7 +84,9 @@ type Coordinator struct {
 		bestAcc   float64
 		bestEpoch int
 	}
-	control *grpc.Server
+	startedAt time.Time
+	curves    []epochRow
+	control   *grpc.Server
 }
 
 // New checks the config and scans the data.
@@ -237,6 +239,7 @@ func (c *Coordinator) start() {
 		c.log.Info("rank assigned", zap.String("worker", name), zap.Int("rank", r), zap.String("ring_addr", peers[r]), zap.String("device", c.workers[name].Device))
 	}
 	c.started = true
+	c.startedAt = time.Now()
 	c.notify()
 }
 
@@ -326,6 +329,11 @@ func (c *Coordinator) decide(epoch int) *controlpb.ReportReply {
 		c.summary.bestAcc, c.summary.bestEpoch = acc, epoch
 	}
 	fmt.Fprintf(c.out, "Epoch %d/%d - Train loss: %.4f - Val Accuracy: %.4f\n", epoch, c.cfg.Job.Epochs, loss, acc)
+	c.curves = append(c.curves, epochRow{Epoch: epoch, TrainLoss: loss, ValAccuracy: acc, ImagesPerS: ips,
+		WallSeconds: time.Since(c.startedAt).Seconds(), World: len(reps)})
+	if err := writeCurves(c.cfg.Job.Out, c.curves); err != nil {
+		c.log.Warn("could not write the training curves", zap.Error(err))
+	}
 	c.log.Info("epoch", zap.Int("epoch", epoch), zap.Float64("train_loss", loss), zap.Float64("val_accuracy", acc),
 		zap.Float64("img_per_s", ips), zap.Uint64("checksum", reps[0].Checksum))
 	if epoch >= c.cfg.Job.Epochs {

@@ -3,6 +3,9 @@ package coordinator
 import (
 	"bytes"
 	"context"
+	"image/png"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -137,6 +140,19 @@ func TestEpochLineAndFinish(t *testing.T) {
 	}
 	if !c.finished || c.summary.bestAcc != 0.75 {
 		t.Errorf("finished %v best %v", c.finished, c.summary.bestAcc)
+	}
+	csv, err := os.ReadFile(filepath.Join(c.cfg.Job.Out, MetricsFile))
+	if err != nil || !strings.HasPrefix(string(csv), "epoch,train_loss,val_accuracy,images_per_s,wall_s,world_size\n1,1.5,0.75,") || !strings.HasSuffix(string(csv), ",2\n") {
+		t.Errorf("metrics.csv: %q %v", csv, err)
+	}
+	f, err := os.Open(filepath.Join(c.cfg.Job.Out, CurvesFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	img, err := png.Decode(f)
+	if err != nil || img.Bounds().Dx() < 400 {
+		t.Errorf("training.png: %v %v", err, img)
 	}
 	if _, err := s.Report(context.Background(), &controlpb.EpochReport{JobId: "other", Rank: 0, Epoch: 1}); err == nil {
 		t.Error("a report for another job was taken")
