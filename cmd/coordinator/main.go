@@ -7,7 +7,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -41,11 +40,8 @@ func run() int {
 	local := fs.Bool("local", false, "also start the workers as child processes on this machine")
 	logFormat := fs.String("log-format", "auto", "log format: auto, console or json")
 	debug := fs.Bool("debug", false, "debug logs")
-	if err := fs.Parse(os.Args[1:]); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
-		}
-		return 2
+	if done, code := cli.Parse(fs, os.Args[1:]); done {
+		return code
 	}
 	log, err := cli.NewLogger(*logFormat, *debug)
 	if err != nil {

@@ -20,6 +20,7 @@ import (
 	"strings"
 
 	"github.com/alexring/alexring/alexnet"
+	"github.com/alexring/alexring/internal/cli"
 	"github.com/alexring/alexring/sharding"
 )
 
@@ -45,18 +46,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 	indices := fs.String("class-indices", "class_indices.json", "class names ({\"0\": name, ...}); if the default is missing, the model's own names")
 	asJSON := fs.Bool("json", false, "print one JSON object per image")
 	plot := fs.String("plot", "", "write a PNG of each image beside a bar chart of its class probabilities")
-	fs.Usage = func() {
-		fmt.Fprintln(stderr, "usage: predict [flags] IMAGE...")
-		fs.PrintDefaults()
-	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
-		}
-		return 2
+	if done, code := cli.Parse(fs, args); done {
+		return code
 	}
 	if fs.NArg() == 0 {
-		fmt.Fprintln(stderr, "predict: no images given")
+		fmt.Fprintln(stderr, "predict: no images given (usage: predict [flags] IMAGE...)")
 		fs.Usage()
 		return 2
 	}

@@ -1,10 +1,11 @@
 // Command worker is one rank of an alexring job; with --standalone it is a
 // whole job in one process (the seed's train.py).
+//
+// Exit codes: 0 training finished; 1 training failed; 2 bad flags.
 package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"net"
@@ -48,11 +49,8 @@ func run() int {
 	fs.IntVar(&cfg.LoaderGoroutines, "loader-goroutines", 0, "image decoding goroutines (0: one per core)")
 	logFormat := fs.String("log-format", "auto", "log format: auto (console on a terminal, else json), console or json")
 	debug := fs.Bool("debug", false, "debug logs (every step)")
-	if err := fs.Parse(os.Args[1:]); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
-		}
-		return 2
+	if done, code := cli.Parse(fs, os.Args[1:]); done {
+		return code
 	}
 	log, err := cli.NewLogger(*logFormat, *debug)
 	if err != nil {

@@ -1,0 +1,71 @@
+package cli
+
+import (
+	"flag"
+	"fmt"
+	"os"
+	"runtime/debug"
+	"strings"
+)
+
+// Version is the module version the binary was built from ("(devel)" from a
+// checkout).
+func Version() string {
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		v := bi.Main.Version
+		for _, s := range bi.Settings {
+			if s.Key == "vcs.revision" {
+				v += " " + s.Value[:min(12, len(s.Value))]
+			}
+		}
+		return v
+	}
+	return "unknown"
+}
+
+// EnvName is the environment variable that can set a flag: ALEXRING_ and the
+// flag's name in capitals, dashes as underscores (--wait-timeout:
+// ALEXRING_WAIT_TIMEOUT).
+func EnvName(flagName string) string {
+	return "ALEXRING_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+}
+
+// Parse parses args into fs, then sets every flag not given on the command line
+// from its environment variable, if set: the command line wins over the
+// environment, which wins over the default. It adds --version. done is true
+// when the command should exit with code (help, version, or a bad flag).
+func Parse(fs *flag.FlagSet, args []string) (done bool, code int) {
+	version := fs.Bool("version", false, "print the version and exit")
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "usage of %s (every flag can also come from its environment variable, e.g. %s):\n", fs.Name(), EnvName("log-format"))
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		if err == flag.ErrHelp {
+			return true, 0
+		}
+		return true, 2
+	}
+	if *version {
+		fmt.Printf("%s %s\n", fs.Name(), Version())
+		return true, 0
+	}
+	given := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	var bad error
+	fs.VisitAll(func(f *flag.Flag) {
+		if given[f.Name] || bad != nil {
+			return
+		}
+		if v, ok := os.LookupEnv(EnvName(f.Name)); ok {
+			if err := fs.Set(f.Name, v); err != nil {
+				bad = fmt.Errorf("%s=%q: %v", EnvName(f.Name), v, err)
+			}
+		}
+	})
+	if bad != nil {
+		fmt.Fprintf(fs.Output(), "%s: %v\n", fs.Name(), bad)
+		return true, 2
+	}
+	return false, 0
+}
