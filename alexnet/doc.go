@@ -8,10 +8,17 @@
 // 0.5 scaled by 2 in training, softmax cross-entropy averaged over the batch, and
 // Adam with torch.optim.Adam's defaults.
 //
-// The flow of one step:
+// One training step:
 //
-//	params := alexnet.NewParams(spec)     // one []float32, views per tensor
-//	net, _ := alexnet.NewNet(spec, params, batch)
-//	loss, _ := net.Forward...             // fills grads (a flat []float32 like params)
-//	opt.Step(params.Flat, grads)          // Adam over the flat vectors
+//	spec, _ := alexnet.NewSpec("seed", 5)
+//	params := alexnet.NewParams(spec)   // one []float32; each layer a view into it
+//	params.Init(seed)
+//	net, _ := alexnet.NewNet(params, alexnet.NetOptions{Batch: 32, Train: true, Dropout: 0.5})
+//	adam, _ := alexnet.NewAdam(alexnet.DefaultAdam(), len(params.Flat))
+//	grad := make([]float32, len(params.Flat))
+//	loss, _ := net.Gradient(images, labels, count, rng, grad) // forward + backward
+//	adam.Update(params.Flat, grad)                            // the net sees the new weights
+//
+// The convolutions and linear layers are custom gorgonia ops (conv.go,
+// linear.go) that call sgemm directly; the loss is one too (loss.go).
 package alexnet
