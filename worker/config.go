@@ -36,6 +36,11 @@ type Config struct {
 	LoaderGoroutines int `yaml:"loader_goroutines" json:"loader_goroutines"` // decode goroutines per loader; 0 means GOMAXPROCS
 	StepLog          int `yaml:"-" json:"-"`                                 // log every N steps at debug level; 0 never
 
+	// SkipNonFinite skips an optimiser step whose averaged gradient holds a NaN
+	// or an infinity (every rank skips it); otherwise the job stops, naming the
+	// step and the rank that produced it, before Adam touches the parameters.
+	SkipNonFinite bool `yaml:"skip_nonfinite" json:"skip_nonfinite"`
+
 	Ring RingConfig `yaml:"ring" json:"ring"`
 }
 

@@ -51,7 +51,7 @@ func RunStandalone(ctx context.Context, cfg Config, log *zap.Logger, out io.Writ
 			log.Info("epoch done", zap.Int("epoch", r.Epoch), zap.Float64("train_loss", r.TrainLoss),
 				zap.Float64("val_accuracy", r.ValAccuracy), zap.Bool("best", r.Best),
 				zap.Float64("img_per_s", float64(r.Images)/r.Duration.Seconds()), zap.Duration("took", r.Duration),
-				zap.Int("bad_files", r.BadFiles))
+				zap.Int("bad_files", r.BadFiles), zap.Int("skipped_steps", r.Skipped))
 			return nil
 		}
 		if err := t.Run(ctx); err != nil {

@@ -50,6 +50,30 @@ type EpochResult struct {
 	Duration      time.Duration
 	BadFiles      int
 	Checksum      uint64 // CRC-64 of the parameters after the epoch: equal on every rank
+	Skipped       int    // optimiser steps skipped for a non-finite gradient
+}
+
+func finite(x float64) bool { return !math.IsNaN(x) && !math.IsInf(x, 0) }
+
+func allFinite(v []float32) bool {
+	for _, x := range v {
+		// x-x is 0 for every finite x, NaN for NaN and the infinities.
+		if x-x != 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// culprits are the ranks whose flag survived the averaging.
+func culprits(flags []float32) []int {
+	var bad []int
+	for r, f := range flags {
+		if f != 0 {
+			bad = append(bad, r)
+		}
+	}
+	return bad
 }
 
 // Trainer trains one rank: its shard of each epoch, forward/backward, the
@@ -112,7 +136,9 @@ func NewTrainer(cfg Config, coll Collective, log *zap.Logger) (*Trainer, error) 
 		t.pcg = rand.NewPCG(cfg.Seed, uint64(coll.Rank())+1)
 	}
 	t.rng = rand.New(t.pcg)
-	t.grad = make([]float32, len(t.params.Flat))
+	// The gradient travels with one flag per rank after it, so that the
+	// all-reduce that averages it also tells every rank who produced a NaN.
+	t.grad = make([]float32, len(t.params.Flat)+coll.World())
 	if t.net, err = alexnet.NewNet(t.params, alexnet.NetOptions{Batch: cfg.WorkerBatch(coll.World()), Train: true, Dropout: cfg.Dropout}); err != nil {
 		return nil, err
 	}
@@ -235,29 +261,40 @@ func (t *Trainer) runEpoch(ctx context.Context, epoch int) (EpochResult, error) 
 		if err != nil {
 			return res, fmt.Errorf("worker: epoch %d: %w", epoch+1, err)
 		}
-		loss, err := t.net.Gradient(b.Images, b.Labels, b.Count, t.rng, t.grad)
+		n := len(t.params.Flat)
+		grad, flags := t.grad[:n], t.grad[n:]
+		loss, err := t.net.Gradient(b.Images, b.Labels, b.Count, t.rng, grad)
 		res.Images += b.Count
 		loader.Release(b)
 		if err != nil {
 			return res, fmt.Errorf("worker: epoch %d step %d: %w", epoch+1, steps+1, err)
 		}
-		if math.IsNaN(float64(loss)) || math.IsInf(float64(loss), 0) {
-			return res, fmt.Errorf("worker: epoch %d step %d: loss is %v on rank %d", epoch+1, steps+1, loss, t.coll.Rank())
+		clear(flags)
+		if !finite(float64(loss)) || !allFinite(grad) {
+			flags[t.coll.Rank()] = 1
+			t.log.Warn("non-finite loss or gradient", zap.Int("epoch", epoch+1), zap.Int("step", steps+1), zap.Int("rank", t.coll.Rank()), zap.Float32("loss", loss))
 		}
 		if err := t.coll.AllReduceAvg(ctx, t.grad); err != nil {
 			return res, fmt.Errorf("worker: epoch %d step %d: gradient all-reduce: %w", epoch+1, steps+1, err)
 		}
-		if err := t.adam.Update(t.params.Flat, t.grad); err != nil {
+		steps++
+		if bad := culprits(flags); len(bad) > 0 || !allFinite(grad) {
+			if !t.cfg.SkipNonFinite {
+				return res, fmt.Errorf("worker: epoch %d step %d: non-finite loss or gradient from rank %v; stopped before the optimiser step (skip_nonfinite: true skips such steps)", epoch+1, steps, bad)
+			}
+			res.Skipped++
+			continue
+		}
+		if err := t.adam.Update(t.params.Flat, grad); err != nil {
 			return res, err
 		}
 		lossSum += float64(loss)
-		steps++
 		if t.cfg.StepLog > 0 && steps%t.cfg.StepLog == 0 {
 			t.log.Debug("step", zap.Int("epoch", epoch+1), zap.Int("step", steps), zap.Int("of", loader.Batches()), zap.Float32("loss", loss))
 		}
 	}
-	if steps > 0 {
-		res.TrainLoss = lossSum / float64(steps)
+	if taken := steps - res.Skipped; taken > 0 {
+		res.TrainLoss = lossSum / float64(taken)
 	}
 	res.BadFiles = t.bad.Count()
 	if t.coll.Rank() == 0 {

@@ -2,6 +2,7 @@ package worker
 
 import (
 	"context"
+	"math"
 	"os"
 	"path/filepath"
 	"strings"
@@ -159,5 +160,43 @@ func TestWorkerBatchOption(t *testing.T) {
 	cfg.WorkerBatchSize = 5
 	if cfg.WorkerBatch(3) != 5 || cfg.CheckWorld(3) != nil {
 		t.Errorf("worker_batch 5: %d per worker, %v", cfg.WorkerBatch(3), cfg.CheckWorld(3))
+	}
+}
+
+// A NaN stops the job before Adam, naming the step and the rank; with
+// skip_nonfinite the step is skipped and the parameters stay as they were.
+func TestNonFiniteGradient(t *testing.T) {
+	data := synthData(t, 4)
+	for _, skip := range []bool{false, true} {
+		cfg := tinyConfig(data, t.TempDir())
+		cfg.Epochs, cfg.SkipNonFinite = 1, skip
+		tr, err := NewTrainer(cfg, Solo{}, zap.NewNop())
+		if err != nil {
+			t.Fatal(err)
+		}
+		w, _ := tr.Params().View("classifier.6.weight")
+		w[0] = float32(math.NaN())
+		before := append([]float32(nil), tr.Params().Flat...)
+		var res []EpochResult
+		tr.OnEpoch = func(r EpochResult) error { res = append(res, r); return nil }
+		err = tr.Run(context.Background())
+		tr.Close()
+		if !skip {
+			if err == nil || !strings.Contains(err.Error(), "epoch 1 step 1: non-finite loss or gradient from rank [0]") {
+				t.Errorf("stop mode: %v", err)
+			}
+		} else {
+			if err != nil || len(res) != 1 || res[0].Skipped != 2 {
+				t.Fatalf("skip mode: %v %+v", err, res)
+			}
+			if tr.adam.Step != 0 {
+				t.Errorf("Adam took %d steps", tr.adam.Step)
+			}
+		}
+		for i := range before {
+			if math.Float32bits(before[i]) != math.Float32bits(tr.Params().Flat[i]) {
+				t.Fatalf("skip=%v: parameter %d changed", skip, i)
+			}
+		}
 	}
 }
