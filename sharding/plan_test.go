@@ -2,6 +2,7 @@ package sharding
 
 import (
 	"sort"
+	"strings"
 	"testing"
 )
 
@@ -99,5 +100,17 @@ func TestPlanReshufflesAndAgreesAcrossWorlds(t *testing.T) {
 		if v != i {
 			t.Fatal("unshuffled plan is not the identity")
 		}
+	}
+}
+
+func TestPlanCheckNamesTheMismatch(t *testing.T) {
+	ds := &Dataset{Root: "/data/train", Classes: []string{"a"}, Samples: []Sample{{Path: "/data/train/a/1.png"}}}
+	p := Plan{World: 2, Size: 1, Dataset: ds.Fingerprint()}
+	if err := p.Check(ds); err != nil {
+		t.Fatal(err)
+	}
+	other := &Dataset{Root: "/data/train", Classes: []string{"a"}, Samples: []Sample{{Path: "/data/train/a/2.png"}}}
+	if err := p.Check(other); err == nil || !strings.Contains(err.Error(), "/data/train") || !strings.Contains(err.Error(), "different data") {
+		t.Errorf("different listing: %v", err)
 	}
 }

@@ -234,6 +234,9 @@ func (t *Trainer) runEpoch(ctx context.Context, epoch int) (EpochResult, error) 
 		if err != nil {
 			return res, fmt.Errorf("worker: epoch %d plan: %w", epoch+1, err)
 		}
+		if err := given.Check(t.train); err != nil {
+			return res, fmt.Errorf("worker: epoch %d: %w", epoch+1, err)
+		}
 		if given != plan {
 			return res, fmt.Errorf("worker: epoch %d: the coordinator's plan %+v differs from this rank's %+v (different data or config?)", epoch+1, given, plan)
 		}
