@@ -14,7 +14,7 @@ import (
 
 // DemoData is the built-in default dataset: synthetic shapes, small enough to
 // train the tiny variant in a minute on two cores.
-var DemoData = sharding.SynthConfig{Train: 80, Val: 20, Size: 64, Seed: 1}
+var DemoData = sharding.SynthConfig{Train: 200, Val: 40, Size: 64, Seed: 1}
 
 // WithDemoData runs fn with cfg.Data set: the given folder, or when none is
 // given, a synthetic dataset generated into a temporary folder removed after.
