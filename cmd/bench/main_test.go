@@ -1,0 +1,33 @@
+package main
+
+import (
+	"bytes"
+	"regexp"
+	"testing"
+
+	"github.com/alexring/alexring/sharding"
+)
+
+func TestStepAndLoaderPrintResults(t *testing.T) {
+	var out, errb bytes.Buffer
+	if code := run([]string{"step", "--variant", "tiny", "--batch", "4", "--steps", "2", "--warmup", "1"}, &out, &errb); code != 0 {
+		t.Fatalf("bench step: exit %d: %s", code, errb.String())
+	}
+	if !regexp.MustCompile(`(?m)^RESULT bench=step variant=tiny batch=4 img_per_s=[0-9.]+ ms_per_step=[0-9.]+ peak_rss_mb=[0-9]+$`).MatchString(out.String()) {
+		t.Errorf("bench step printed:\n%s", out.String())
+	}
+	dir := t.TempDir()
+	if err := sharding.Synthesize(dir, sharding.SynthConfig{Train: 2, Val: 1, Size: 32, Seed: 1, JPEG: true}); err != nil {
+		t.Fatal(err)
+	}
+	out.Reset()
+	if code := run([]string{"loader", "--data", dir + "/train", "--images", "20", "--goroutines", "2", "--side", "32"}, &out, &errb); code != 0 {
+		t.Fatalf("bench loader: exit %d: %s", code, errb.String())
+	}
+	if !regexp.MustCompile(`(?m)^RESULT bench=loader goroutines=2 images=20 img_per_s=[0-9.]+ img_per_s_per_core=[0-9.]+$`).MatchString(out.String()) {
+		t.Errorf("bench loader printed:\n%s", out.String())
+	}
+	if code := run([]string{"nonsense"}, &out, &errb); code != 2 {
+		t.Errorf("unknown subcommand: exit %d", code)
+	}
+}
