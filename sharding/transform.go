@@ -95,12 +95,12 @@ func newCoeffs(start, inSize, outSize int) resampleCoeffs {
 	return c
 }
 
-func clip8(v int64) uint8 {
+func clip8(v int32) uint8 {
 	v >>= precisionBits
-	if v < 0 {
-		return 0
-	}
-	if v > 255 {
+	if uint32(v) > 255 {
+		if v < 0 {
+			return 0
+		}
 		return 255
 	}
 	return uint8(v)
@@ -142,7 +142,7 @@ func (r *Resizer) Resize(src *RGB, crop Crop, w, h int, dst []uint8) {
 				s1 += int32(p[3*j+1]) * kj
 				s2 += int32(p[3*j+2]) * kj
 			}
-			out[3*x], out[3*x+1], out[3*x+2] = clip8(int64(s0)), clip8(int64(s1)), clip8(int64(s2))
+			out[3*x], out[3*x+1], out[3*x+2] = clip8(s0), clip8(s1), clip8(s2)
 		}
 	}
 	// Vertical pass: row by row, each tap adds a whole input row, so memory is
@@ -165,13 +165,15 @@ func (r *Resizer) Resize(src *RGB, crop Crop, w, h int, dst []uint8) {
 				continue
 			}
 			row := tmp[(ymin+j)*rowLen : (ymin+j+1)*rowLen]
+			acc := acc[:len(row)]
 			for x, v := range row {
 				acc[x] += int32(v) * kj
 			}
 		}
 		out := dst[y*rowLen : (y+1)*rowLen]
+		out = out[:len(acc)]
 		for x, v := range acc {
-			out[x] = clip8(int64(v))
+			out[x] = clip8(v)
 		}
 	}
 }
@@ -190,15 +192,21 @@ var normalized = func() (t [256]float32) {
 // asked.
 func ToTensor(rgb []uint8, side int, flip bool, dst []float32) {
 	plane := side * side
-	for y := 0; y < side; y++ {
-		for x := 0; x < side; x++ {
-			sx := x
+	// One channel at a time, so that the stores run along each plane.
+	for c := 0; c < 3; c++ {
+		out := dst[c*plane : (c+1)*plane]
+		for y := 0; y < side; y++ {
+			row := rgb[y*side*3 : (y+1)*side*3]
+			o := out[y*side : (y+1)*side]
 			if flip {
-				sx = side - 1 - x
+				for x := range o {
+					o[x] = normalized[row[(side-1-x)*3+c]]
+				}
+			} else {
+				for x := range o {
+					o[x] = normalized[row[x*3+c]]
+				}
 			}
-			p := rgb[(y*side+sx)*3:]
-			o := y*side + x
-			dst[o], dst[plane+o], dst[2*plane+o] = normalized[p[0]], normalized[p[1]], normalized[p[2]]
 		}
 	}
 }
