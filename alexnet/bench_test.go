@@ -11,7 +11,7 @@ func BenchmarkStep(b *testing.B) {
 	spec, _ := NewSpec("seed", 5)
 	p := NewParams(spec)
 	p.Init(0)
-	const batch = 8
+	const batch = 32
 	net, err := NewNet(p, NetOptions{Batch: batch, Train: true, Dropout: 0.5})
 	if err != nil {
 		b.Fatal(err)

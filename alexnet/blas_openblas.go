@@ -3,6 +3,7 @@
 package alexnet
 
 // #cgo LDFLAGS: -lopenblas
+// void openblas_set_num_threads(int num_threads);
 import "C"
 
 import (
@@ -18,4 +19,11 @@ var sgemm = netlib.Implementation{}.Sgemm
 
 // OpenBLAS through cgo is 1.8x (batch 8) to 2.4x (batch 32) faster than gonum's
 // pure-Go BLAS on this model; G.Use also sets the tensor package's BLAS.
-func init() { G.Use(netlib.Implementation{}) }
+//
+// OpenBLAS's own threads spin while they wait and measured no faster than one
+// thread on this model; the ops split their work over goroutines instead
+// (parallel.go), each calling a single-threaded sgemm.
+func init() {
+	G.Use(netlib.Implementation{})
+	C.openblas_set_num_threads(1)
+}

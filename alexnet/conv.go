@@ -43,14 +43,28 @@ func (g convGeom) im2col(x, col []float32) {
 						continue
 					}
 					src := plane[iy*g.side : (iy+1)*g.side]
-					for ox := 0; ox < g.outSide; ox++ {
+					out := row[i : i+g.outSide]
+					i += g.outSide
+					if g.stride == 1 {
+						// ix = ox - pad + kx: one contiguous run of the row, zeros around it.
+						lo := min(max(0, g.pad-kx), g.outSide)
+						hi := min(g.outSide, g.side+g.pad-kx)
+						clear(out[:lo])
+						if hi > lo {
+							copy(out[lo:hi], src[lo-g.pad+kx:])
+						} else {
+							hi = lo
+						}
+						clear(out[hi:])
+						continue
+					}
+					for ox := range out {
 						ix := ox*g.stride - g.pad + kx
 						if ix >= 0 && ix < g.side {
-							row[i] = src[ix]
+							out[ox] = src[ix]
 						} else {
-							row[i] = 0
+							out[ox] = 0
 						}
-						i++
 					}
 				}
 			}
@@ -126,8 +140,9 @@ type convOp struct {
 // opScratch is an op's reused memory: its output (rewritten every step; the
 // values of one step are dead by the next) and its patch buffer.
 type opScratch struct {
-	out *tensor.Dense
-	col []float32
+	out     *tensor.Dense
+	cols    [parts][]float32 // patches, one buffer per piece of the batch
+	partial [parts][]float32 // weight-gradient sums per piece
 }
 
 func (s *opScratch) output(shape tensor.Shape) *tensor.Dense {
@@ -137,11 +152,11 @@ func (s *opScratch) output(shape tensor.Shape) *tensor.Dense {
 	return s.out
 }
 
-func (s *opScratch) patches(n int) []float32 {
-	if len(s.col) < n {
-		s.col = make([]float32, n)
+func grow(buf *[]float32, n int) []float32 {
+	if len(*buf) < n {
+		*buf = make([]float32, n)
 	}
-	return s.col[:n]
+	return (*buf)[:n]
 }
 
 // conv2d applies the fused convolution and bias.
@@ -238,36 +253,58 @@ func (op convOp) UsePreallocDo(prealloc G.Value, in ...G.Value) (G.Value, error)
 	g := op.g
 	hw, rows := g.hw(), g.colRows()
 	inSize, outSize := g.in*g.side*g.side, g.out*hw
+	// The images of the batch are independent: cut the batch into pieces, one
+	// goroutine and patch buffer each.
+	pieces := min(parts, g.batch)
 	switch op.kind {
 	case convForward:
 		x, w, b := args[0], args[1], args[2]
-		col := op.scratch.patches(rows * hw)
-		for i := 0; i < g.batch; i++ {
-			y := dst[i*outSize : (i+1)*outSize]
-			g.im2col(x[i*inSize:(i+1)*inSize], col)
-			for c := 0; c < g.out; c++ {
-				row := y[c*hw : (c+1)*hw]
-				for j := range row {
-					row[j] = b[c]
+		parallel(pieces, func(k int) {
+			col := grow(&op.scratch.cols[k], rows*hw)
+			lo, hi := span(g.batch, pieces, k)
+			for i := lo; i < hi; i++ {
+				y := dst[i*outSize : (i+1)*outSize]
+				g.im2col(x[i*inSize:(i+1)*inSize], col)
+				for c := 0; c < g.out; c++ {
+					row := y[c*hw : (c+1)*hw]
+					for j := range row {
+						row[j] = b[c]
+					}
 				}
+				sgemm(blas.NoTrans, blas.NoTrans, g.out, hw, rows, 1, w, rows, col, hw, 1, y, hw)
 			}
-			sgemm(blas.NoTrans, blas.NoTrans, g.out, hw, rows, 1, w, rows, col, hw, 1, y, hw)
-		}
+		})
 	case convGradInput:
 		w, dy := args[0], args[1]
-		col := op.scratch.patches(rows * hw)
-		clear(dst)
-		for i := 0; i < g.batch; i++ {
-			sgemm(blas.Trans, blas.NoTrans, rows, hw, g.out, 1, w, rows, dy[i*outSize:(i+1)*outSize], hw, 0, col, hw)
-			g.col2im(col, dst[i*inSize:(i+1)*inSize])
-		}
+		parallel(pieces, func(k int) {
+			col := grow(&op.scratch.cols[k], rows*hw)
+			lo, hi := span(g.batch, pieces, k)
+			for i := lo; i < hi; i++ {
+				dx := dst[i*inSize : (i+1)*inSize]
+				clear(dx)
+				sgemm(blas.Trans, blas.NoTrans, rows, hw, g.out, 1, w, rows, dy[i*outSize:(i+1)*outSize], hw, 0, col, hw)
+				g.col2im(col, dx)
+			}
+		})
 	case convGradWeights:
+		// Each piece sums its images' gradients; the pieces are then added in
+		// order, so the result does not depend on the number of cores.
 		x, dy := args[0], args[1]
-		col := op.scratch.patches(rows * hw)
-		clear(dst)
-		for i := 0; i < g.batch; i++ {
-			g.im2col(x[i*inSize:(i+1)*inSize], col)
-			sgemm(blas.NoTrans, blas.Trans, g.out, rows, hw, 1, dy[i*outSize:(i+1)*outSize], hw, col, hw, 1, dst, rows)
+		parallel(pieces, func(k int) {
+			col := grow(&op.scratch.cols[k], rows*hw)
+			dw := grow(&op.scratch.partial[k], len(dst))
+			clear(dw)
+			lo, hi := span(g.batch, pieces, k)
+			for i := lo; i < hi; i++ {
+				g.im2col(x[i*inSize:(i+1)*inSize], col)
+				sgemm(blas.NoTrans, blas.Trans, g.out, rows, hw, 1, dy[i*outSize:(i+1)*outSize], hw, col, hw, 1, dw, rows)
+			}
+		})
+		copy(dst, op.scratch.partial[0][:len(dst)])
+		for k := 1; k < pieces; k++ {
+			for j, v := range op.scratch.partial[k][:len(dst)] {
+				dst[j] += v
+			}
 		}
 	case convGradBias:
 		dy := args[0]

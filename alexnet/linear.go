@@ -126,18 +126,32 @@ func (op linearOp) UsePreallocDo(prealloc G.Value, in ...G.Value) (G.Value, erro
 	}
 	b, n, k := op.batch, op.in, op.out
 	switch op.kind {
-	case linearForward: // y[b,k] = bias[k] + x[b,n] W[k,n]^T
+	// Each piece computes its own columns of the result: every element is one
+	// sgemm's, whatever the number of cores.
+	case linearForward: // y[b,k] = bias[k] + x[b,n] W[k,n]^T, by ranges of k
 		x, w, bias := args[0], args[1], args[2]
 		for i := 0; i < b; i++ {
 			copy(dst[i*k:(i+1)*k], bias)
 		}
-		sgemm(blas.NoTrans, blas.Trans, b, k, n, 1, x, n, w, n, 1, dst, k)
-	case linearGradInput: // dx[b,n] = dy[b,k] W[k,n]
+		pieces := min(parts, k)
+		parallel(pieces, func(p int) {
+			lo, hi := span(k, pieces, p)
+			sgemm(blas.NoTrans, blas.Trans, b, hi-lo, n, 1, x, n, w[lo*n:], n, 1, dst[lo:], k)
+		})
+	case linearGradInput: // dx[b,n] = dy[b,k] W[k,n], by ranges of n
 		w, dy := args[0], args[1]
-		sgemm(blas.NoTrans, blas.NoTrans, b, n, k, 1, dy, k, w, n, 0, dst, n)
-	case linearGradWeights: // dW[k,n] = dy[b,k]^T x[b,n]
+		pieces := min(parts, n)
+		parallel(pieces, func(p int) {
+			lo, hi := span(n, pieces, p)
+			sgemm(blas.NoTrans, blas.NoTrans, b, hi-lo, k, 1, dy, k, w[lo:], n, 0, dst[lo:], n)
+		})
+	case linearGradWeights: // dW[k,n] = dy[b,k]^T x[b,n], by ranges of k
 		x, dy := args[0], args[1]
-		sgemm(blas.Trans, blas.NoTrans, k, n, b, 1, dy, k, x, n, 0, dst, n)
+		pieces := min(parts, k)
+		parallel(pieces, func(p int) {
+			lo, hi := span(k, pieces, p)
+			sgemm(blas.Trans, blas.NoTrans, hi-lo, n, b, 1, dy[lo:], k, x, n, 0, dst[lo*n:], n)
+		})
 	case linearGradBias:
 		dy := args[0]
 		clear(dst)
