@@ -30,6 +30,7 @@ import (
 	"github.com/alexring/alexring/configs"
 	"github.com/alexring/alexring/coordinator/controlpb"
 	"github.com/alexring/alexring/coordinator/membership"
+	"github.com/alexring/alexring/internal/security"
 	"github.com/alexring/alexring/sharding"
 	"github.com/alexring/alexring/worker"
 )
@@ -43,6 +44,8 @@ type Config struct {
 	// WaitTimeout bounds the wait for all workers to join and register.
 	WaitTimeout time.Duration
 	Local       bool // loopback-tuned failure detection
+	// Security is the gossip key and mTLS material (nil: neither).
+	Security *security.Material
 }
 
 // LoadJobConfig reads a YAML job file (a path, or a built-in config's name)
@@ -126,13 +129,21 @@ func (c *Coordinator) Run(ctx context.Context, ready func(gossip string)) error 
 	if err != nil {
 		return fmt.Errorf("coordinator: control address %s: %w", c.cfg.Control, err)
 	}
-	c.control = grpc.NewServer()
+	var opts []grpc.ServerOption
+	if creds := c.cfg.Security.ServerCreds(); creds != nil {
+		opts = append(opts, grpc.Creds(creds))
+	}
+	c.control = grpc.NewServer(opts...)
 	controlpb.RegisterControlServer(c.control, &controlService{c: c})
 	go c.control.Serve(lis)
 	defer stopGracefully(c.control, 5*time.Second)
 
+	var key []byte
+	if c.cfg.Security != nil {
+		key = c.cfg.Security.GossipKey
+	}
 	member, err := membership.Start(membership.Config{
-		Name: "coordinator", Bind: c.cfg.Bind, Local: c.cfg.Local,
+		Name: "coordinator", Bind: c.cfg.Bind, Local: c.cfg.Local, SecretKey: key,
 		Meta: membership.Meta{Role: membership.RoleCoordinator, GRPC: lis.Addr().String(), Job: c.jobID},
 	}, c.log)
 	if err != nil {

@@ -15,6 +15,7 @@ import (
 	"github.com/alexring/alexring/allreduce"
 	"github.com/alexring/alexring/coordinator/controlpb"
 	"github.com/alexring/alexring/coordinator/membership"
+	"github.com/alexring/alexring/internal/security"
 	"github.com/alexring/alexring/sharding"
 )
 
@@ -29,20 +30,25 @@ type JoinConfig struct {
 	JoinTimeout time.Duration // retries of the first join
 	// StartTimeout bounds the wait for the job to start once registered.
 	StartTimeout time.Duration
-	Local        bool // loopback-tuned failure detection
+	Local        bool               // loopback-tuned failure detection
+	Security     *security.Material // gossip key and mTLS (nil: neither)
 }
 
 // RunJoined is one rank of a job: join the cluster, register with the
 // coordinator, open the ring, train, report every epoch. It returns when the
 // job is done, or with the error that ended it.
 func RunJoined(ctx context.Context, jc JoinConfig, log *zap.Logger) error {
-	node, err := allreduce.Listen(jc.RingAddr, nil, log)
+	node, err := allreduce.Listen(jc.RingAddr, jc.Security.ServerCreds(), log)
 	if err != nil {
 		return err
 	}
 	defer node.Close()
+	var key []byte
+	if jc.Security != nil {
+		key = jc.Security.GossipKey
+	}
 	member, err := membership.Start(membership.Config{
-		Name: jc.Name, Bind: jc.Bind, Join: jc.Join, JoinTimeout: jc.JoinTimeout, Local: jc.Local,
+		Name: jc.Name, Bind: jc.Bind, Join: jc.Join, JoinTimeout: jc.JoinTimeout, Local: jc.Local, SecretKey: key,
 		Meta: membership.Meta{Role: membership.RoleWorker, GRPC: node.Addr, Device: jc.Device},
 	}, log)
 	if err != nil {
@@ -53,7 +59,11 @@ func RunJoined(ctx context.Context, jc JoinConfig, log *zap.Logger) error {
 	if err != nil {
 		return fmt.Errorf("worker: %w (joined through %s)", err, jc.Join)
 	}
-	conn, err := grpc.NewClient(coord.Meta.GRPC, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	creds := jc.Security.ClientCreds()
+	if creds == nil {
+		creds = insecure.NewCredentials()
+	}
+	conn, err := grpc.NewClient(coord.Meta.GRPC, grpc.WithTransportCredentials(creds))
 	if err != nil {
 		return fmt.Errorf("worker: coordinator control address %q: %w", coord.Meta.GRPC, err)
 	}
@@ -78,6 +88,7 @@ func RunJoined(ctx context.Context, jc JoinConfig, log *zap.Logger) error {
 	rcfg := allreduce.DefaultConfig()
 	rcfg.RingID, rcfg.Rank, rcfg.World, rcfg.Peers = plan.RingId, int(plan.Rank), int(plan.World), plan.Peers
 	rcfg.ChunkBytes, rcfg.FP16, rcfg.OpTimeout = cfg.Ring.ChunkBytes, cfg.Ring.FP16, cfg.Ring.OpTimeout
+	rcfg.Creds = jc.Security.ClientCreds()
 	ring, err := allreduce.Open(ctx, node.Service, rcfg, log)
 	if err != nil {
 		return err

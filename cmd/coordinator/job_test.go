@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/alexring/alexring/alexnet"
+	"github.com/alexring/alexring/internal/security"
 	"github.com/alexring/alexring/sharding"
 )
 
@@ -175,5 +176,28 @@ func TestWaitTimeoutAndWrongJoin(t *testing.T) {
 	}
 	if w := runBin(t, time.Minute, "worker"); w.err == nil || !strings.Contains(w.stderr, "either --standalone") {
 		t.Errorf("worker without a mode: %v\n%s", w.err, w.stderr)
+	}
+}
+
+// A job with the gossip key and mTLS runs; without them, a coordinator that
+// listens beyond loopback refuses to start unless --insecure.
+func TestSecuredJob(t *testing.T) {
+	dir := t.TempDir()
+	pki, err := security.WriteTestPKI(dir, "job")
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := filepath.Join(dir, "cluster.key")
+	os.WriteFile(key, []byte("0123456789abcdef"), 0o600)
+	data := dataset(t, 4, 1)
+	r := runBin(t, 3*time.Minute, "coordinator", "--workers", "2", "--local", "--config", "tiny", "--epochs", "1", "--data", data,
+		"--out", t.TempDir(), "--bind", freePort(t), "--log-format", "json",
+		"--cluster-key-file", key, "--tls-cert", pki.Cert, "--tls-key", pki.Key, "--tls-ca", pki.CA)
+	if r.err != nil || !strings.Contains(r.stdout, "Epoch 1/1") {
+		t.Fatalf("secured job: %v\n%s\n%s", r.err, r.stdout, r.stderr)
+	}
+	open := runBin(t, time.Minute, "coordinator", "--workers", "1", "--config", "tiny", "--data", data, "--out", t.TempDir(), "--bind", "0.0.0.0:0")
+	if open.err == nil || !strings.Contains(open.stderr, "0.0.0.0:0 is not on loopback") {
+		t.Errorf("exposed coordinator: %v\n%s", open.err, open.stderr)
 	}
 }

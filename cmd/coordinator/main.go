@@ -18,6 +18,7 @@ import (
 
 	"github.com/alexring/alexring/coordinator"
 	"github.com/alexring/alexring/internal/cli"
+	"github.com/alexring/alexring/internal/security"
 	"github.com/alexring/alexring/worker"
 )
 
@@ -38,6 +39,8 @@ func run() int {
 	fs.StringVar(&c.Control, "control", "127.0.0.1:0", "control-plane gRPC address (advertised through gossip)")
 	fs.DurationVar(&c.WaitTimeout, "wait-timeout", 5*time.Minute, "how long to wait for all workers to join")
 	local := fs.Bool("local", false, "also start the workers as child processes on this machine")
+	var sec security.Config
+	sec.Flags(fs)
 	logFormat := fs.String("log-format", "auto", "log format: auto, console or json")
 	debug := fs.Bool("debug", false, "debug logs")
 	if done, code := cli.Parse(fs, os.Args[1:]); done {
@@ -81,6 +84,17 @@ func run() int {
 		job.Data = ""
 	}
 	c.Local = *local
+	if c.Security, err = security.Load(sec); err != nil {
+		fmt.Fprintln(os.Stderr, "coordinator:", err)
+		return 2
+	}
+	if err := c.Security.CheckExposure([]string{c.Bind, c.Control}, sec.Insecure); err != nil {
+		fmt.Fprintln(os.Stderr, "coordinator:", err)
+		return 2
+	}
+	if sec.Insecure && !c.Security.Secured() {
+		log.Warn("--insecure: membership and gRPC are unauthenticated; anyone who reaches these ports can join the job or read its plan")
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	err = worker.WithDemoData(job, log, func(job worker.Config) error {
@@ -96,7 +110,7 @@ func run() int {
 			if err != nil {
 				return err
 			}
-			extra := []string{"--log-format", *logFormat, "--data", job.Data}
+			extra := append([]string{"--log-format", *logFormat, "--data", job.Data}, sec.Args()...)
 			ready = func(gossip string) {
 				workers, err = coordinator.StartLocal(ctx, bin, c.Workers, gossip, extra, os.Stderr)
 				if err != nil {

@@ -17,6 +17,7 @@ import (
 
 	"github.com/alexring/alexring/alexnet"
 	"github.com/alexring/alexring/internal/cli"
+	"github.com/alexring/alexring/internal/security"
 	"github.com/alexring/alexring/worker"
 )
 
@@ -34,6 +35,8 @@ func run() int {
 	fs.StringVar(&jc.RingAddr, "ring-addr", jc.RingAddr, "this worker's all-reduce address (port 0 picks one)")
 	fs.StringVar(&jc.Name, "name", jc.Name, "this worker's name in the cluster; ranks follow the sorted names")
 	fs.DurationVar(&jc.JoinTimeout, "join-timeout", jc.JoinTimeout, "how long to retry joining before giving up")
+	var sec security.Config
+	sec.Flags(fs)
 	gpu := fs.Int("gpu", -1, "GPU to train on; -1 is the CPU (this build has no CUDA: always the CPU)")
 	fs.StringVar(&cfg.Data, "data", "", "ImageFolder root with train/ and val/ (standalone default: generate the synthetic demo dataset; joined: the job's)")
 	fs.StringVar(&cfg.Out, "out", cfg.Out, "output folder for best.safetensors, state.safetensors and class_indices.json")
@@ -78,6 +81,16 @@ func run() int {
 	} else {
 		jc.Data = cfg.Data
 		jc.Local = isLoopback(jc.Join)
+		if jc.Security, err = security.Load(sec); err == nil {
+			err = jc.Security.CheckExposure([]string{jc.Join, jc.Bind, jc.RingAddr}, sec.Insecure)
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "worker:", err)
+			return 2
+		}
+		if sec.Insecure && !jc.Security.Secured() {
+			log.Warn("--insecure: membership and gRPC are unauthenticated")
+		}
 		err = worker.RunJoined(ctx, jc, log)
 	}
 	if err != nil {

@@ -65,6 +65,9 @@ type Config struct {
 	// Local tunes the failure detector for one machine (loopback); otherwise
 	// memberlist's LAN defaults.
 	Local bool
+	// SecretKey (16, 24 or 32 bytes) encrypts and authenticates all gossip: a
+	// node without it can neither join nor be heard.
+	SecretKey []byte
 }
 
 // Member is this process's membership.
@@ -98,6 +101,7 @@ func Start(cfg Config, log *zap.Logger) (*Member, error) {
 		mc = memberlist.DefaultLocalConfig()
 	}
 	mc.Name = cfg.Name
+	mc.SecretKey = cfg.SecretKey
 	mc.BindAddr, mc.BindPort = host, port
 	mc.AdvertiseAddr, mc.AdvertisePort = "", 0
 	mc.Delegate = m

@@ -59,3 +59,29 @@ func TestJoinNobody(t *testing.T) {
 		t.Errorf("bad bind: %v", err)
 	}
 }
+
+func TestGossipKeyKeepsStrangersOut(t *testing.T) {
+	key := []byte("0123456789abcdef0123456789abcdef")
+	coord, err := Start(Config{Name: "coordinator", Bind: "127.0.0.1:0", Local: true, SecretKey: key, Meta: Meta{Role: RoleCoordinator}}, zap.NewNop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer coord.Leave(time.Second)
+	if _, err := Start(Config{Name: "stranger", Bind: "127.0.0.1:0", Join: coord.Addr(), JoinTimeout: time.Second, Local: true}, zap.NewNop()); err == nil {
+		t.Error("a node without the key joined")
+	}
+	other := []byte("fedcba9876543210fedcba9876543210")
+	if _, err := Start(Config{Name: "wrongkey", Bind: "127.0.0.1:0", Join: coord.Addr(), JoinTimeout: time.Second, Local: true, SecretKey: other}, zap.NewNop()); err == nil {
+		t.Error("a node with another key joined")
+	}
+	friend, err := Start(Config{Name: "friend", Bind: "127.0.0.1:0", Join: coord.Addr(), JoinTimeout: 5 * time.Second, Local: true, SecretKey: key}, zap.NewNop())
+	if err != nil {
+		t.Fatalf("a node with the key: %v", err)
+	}
+	friend.Leave(time.Second)
+	for _, m := range coord.Members() {
+		if m.Name == "stranger" || m.Name == "wrongkey" {
+			t.Errorf("%s is a member", m.Name)
+		}
+	}
+}
