@@ -46,6 +46,9 @@ type Config struct {
 	Local       bool // loopback-tuned failure detection
 	// Security is the gossip key and mTLS material (nil: neither).
 	Security *security.Material
+	// JobID names the job; workers started with another --job are refused.
+	// Empty: a random one.
+	JobID string
 }
 
 // LoadJobConfig reads a YAML job file (a path, or a built-in config's name)
@@ -107,10 +110,14 @@ func New(cfg Config, log *zap.Logger, out io.Writer) (*Coordinator, error) {
 	if err != nil {
 		return nil, err
 	}
-	id := make([]byte, 6)
-	rand.Read(id)
+	jobID := cfg.JobID
+	if jobID == "" {
+		id := make([]byte, 6)
+		rand.Read(id)
+		jobID = "job-" + hex.EncodeToString(id)
+	}
 	return &Coordinator{
-		cfg: cfg, log: log, out: out, jobID: "job-" + hex.EncodeToString(id), train: train,
+		cfg: cfg, log: log, out: out, jobID: jobID, train: train,
 		changed: make(chan struct{}), workers: map[string]*controlpb.RegisterRequest{},
 		reports: map[int][]*controlpb.EpochReport{}, verdicts: map[int]*controlpb.ReportReply{},
 	}, nil
@@ -379,6 +386,10 @@ func (s *controlService) Register(ctx context.Context, req *controlpb.RegisterRe
 	if req.Name == "" || req.RingAddr == "" {
 		c.mu.Unlock()
 		return nil, status.Error(codes.InvalidArgument, "register needs a name and a ring address")
+	}
+	if req.JobId != "" && req.JobId != c.jobID {
+		c.mu.Unlock()
+		return nil, status.Errorf(codes.PermissionDenied, "worker %s belongs to job %q; this coordinator runs job %q", req.Name, req.JobId, c.jobID)
 	}
 	if _, dup := c.workers[req.Name]; dup || c.started {
 		c.mu.Unlock()

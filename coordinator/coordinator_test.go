@@ -81,6 +81,10 @@ func TestRanksFollowSortedNames(t *testing.T) {
 			t.Errorf("%s: %+v", name, p)
 		}
 	}
+	// A worker of another job is refused, before or after the start.
+	if _, err := s.Register(context.Background(), &controlpb.RegisterRequest{JobId: "job-other", Name: "x", RingAddr: "y"}); err == nil || !strings.Contains(err.Error(), `belongs to job "job-other"`) {
+		t.Errorf("worker of another job: %v", err)
+	}
 	// The job has started: nobody else gets in.
 	if _, err := s.Register(context.Background(), &controlpb.RegisterRequest{Name: "late", RingAddr: "x"}); err == nil || !strings.Contains(err.Error(), "has started") {
 		t.Errorf("late worker: %v", err)

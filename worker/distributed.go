@@ -32,6 +32,7 @@ type JoinConfig struct {
 	StartTimeout time.Duration
 	Local        bool               // loopback-tuned failure detection
 	Security     *security.Material // gossip key and mTLS (nil: neither)
+	Job          string             // the job to join; empty: whichever the coordinator runs
 }
 
 // RunJoined is one rank of a job: join the cluster, register with the
@@ -71,7 +72,7 @@ func RunJoined(ctx context.Context, jc JoinConfig, log *zap.Logger) error {
 	control := controlpb.NewControlClient(conn)
 	log.Info("registering with the coordinator", zap.String("coordinator", coord.Meta.GRPC), zap.String("name", jc.Name))
 	regCtx, cancel := context.WithTimeout(ctx, jc.StartTimeout)
-	plan, err := control.Register(regCtx, &controlpb.RegisterRequest{Name: jc.Name, RingAddr: node.Addr, Device: jc.Device})
+	plan, err := control.Register(regCtx, &controlpb.RegisterRequest{JobId: jc.Job, Name: jc.Name, RingAddr: node.Addr, Device: jc.Device})
 	cancel()
 	if err != nil {
 		return fmt.Errorf("worker: register with the coordinator at %s: %w", coord.Meta.GRPC, err)

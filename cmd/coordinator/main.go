@@ -39,6 +39,7 @@ func run() int {
 	fs.StringVar(&c.Control, "control", "127.0.0.1:0", "control-plane gRPC address (advertised through gossip)")
 	fs.DurationVar(&c.WaitTimeout, "wait-timeout", 5*time.Minute, "how long to wait for all workers to join")
 	local := fs.Bool("local", false, "also start the workers as child processes on this machine")
+	fs.StringVar(&c.JobID, "job-id", "", "this job's id; workers started with another --job are refused (default: a random id)")
 	var sec security.Config
 	sec.Flags(fs)
 	logFormat := fs.String("log-format", "auto", "log format: auto, console or json")

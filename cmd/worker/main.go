@@ -35,6 +35,7 @@ func run() int {
 	fs.StringVar(&jc.RingAddr, "ring-addr", jc.RingAddr, "this worker's all-reduce address (port 0 picks one)")
 	fs.StringVar(&jc.Name, "name", jc.Name, "this worker's name in the cluster; ranks follow the sorted names")
 	fs.DurationVar(&jc.JoinTimeout, "join-timeout", jc.JoinTimeout, "how long to retry joining before giving up")
+	fs.StringVar(&jc.Job, "job", "", "the job id to join (the coordinator's --job-id); a coordinator of another job refuses this worker")
 	var sec security.Config
 	sec.Flags(fs)
 	gpu := fs.Int("gpu", -1, "GPU to train on; -1 is the CPU (this build has no CUDA: always the CPU)")
