@@ -201,3 +201,47 @@ func TestSecuredJob(t *testing.T) {
 		t.Errorf("exposed coordinator: %v\n%s", open.err, open.stderr)
 	}
 }
+
+// The bad-input zoo at the command line: each a clear message naming the thing,
+// exit code 2 for flags and config, 1 for what fails at run time.
+func TestBadInputs(t *testing.T) {
+	data := dataset(t, 2, 1)
+	noVal := t.TempDir()
+	sharding.Synthesize(noVal, sharding.SynthConfig{Train: 1, Val: 1, Size: 16, Seed: 1})
+	os.RemoveAll(filepath.Join(noVal, "val"))
+	otherClasses := t.TempDir()
+	sharding.Synthesize(otherClasses, sharding.SynthConfig{Train: 1, Val: 1, Size: 16, Seed: 1})
+	os.Rename(filepath.Join(otherClasses, "val", "ring"), filepath.Join(otherClasses, "val", "donut"))
+	file := filepath.Join(t.TempDir(), "file")
+	os.WriteFile(file, nil, 0o644)
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	cases := []struct {
+		name string
+		args []string
+		code int
+		want string
+	}{
+		{"missing data", []string{"--data", filepath.Join(data, "nope")}, 1, "nope"},
+		{"missing val", []string{"--data", noVal}, 1, filepath.Join(noVal, "val")},
+		{"different classes", []string{"--data", otherClasses}, 1, "[circle cross donut square triangle]"},
+		{"unwritable out", []string{"--data", data, "--out", filepath.Join(file, "out")}, 1, "--out"},
+		{"control port in use", []string{"--data", data, "--control", busy.Addr().String()}, 1, busy.Addr().String()},
+		{"bad config", []string{"--data", data, "--config", "nonesuch"}, 2, "nonesuch"},
+		{"bad flag", []string{"--workers", "two"}, 2, "invalid value"},
+	}
+	for _, c := range cases {
+		args := append([]string{"--workers", "1", "--config", "tiny", "--bind", freePort(t), "--out", t.TempDir(), "--wait-timeout", "2s"}, c.args...)
+		r := runBin(t, time.Minute, "coordinator", args...)
+		code := 0
+		if ee, ok := r.err.(*exec.ExitError); ok {
+			code = ee.ExitCode()
+		}
+		if code != c.code || !strings.Contains(r.stderr, c.want) {
+			t.Errorf("%s: exit %d, want %d; stderr should name %q:\n%s", c.name, code, c.code, c.want, r.stderr)
+		}
+	}
+}
