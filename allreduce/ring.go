@@ -109,7 +109,6 @@ type Ring struct {
 	closed bool
 	done   chan struct{}
 	close  sync.Once
-	exited chan struct{}
 
 	// sending counts the chunks gRPC has not yet written out: their payloads
 	// alias the caller's vector, which must not change until they are.
@@ -154,7 +153,7 @@ func Open(ctx context.Context, svc *Service, cfg Config, log *zap.Logger) (*Ring
 		succ: (cfg.Rank + 1) % cfg.World, pred: (cfg.Rank + cfg.World - 1) % cfg.World,
 		inbox: make(chan inbound, 64), attached: make(chan struct{}),
 		queue: make(chan *Pending, 1024), failures: make(chan error, 1),
-		done: make(chan struct{}), exited: make(chan struct{}),
+		done: make(chan struct{}),
 	}
 	if cfg.World == 1 {
 		go r.execute()
@@ -339,7 +338,6 @@ func (r *Ring) Close() error {
 
 // execute runs the queued collectives one at a time.
 func (r *Ring) execute() {
-	defer close(r.exited)
 	for {
 		select {
 		case <-r.done:
