@@ -301,21 +301,32 @@ func (c *Coordinator) report(ctx context.Context, rep *controlpb.EpochReport) (*
 		c.verdicts[e] = c.decide(e)
 		c.notify()
 	}
-	for c.verdicts[e] == nil && c.failed == nil {
+	defer c.mu.Unlock()
+	if err := c.waitLocked(ctx, func() bool { return c.verdicts[e] != nil || c.failed != nil }); err != nil {
+		return nil, err
+	}
+	if v := c.verdicts[e]; v != nil {
+		return v, nil
+	}
+	return &controlpb.ReportReply{Stop: true, Reason: c.failed.Error()}, nil
+}
+
+// waitLocked waits, with c.mu held on entry and on return, until done holds or
+// ctx ends; every state change is a notify.
+func (c *Coordinator) waitLocked(ctx context.Context, done func() bool) error {
+	for !done() {
 		changed := c.changed
 		c.mu.Unlock()
 		select {
 		case <-changed:
 		case <-ctx.Done():
-			return nil, ctx.Err()
 		}
 		c.mu.Lock()
+		if ctx.Err() != nil && !done() {
+			return ctx.Err()
+		}
 	}
-	defer c.mu.Unlock()
-	if v := c.verdicts[e]; v != nil {
-		return v, nil
-	}
-	return &controlpb.ReportReply{Stop: true, Reason: c.failed.Error()}, nil
+	return nil
 }
 
 // decide checks that the ranks hold the same parameters and prints the epoch.
@@ -406,23 +417,14 @@ func (s *controlService) Register(ctx context.Context, req *controlpb.RegisterRe
 	c.log.Info("worker registered", zap.String("name", req.Name), zap.String("ring_addr", req.RingAddr), zap.String("device", req.Device),
 		zap.Int("registered", len(c.workers)), zap.Int("of", c.cfg.Workers))
 	c.notify()
-	for !c.started && c.failed == nil {
-		changed := c.changed
-		c.mu.Unlock()
-		select {
-		case <-changed:
-		case <-ctx.Done():
-			c.mu.Lock()
-			if !c.started {
-				delete(c.workers, req.Name)
-				c.notify()
-			}
-			c.mu.Unlock()
-			return nil, ctx.Err()
-		}
-		c.mu.Lock()
-	}
 	defer c.mu.Unlock()
+	if err := c.waitLocked(ctx, func() bool { return c.started || c.failed != nil }); err != nil {
+		if !c.started { // the worker gave up waiting: it no longer counts
+			delete(c.workers, req.Name)
+			c.notify()
+		}
+		return nil, err
+	}
 	if c.failed != nil {
 		return nil, status.Error(codes.Aborted, c.failed.Error())
 	}
