@@ -238,9 +238,6 @@ func (r *Ring) Rank() int { return r.cfg.Rank }
 // World is the ring's size.
 func (r *Ring) World() int { return r.cfg.World }
 
-// ID is the ring's identity.
-func (r *Ring) ID() string { return r.cfg.RingID }
-
 // Start queues an all-reduce of v in place and returns at once; the vector must
 // not be touched until Wait returns. Collectives run in the order started, which
 // must be the same on every rank.
@@ -306,13 +303,6 @@ func (r *Ring) Fail(rank int, reason string) {
 	case r.failures <- err:
 	default:
 	}
-}
-
-// Err is the error that broke the ring, or nil while it works.
-func (r *Ring) Err() error {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.broken
 }
 
 // Close leaves the ring; collectives still queued fail with ErrClosed. It is

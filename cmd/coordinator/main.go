@@ -85,16 +85,9 @@ func run() int {
 		job.Data = ""
 	}
 	c.Local = *local
-	if c.Security, err = security.Load(sec); err != nil {
+	if c.Security, err = security.Setup(sec, []string{c.Bind, c.Control}, log); err != nil {
 		fmt.Fprintln(os.Stderr, "coordinator:", err)
 		return 2
-	}
-	if err := c.Security.CheckExposure([]string{c.Bind, c.Control}, sec.Insecure); err != nil {
-		fmt.Fprintln(os.Stderr, "coordinator:", err)
-		return 2
-	}
-	if sec.Insecure && !c.Security.Secured() {
-		log.Warn("--insecure: membership and gRPC are unauthenticated; anyone who reaches these ports can join the job or read its plan")
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()

@@ -8,7 +8,6 @@ import (
 	"context"
 	"flag"
 	"fmt"
-	"net"
 	"os"
 	"os/signal"
 	"syscall"
@@ -81,16 +80,10 @@ func run() int {
 		err = worker.RunStandalone(ctx, cfg, log, os.Stdout)
 	} else {
 		jc.Data = cfg.Data
-		jc.Local = isLoopback(jc.Join)
-		if jc.Security, err = security.Load(sec); err == nil {
-			err = jc.Security.CheckExposure([]string{jc.Join, jc.Bind, jc.RingAddr}, sec.Insecure)
-		}
-		if err != nil {
+		jc.Local = security.IsLoopback(jc.Join)
+		if jc.Security, err = security.Setup(sec, []string{jc.Join, jc.Bind, jc.RingAddr}, log); err != nil {
 			fmt.Fprintln(os.Stderr, "worker:", err)
 			return 2
-		}
-		if sec.Insecure && !jc.Security.Secured() {
-			log.Warn("--insecure: membership and gRPC are unauthenticated")
 		}
 		err = worker.RunJoined(ctx, jc, log)
 	}
@@ -99,15 +92,4 @@ func run() int {
 		return 1
 	}
 	return 0
-}
-
-// isLoopback says whether a host:port is on this machine's loopback, where the
-// failure detector can be tuned tight.
-func isLoopback(addr string) bool {
-	host, _, err := net.SplitHostPort(addr)
-	if err != nil {
-		return false
-	}
-	ip := net.ParseIP(host)
-	return host == "localhost" || (ip != nil && ip.IsLoopback())
 }

@@ -13,6 +13,7 @@ import (
 	"os"
 	"strings"
 
+	"go.uber.org/zap"
 	"google.golang.org/grpc/credentials"
 )
 
@@ -135,6 +136,17 @@ func verifyChain(raw [][]byte, roots *x509.CertPool) error {
 // Secured says whether both planes are protected.
 func (m *Material) Secured() bool { return m != nil && m.TLS != nil && m.GossipKey != nil }
 
+// IsLoopback says whether host:port (or a bare host) is on this machine's
+// loopback.
+func IsLoopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		host = addr
+	}
+	ip := net.ParseIP(host)
+	return host == "localhost" || (ip != nil && ip.IsLoopback())
+}
+
 // CheckExposure refuses a cluster reachable beyond loopback without the gossip
 // key and mTLS, unless insecure is set (then the caller warns).
 func (m *Material) CheckExposure(addrs []string, insecure bool) error {
@@ -142,17 +154,28 @@ func (m *Material) CheckExposure(addrs []string, insecure bool) error {
 		return nil
 	}
 	for _, a := range addrs {
-		host, _, err := net.SplitHostPort(a)
-		if err != nil {
-			host = a
+		if !IsLoopback(a) {
+			return fmt.Errorf("security: %s is not on loopback: give --cluster-key-file and --tls-cert/--tls-key/--tls-ca, or --insecure to run unprotected", a)
 		}
-		ip := net.ParseIP(host)
-		if host == "localhost" || (ip != nil && ip.IsLoopback()) {
-			continue
-		}
-		return fmt.Errorf("security: %s is not on loopback: give --cluster-key-file and --tls-cert/--tls-key/--tls-ca, or --insecure to run unprotected", a)
 	}
 	return nil
+}
+
+// Setup is what a command does with its security flags: load the material,
+// refuse addresses beyond loopback without it unless --insecure, and warn when
+// --insecure lets them through.
+func Setup(c Config, addrs []string, log *zap.Logger) (*Material, error) {
+	m, err := Load(c)
+	if err != nil {
+		return nil, err
+	}
+	if err := m.CheckExposure(addrs, c.Insecure); err != nil {
+		return nil, err
+	}
+	if c.Insecure && !m.Secured() {
+		log.Warn("--insecure: membership and gRPC are unauthenticated; anyone who reaches these ports can join the job or read its plan")
+	}
+	return m, nil
 }
 
 // Flags defines the security flags on fs.
