@@ -5,6 +5,7 @@ import (
 	"hash"
 	"hash/fnv"
 	"math"
+	"time"
 
 	"github.com/chewxy/hm"
 	G "gorgonia.org/gorgonia"
@@ -20,7 +21,12 @@ import (
 // last batch. gorgonia's own LogSoftMax takes the max of the wrong row (the first
 // element of the whole tensor), which overflows on large logits; this op is stable
 // and its gradient is the closed form (softmax(z) * sum_k t[i,k] - t) * dloss.
-type softmaxCE struct{}
+type softmaxCE struct {
+	// computed, when set, receives the time the loss was computed: the end of
+	// the forward pass and the start of the backward one, which a tape machine
+	// runs as one program.
+	computed *time.Time
+}
 
 // SoftmaxCrossEntropy returns the scalar loss node for logits [B,K] and target
 // weights [B,K].
@@ -101,6 +107,9 @@ func (op softmaxCE) Do(in ...G.Value) (G.Value, error) {
 				loss -= float64(w) * float64(row[j])
 			}
 		}
+	}
+	if op.computed != nil {
+		*op.computed = time.Now()
 	}
 	return G.NewF32(float32(loss)), nil
 }

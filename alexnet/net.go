@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"sync"
+	"time"
 
 	G "gorgonia.org/gorgonia"
 	"gorgonia.org/tensor"
@@ -35,6 +36,9 @@ type Net struct {
 	logits  *G.Node
 	loss    *G.Node
 	grads   G.Nodes // in Layout order
+
+	// The last Gradient call's phases: lossAt splits forward from backward.
+	started, lossAt, finished time.Time
 }
 
 // NetOptions choose what a Net computes.
@@ -145,7 +149,7 @@ func (n *Net) build() error {
 		return nil
 	}
 	n.targets = make([]float32, b*s.Classes)
-	if n.loss, err = SoftmaxCrossEntropy(x, tensorNode("targets", n.targets, b, s.Classes)); err != nil {
+	if n.loss, err = G.ApplyOp(softmaxCE{computed: &n.lossAt}, x, tensorNode("targets", n.targets, b, s.Classes)); err != nil {
 		return err
 	}
 	if n.grads, err = G.Grad(n.loss, weights...); err != nil {
@@ -153,6 +157,15 @@ func (n *Net) build() error {
 	}
 	n.vm = G.NewTapeMachine(g)
 	return nil
+}
+
+// Phases are the durations of the last Gradient call's forward pass (from
+// loading the inputs to the loss) and backward pass (to the flat gradient).
+func (n *Net) Phases() (forward, backward time.Duration) {
+	if n.lossAt.Before(n.started) || n.finished.Before(n.lossAt) {
+		return n.finished.Sub(n.started), 0 // the loss was not reached
+	}
+	return n.lossAt.Sub(n.started), n.finished.Sub(n.lossAt)
 }
 
 // Close releases the machine.
@@ -210,6 +223,8 @@ func (n *Net) Gradient(images []float32, labels []int, count int, rng *rand.Rand
 	if !n.train {
 		return 0, errors.New("alexnet: Gradient called on an evaluation net")
 	}
+	n.started = time.Now()
+	defer func() { n.finished = time.Now() }()
 	if err := n.load(images, count); err != nil {
 		return 0, err
 	}

@@ -112,6 +112,9 @@ func TestParityWithPyTorch(t *testing.T) {
 			t.Fatal(err)
 		}
 		if step == 1 {
+			if fwd, bwd := train.Phases(); fwd <= 0 || bwd <= 0 {
+				t.Errorf("phases of a gradient step: forward %v, backward %v; want both positive", fwd, bwd)
+			}
 			want := f.floats(t, "loss")[0]
 			t.Logf("loss %v, PyTorch %v", loss, want)
 			if math.Abs(float64(loss-want)) > 1e-5 {

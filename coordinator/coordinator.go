@@ -49,6 +49,8 @@ type Config struct {
 	// JobID names the job; workers started with another --job are refused.
 	// Empty: a random one.
 	JobID string
+	// Metrics, when set, receives the job-wide Prometheus series.
+	Metrics *Metrics
 }
 
 // LoadJobConfig reads a YAML job file (a path, or a built-in config's name)
@@ -162,6 +164,9 @@ func (c *Coordinator) Run(ctx context.Context, ready func(gossip string)) error 
 	if ready != nil {
 		ready(member.Addr())
 	}
+	if c.cfg.Job.Resume != "" {
+		c.cfg.Metrics.resumed()
+	}
 	if err := c.waitForWorkers(ctx, member); err != nil {
 		return err
 	}
@@ -183,7 +188,7 @@ func (c *Coordinator) Run(ctx context.Context, ready func(gossip string)) error 
 			return ctx.Err()
 		case <-changed:
 		case e := <-member.Events():
-			c.onMember(e)
+			c.onMember(e, member)
 		}
 	}
 	fmt.Fprintf(c.out, "Finished Training in %s: best Val Accuracy %.4f at epoch %d; model in %s\n",
@@ -209,6 +214,7 @@ func (c *Coordinator) waitForWorkers(ctx context.Context, member *membership.Mem
 		case <-changed:
 		case e := <-member.Events():
 			c.log.Info("member "+e.Kind.String(), zap.String("name", e.Name), zap.String("role", e.Meta.Role), zap.String("addr", e.Addr))
+			c.countMembers(member)
 		case <-timeout.C:
 			var there []string
 			for _, m := range member.Members() {
@@ -258,6 +264,7 @@ func (c *Coordinator) start() {
 	}
 	c.started = true
 	c.startedAt = time.Now()
+	c.cfg.Metrics.ringFormed(len(names))
 	c.notify()
 }
 
@@ -266,16 +273,29 @@ func (c *Coordinator) notify() {
 	c.changed = make(chan struct{})
 }
 
+// countMembers updates the members-alive series.
+func (c *Coordinator) countMembers(member *membership.Member) {
+	alive := 0
+	for _, m := range member.Members() {
+		if m.Meta.Role == membership.RoleWorker {
+			alive++
+		}
+	}
+	c.cfg.Metrics.members(alive)
+}
+
 // onMember reacts to membership: a registered worker leaving ends the job
 // (re-forming the ring without it is the elastic mode's work).
-func (c *Coordinator) onMember(e membership.Event) {
+func (c *Coordinator) onMember(e membership.Event, member *membership.Member) {
 	c.log.Info("member "+e.Kind.String(), zap.String("name", e.Name), zap.String("role", e.Meta.Role))
+	c.countMembers(member)
 	if e.Kind != membership.Left {
 		return
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if r, ok := c.ranks[e.Name]; ok && !c.finished && c.failed == nil {
+		c.cfg.Metrics.workerLost()
 		c.failed = fmt.Errorf("coordinator: worker %s (rank %d) left the job", e.Name, r)
 		c.notify()
 	}
@@ -358,8 +378,10 @@ func (c *Coordinator) decide(epoch int) *controlpb.ReportReply {
 		c.summary.bestAcc, c.summary.bestEpoch = acc, epoch
 	}
 	fmt.Fprintf(c.out, "Epoch %d/%d - Train loss: %.4f - Val Accuracy: %.4f\n", epoch, c.cfg.Job.Epochs, loss, acc)
-	c.curves = append(c.curves, epochRow{Epoch: epoch, TrainLoss: loss, ValAccuracy: acc, ImagesPerS: ips,
-		WallSeconds: time.Since(c.startedAt).Seconds(), World: len(reps)})
+	row := epochRow{Epoch: epoch, TrainLoss: loss, ValAccuracy: acc, ImagesPerS: ips,
+		WallSeconds: time.Since(c.startedAt).Seconds(), World: len(reps)}
+	c.curves = append(c.curves, row)
+	c.cfg.Metrics.epochDone(row)
 	if err := writeCurves(c.cfg.Job.Out, c.curves); err != nil {
 		c.log.Warn("could not write the training curves", zap.Error(err))
 	}

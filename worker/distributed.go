@@ -33,6 +33,7 @@ type JoinConfig struct {
 	Local        bool               // loopback-tuned failure detection
 	Security     *security.Material // gossip key and mTLS (nil: neither)
 	Job          string             // the job to join; empty: whichever the coordinator runs
+	Telemetry    Telemetry          // progress bars, metrics, timeline
 }
 
 // RunJoined is one rank of a job: join the cluster, register with the
@@ -125,6 +126,8 @@ func RunJoined(ctx context.Context, jc JoinConfig, log *zap.Logger) error {
 		return err
 	}
 	defer t.Close()
+	t.Telemetry = jc.Telemetry
+	jc.Telemetry.Timeline.NameProcess(fmt.Sprintf("rank %d (%s)", plan.Rank, jc.Name))
 	if fp := t.train.Fingerprint(); fp != plan.Dataset {
 		return fmt.Errorf("worker: %s lists different files than the coordinator's (fingerprint %016x, coordinator %016x)", cfg.Data, fp, plan.Dataset)
 	}

@@ -38,13 +38,14 @@ func WithDemoData(cfg Config, log *zap.Logger, fn func(Config) error) error {
 
 // RunStandalone trains in a world of one, printing the seed's epoch lines to
 // out: the same Trainer that rank 0 of a ring runs.
-func RunStandalone(ctx context.Context, cfg Config, log *zap.Logger, out io.Writer) error {
+func RunStandalone(ctx context.Context, cfg Config, tel Telemetry, log *zap.Logger, out io.Writer) error {
 	return WithDemoData(cfg, log, func(cfg Config) error {
 		t, err := NewTrainer(cfg, Solo{}, log)
 		if err != nil {
 			return err
 		}
 		defer t.Close()
+		t.Telemetry = tel
 		start := time.Now()
 		t.OnEpoch = func(r EpochResult) error {
 			fmt.Fprintf(out, "Epoch %d/%d - Train loss: %.4f - Val Accuracy: %.4f\n", r.Epoch, r.Epochs, r.TrainLoss, r.ValAccuracy)

@@ -16,6 +16,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/alexring/alexring/alexnet"
+	"github.com/alexring/alexring/internal/progress"
 	"github.com/alexring/alexring/sharding"
 )
 
@@ -100,6 +101,8 @@ type Trainer struct {
 	// OnEpoch, when set, is called after every epoch (after validation on rank
 	// 0); an error stops the training.
 	OnEpoch func(EpochResult) error
+	// Telemetry shows the training's progress (progress bars, metrics, timeline).
+	Telemetry Telemetry
 	// EpochPlan, when set, gives each epoch's sharding (the coordinator's);
 	// the trainer checks it against its own derivation. Unset, it derives it.
 	EpochPlan func(ctx context.Context, epoch int) (sharding.Plan, error)
@@ -254,9 +257,13 @@ func (t *Trainer) runEpoch(ctx context.Context, epoch int) (EpochResult, error) 
 		return res, err
 	}
 	defer loader.Close()
+	t.Telemetry.startEpoch(epoch+1, t.coll.Rank(), t.coll.World())
+	bar := progress.New(t.Telemetry.Progress, fmt.Sprintf("train epoch[%d/%d]", epoch+1, t.cfg.Epochs), loader.Batches())
+	defer bar.Done()
 	var lossSum float64
 	steps := 0
 	for {
+		rec := stepRecord{epoch: epoch + 1, step: steps + 1, world: t.coll.World(), allreduceBytes: 4 * len(t.grad), start: time.Now()}
 		b, err := loader.Next()
 		if err == io.EOF {
 			break
@@ -264,9 +271,14 @@ func (t *Trainer) runEpoch(ctx context.Context, epoch int) (EpochResult, error) 
 		if err != nil {
 			return res, fmt.Errorf("worker: epoch %d: %w", epoch+1, err)
 		}
+		rec.phase(PhaseDataWait, rec.start, time.Since(rec.start))
 		n := len(t.params.Flat)
 		grad, flags := t.grad[:n], t.grad[n:]
 		loss, err := t.net.Gradient(b.Images, b.Labels, b.Count, t.rng, grad)
+		fwd, bwd := t.net.Phases()
+		rec.phase(PhaseForward, rec.start.Add(rec.phases[0].took), fwd)
+		rec.phase(PhaseBackward, rec.start.Add(rec.phases[0].took+fwd), bwd)
+		rec.images, rec.loss = b.Count, loss
 		res.Images += b.Count
 		loader.Release(b)
 		if err != nil {
@@ -277,34 +289,45 @@ func (t *Trainer) runEpoch(ctx context.Context, epoch int) (EpochResult, error) 
 			flags[t.coll.Rank()] = 1
 			t.log.Warn("non-finite loss or gradient", zap.Int("epoch", epoch+1), zap.Int("step", steps+1), zap.Int("rank", t.coll.Rank()), zap.Float32("loss", loss))
 		}
+		reduceStart := time.Now()
 		if err := t.coll.AllReduceAvg(ctx, t.grad); err != nil {
 			return res, fmt.Errorf("worker: epoch %d step %d: gradient all-reduce: %w", epoch+1, steps+1, err)
 		}
+		rec.phase(PhaseAllReduce, reduceStart, time.Since(reduceStart))
 		steps++
 		if bad := culprits(flags); len(bad) > 0 || !allFinite(grad) {
 			if !t.cfg.SkipNonFinite {
 				return res, fmt.Errorf("worker: epoch %d step %d: non-finite loss or gradient from rank %v; stopped before the optimiser step (skip_nonfinite: true skips such steps)", epoch+1, steps, bad)
 			}
 			res.Skipped++
+			t.Telemetry.observeStep(&rec)
+			bar.Add(1, "step skipped")
 			continue
 		}
+		optStart := time.Now()
 		if err := t.adam.Update(t.params.Flat, grad); err != nil {
 			return res, err
 		}
+		rec.phase(PhaseOptimizer, optStart, time.Since(optStart))
+		t.Telemetry.observeStep(&rec)
 		lossSum += float64(loss)
+		bar.Add(1, fmt.Sprintf("loss=%.3f, %.1f img/s", loss, float64(rec.images)/rec.took().Seconds()))
 		if t.cfg.StepLog > 0 && steps%t.cfg.StepLog == 0 {
 			t.log.Debug("step", zap.Int("epoch", epoch+1), zap.Int("step", steps), zap.Int("of", loader.Batches()), zap.Float32("loss", loss))
 		}
 	}
+	bar.Done()
 	if taken := steps - res.Skipped; taken > 0 {
 		res.TrainLoss = lossSum / float64(taken)
 	}
 	res.BadFiles = t.bad.Count()
 	if t.coll.Rank() == 0 {
+		valStart := time.Now()
 		acc, err := t.Validate(ctx)
 		if err != nil {
 			return res, err
 		}
+		t.Telemetry.observeValidation(valStart, acc)
 		res.ValAccuracy = acc
 		// The first epoch always writes one, so that every run leaves a model.
 		if acc > t.bestAcc || epoch == 0 {
@@ -318,6 +341,7 @@ func (t *Trainer) runEpoch(ctx context.Context, epoch int) (EpochResult, error) 
 	}
 	res.Duration = time.Since(start)
 	res.Checksum = Checksum(t.params.Flat)
+	t.Telemetry.observeEpoch(res, start)
 	return res, nil
 }
 
@@ -356,7 +380,9 @@ func (t *Trainer) Validate(ctx context.Context) (float64, error) {
 		return 0, err
 	}
 	defer loader.Close()
-	correct := 0
+	bar := progress.New(t.Telemetry.Progress, fmt.Sprintf("valid epoch[%d/%d]", t.epoch+1, t.cfg.Epochs), loader.Batches())
+	defer bar.Done()
+	correct, seen := 0, 0
 	k := t.params.Spec.Classes
 	for {
 		b, err := loader.Next()
@@ -376,7 +402,9 @@ func (t *Trainer) Validate(ctx context.Context) (float64, error) {
 				correct++
 			}
 		}
+		seen += b.Count
 		loader.Release(b)
+		bar.Add(1, fmt.Sprintf("acc=%.3f", float64(correct)/float64(seen)))
 	}
 	return float64(correct) / float64(len(t.val.Samples)), nil
 }

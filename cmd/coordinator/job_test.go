@@ -6,8 +6,11 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -242,6 +245,103 @@ func TestBadInputs(t *testing.T) {
 		}
 		if code != c.code || !strings.Contains(r.stderr, c.want) {
 			t.Errorf("%s: exit %d, want %d; stderr should name %q:\n%s", c.name, code, c.code, c.want, r.stderr)
+		}
+	}
+}
+
+// scrapeUntil polls http://addr/metrics until every wanted series is there,
+// and returns the last body (empty when the endpoint never answered).
+func scrapeUntil(addr string, deadline time.Time, want ...string) string {
+	body := ""
+	for time.Now().Before(deadline) {
+		if resp, err := http.Get("http://" + addr + "/metrics"); err == nil {
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			body = string(b)
+			missing := false
+			for _, w := range want {
+				missing = missing || !strings.Contains(body, w)
+			}
+			if !missing {
+				return body
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return body
+}
+
+// What an operator sees of a running job: the coordinator's and a worker's
+// Prometheus series, scraped while it trains, and the worker's timeline.
+func TestMetricsAndTimelineOfARunningJob(t *testing.T) {
+	data := dataset(t, 24, 4)
+	out := t.TempDir()
+	bind, coordMetrics, workerMetrics := freePort(t), freePort(t), freePort(t)
+	trace := filepath.Join(t.TempDir(), "rank.json")
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	start := func(name string, args ...string) (*exec.Cmd, *bytes.Buffer) {
+		cmd := exec.CommandContext(ctx, filepath.Join(binDir, name), args...)
+		var errb bytes.Buffer
+		cmd.Stderr = &errb
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		return cmd, &errb
+	}
+	coord, coordErr := start("coordinator", "--workers", "2", "--config", "tiny", "--data", data, "--out", out, "--epochs", "4",
+		"--bind", bind, "--metrics-addr", coordMetrics, "--log-format", "json")
+	w0, w0Err := start("worker", "--join", bind, "--name", "w0", "--metrics-addr", workerMetrics, "--timeline", trace, "--log-format", "json")
+	w1, w1Err := start("worker", "--join", bind, "--name", "w1", "--log-format", "json")
+
+	deadline := time.Now().Add(2 * time.Minute)
+	workerSeries := scrapeUntil(workerMetrics, deadline, `alexring_step_phase_seconds_count{phase="allreduce"}`, "alexring_val_accuracy",
+		"alexring_allreduce_busbw_bytes_per_second", "alexring_world_size 2")
+	coordSeries := scrapeUntil(coordMetrics, deadline, "alexring_epoch 1", "alexring_members_alive 2", "alexring_rings_formed_total 1")
+	for _, c := range []struct {
+		cmd *exec.Cmd
+		err *bytes.Buffer
+	}{{w0, w0Err}, {w1, w1Err}, {coord, coordErr}} {
+		if err := c.cmd.Wait(); err != nil {
+			t.Fatalf("%s: %v\n%s", c.cmd.Args[0], err, c.err)
+		}
+	}
+	for _, want := range []string{`alexring_step_phase_seconds_count{phase="data_wait"}`, `alexring_step_phase_seconds_count{phase="forward"}`,
+		`alexring_step_phase_seconds_count{phase="backward"}`, `alexring_step_phase_seconds_count{phase="allreduce"}`,
+		`alexring_step_phase_seconds_count{phase="optimizer"}`, "alexring_images_per_second", "alexring_train_loss",
+		"alexring_allreduce_bytes_total", "alexring_allreduce_busbw_bytes_per_second", "alexring_world_size 2", "alexring_rank 0"} {
+		if !strings.Contains(workerSeries, want) {
+			t.Errorf("the worker's /metrics during the job lacks %q", want)
+		}
+	}
+	for _, want := range []string{"alexring_epoch 1", "alexring_members_alive 2", "alexring_rings_formed_total 1",
+		"alexring_world_size 2", "alexring_train_loss", "alexring_val_accuracy", "alexring_images_per_second"} {
+		if !strings.Contains(coordSeries, want) {
+			t.Errorf("the coordinator's /metrics during the job lacks %q", want)
+		}
+	}
+	b, err := os.ReadFile(trace)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var events []struct {
+		Name string         `json:"name"`
+		Ph   string         `json:"ph"`
+		Args map[string]any `json:"args"`
+	}
+	if err := json.Unmarshal(b, &events); err != nil {
+		t.Fatalf("%s is not JSON: %v", trace, err)
+	}
+	seen := map[string]bool{}
+	for _, e := range events {
+		seen[e.Name] = true
+		if e.Name == "process_name" {
+			seen[fmt.Sprint(e.Args["name"])] = true
+		}
+	}
+	for _, want := range []string{"data_wait", "forward", "backward", "allreduce", "optimizer", "validation", "epoch 4", "rank 0 (w0)"} {
+		if !seen[want] {
+			t.Errorf("the timeline has no %q event", want)
 		}
 	}
 }

@@ -18,6 +18,7 @@ import (
 
 	"github.com/alexring/alexring/coordinator"
 	"github.com/alexring/alexring/internal/cli"
+	"github.com/alexring/alexring/internal/metrics"
 	"github.com/alexring/alexring/internal/security"
 	"github.com/alexring/alexring/worker"
 )
@@ -43,6 +44,7 @@ func run() int {
 	var sec security.Config
 	sec.Flags(fs)
 	logFormat := fs.String("log-format", "auto", "log format: auto, console or json")
+	metricsAddr := fs.String("metrics-addr", "", "serve Prometheus metrics on http://ADDR/metrics (empty: off)")
 	debug := fs.Bool("debug", false, "debug logs")
 	if done, code := cli.Parse(fs, os.Args[1:]); done {
 		return code
@@ -91,6 +93,14 @@ func run() int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	if *metricsAddr != "" {
+		reg := metrics.NewRegistry()
+		c.Metrics = coordinator.NewMetrics(reg)
+		if _, err := metrics.Serve(ctx, *metricsAddr, reg, log); err != nil {
+			fmt.Fprintln(os.Stderr, "coordinator:", err)
+			return 2
+		}
+	}
 	err = worker.WithDemoData(job, log, func(job worker.Config) error {
 		c.Job = job
 		co, err := coordinator.New(c, log, os.Stdout)

@@ -13,10 +13,13 @@ import (
 	"syscall"
 
 	"go.uber.org/zap"
+	"golang.org/x/term"
 
 	"github.com/alexring/alexring/alexnet"
 	"github.com/alexring/alexring/internal/cli"
+	"github.com/alexring/alexring/internal/metrics"
 	"github.com/alexring/alexring/internal/security"
+	"github.com/alexring/alexring/internal/timeline"
 	"github.com/alexring/alexring/worker"
 )
 
@@ -51,6 +54,9 @@ func run() int {
 	fs.IntVar(&cfg.EvalBatch, "eval-batch", cfg.EvalBatch, "validation batch size")
 	fs.IntVar(&cfg.LoaderGoroutines, "loader-goroutines", 0, "image decoding goroutines (0: one per core)")
 	logFormat := fs.String("log-format", "auto", "log format: auto (console on a terminal, else json), console or json")
+	progressMode := fs.String("progress", "auto", "progress bars per epoch on stderr: auto (on a terminal with console logs), always or never")
+	metricsAddr := fs.String("metrics-addr", "", "serve Prometheus metrics on http://ADDR/metrics (empty: off)")
+	timelinePath := fs.String("timeline", "", "write a Chrome trace of every step (data wait, forward, backward, all-reduce, optimizer) to this file; open it in chrome://tracing or Perfetto")
 	debug := fs.Bool("debug", false, "debug logs (every step)")
 	if done, code := cli.Parse(fs, os.Args[1:]); done {
 		return code
@@ -76,8 +82,19 @@ func run() int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	tel, closeTelemetry, err := telemetry(ctx, *progressMode, *logFormat, *metricsAddr, *timelinePath, jc.Name, log)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "worker:", err)
+		return 2
+	}
+	defer func() {
+		if err := closeTelemetry(); err != nil {
+			log.Warn("timeline", zap.Error(err))
+		}
+	}()
+	jc.Telemetry = tel
 	if *standalone {
-		err = worker.RunStandalone(ctx, cfg, log, os.Stdout)
+		err = worker.RunStandalone(ctx, cfg, tel, log, os.Stdout)
 	} else {
 		jc.Data = cfg.Data
 		jc.Local = security.IsLoopback(jc.Join)
@@ -92,4 +109,34 @@ func run() int {
 		return 1
 	}
 	return 0
+}
+
+// telemetry sets up what the flags ask for; finish ends the timeline.
+func telemetry(ctx context.Context, progressMode, logFormat, metricsAddr, timelinePath, name string, log *zap.Logger) (tel worker.Telemetry, finish func() error, err error) {
+	finish = func() error { return nil }
+	switch progressMode {
+	case "always":
+		tel.Progress = os.Stderr
+	case "auto":
+		if term.IsTerminal(int(os.Stderr.Fd())) && logFormat != "json" {
+			tel.Progress = os.Stderr
+		}
+	case "never":
+	default:
+		return tel, finish, fmt.Errorf("--progress %q: want auto, always or never", progressMode)
+	}
+	if metricsAddr != "" {
+		reg := metrics.NewRegistry()
+		tel.Metrics = worker.NewMetrics(reg)
+		if _, err := metrics.Serve(ctx, metricsAddr, reg, log); err != nil {
+			return tel, finish, err
+		}
+	}
+	if timelinePath != "" {
+		if tel.Timeline, err = timeline.Create(timelinePath, os.Getpid(), name); err != nil {
+			return tel, finish, fmt.Errorf("--timeline: %w", err)
+		}
+		finish = tel.Timeline.Close
+	}
+	return tel, finish, nil
 }

@@ -1,0 +1,68 @@
+package coordinator
+
+import "github.com/prometheus/client_golang/prometheus"
+
+// Metrics are the job-wide Prometheus series the coordinator keeps. A nil
+// *Metrics records nothing.
+type Metrics struct {
+	membersAlive prometheus.Gauge
+	world        prometheus.Gauge
+	epoch        prometheus.Gauge
+	trainLoss    prometheus.Gauge
+	valAccuracy  prometheus.Gauge
+	imagesPerS   prometheus.Gauge
+	ringsFormed  prometheus.Counter
+	workersLost  prometheus.Counter
+	restarts     prometheus.Counter
+}
+
+// NewMetrics registers the coordinator's series in reg.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		membersAlive: prometheus.NewGauge(prometheus.GaugeOpts{Name: "alexring_members_alive", Help: "Workers alive in the cluster's membership."}),
+		world:        prometheus.NewGauge(prometheus.GaugeOpts{Name: "alexring_world_size", Help: "Ranks in the current ring."}),
+		epoch:        prometheus.NewGauge(prometheus.GaugeOpts{Name: "alexring_epoch", Help: "Epochs completed by the job."}),
+		trainLoss:    prometheus.NewGauge(prometheus.GaugeOpts{Name: "alexring_train_loss", Help: "Mean training loss of the last epoch over all ranks."}),
+		valAccuracy:  prometheus.NewGauge(prometheus.GaugeOpts{Name: "alexring_val_accuracy", Help: "Validation accuracy after the last epoch."}),
+		imagesPerS:   prometheus.NewGauge(prometheus.GaugeOpts{Name: "alexring_images_per_second", Help: "Training images per second of the whole job in the last epoch."}),
+		ringsFormed:  prometheus.NewCounter(prometheus.CounterOpts{Name: "alexring_rings_formed_total", Help: "Rings formed: 1 at the start, one more per re-formation."}),
+		workersLost:  prometheus.NewCounter(prometheus.CounterOpts{Name: "alexring_workers_lost_total", Help: "Workers that left or failed during the job."}),
+		restarts:     prometheus.NewCounter(prometheus.CounterOpts{Name: "alexring_restarts_total", Help: "Times the job was resumed from a training-state checkpoint."}),
+	}
+	reg.MustRegister(m.membersAlive, m.world, m.epoch, m.trainLoss, m.valAccuracy, m.imagesPerS, m.ringsFormed, m.workersLost, m.restarts)
+	return m
+}
+
+func (m *Metrics) members(alive int) {
+	if m != nil {
+		m.membersAlive.Set(float64(alive))
+	}
+}
+
+func (m *Metrics) ringFormed(world int) {
+	if m != nil {
+		m.ringsFormed.Inc()
+		m.world.Set(float64(world))
+	}
+}
+
+func (m *Metrics) workerLost() {
+	if m != nil {
+		m.workersLost.Inc()
+	}
+}
+
+func (m *Metrics) resumed() {
+	if m != nil {
+		m.restarts.Inc()
+	}
+}
+
+func (m *Metrics) epochDone(row epochRow) {
+	if m != nil {
+		m.epoch.Set(float64(row.Epoch))
+		m.trainLoss.Set(row.TrainLoss)
+		m.valAccuracy.Set(row.ValAccuracy)
+		m.imagesPerS.Set(row.ImagesPerS)
+	}
+}
