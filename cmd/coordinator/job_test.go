@@ -345,3 +345,36 @@ func TestMetricsAndTimelineOfARunningJob(t *testing.T) {
 		}
 	}
 }
+
+// deploy/local/start.sh: a coordinator and N workers as separate processes.
+func TestLocalStartScript(t *testing.T) {
+	data, out, logs := dataset(t, 8, 2), t.TempDir(), t.TempDir()
+	script := filepath.Join("..", "..", "deploy", "local", "start.sh")
+	run := func(args ...string) (string, int) {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		cmd := exec.CommandContext(ctx, "bash", append([]string{script}, args...)...)
+		cmd.Env = append(os.Environ(), "ALEXRING_BIN="+binDir, "LOG_DIR="+logs, "GOSSIP="+freePort(t))
+		b, err := cmd.CombinedOutput()
+		if ctx.Err() != nil {
+			t.Fatalf("start.sh %v did not finish:\n%s", args, b)
+		}
+		code := 0
+		if ee, ok := err.(*exec.ExitError); ok {
+			code = ee.ExitCode()
+		}
+		return string(b), code
+	}
+	got, code := run("2", "--config", "tiny", "--epochs", "2", "--data", data, "--out", out, "--log-format", "json")
+	if code != 0 || len(epochLine.FindAllString(got, -1)) != 2 {
+		t.Fatalf("start.sh 2: exit %d\n%s", code, got)
+	}
+	for _, f := range []string{filepath.Join(logs, "worker-0.log"), filepath.Join(logs, "worker-1.log"), filepath.Join(out, "best.safetensors")} {
+		if _, err := os.Stat(f); err != nil {
+			t.Errorf("start.sh left no %s", f)
+		}
+	}
+	if got, code := run("two"); code != 2 || !strings.Contains(got, "positive number of workers") {
+		t.Errorf("start.sh two: exit %d\n%s", code, got)
+	}
+}
