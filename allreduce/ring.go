@@ -128,6 +128,7 @@ type Pending struct {
 	v    []float32
 	op   Op
 	root int
+	fp16 bool // half floats on the wire: all-reduces only, with Config.FP16
 	seq  uint64
 	done chan struct{}
 	err  error
@@ -242,7 +243,7 @@ func (r *Ring) World() int { return r.cfg.World }
 // not be touched until Wait returns. Collectives run in the order started, which
 // must be the same on every rank.
 func (r *Ring) Start(ctx context.Context, v []float32, op Op) *Pending {
-	return r.enqueue(&Pending{ctx: ctx, kind: kindAllReduce, v: v, op: op})
+	return r.enqueue(&Pending{ctx: ctx, kind: kindAllReduce, v: v, op: op, fp16: r.cfg.FP16})
 }
 
 // AllReduce replaces v on every rank by the sum (or mean) over the ranks,
@@ -256,7 +257,8 @@ func (r *Ring) AllReduceAvg(ctx context.Context, v []float32) error {
 	return r.AllReduce(ctx, v, Avg)
 }
 
-// Broadcast replaces v on every rank by root's v.
+// Broadcast replaces v on every rank by root's v, bit for bit (in float32 even
+// with FP16: what is broadcast is state, such as parameters and Adam moments).
 func (r *Ring) Broadcast(ctx context.Context, v []float32, root int) error {
 	if root < 0 || root >= r.cfg.World {
 		return fmt.Errorf("allreduce: broadcast root %d outside world of %d", root, r.cfg.World)
@@ -414,9 +416,9 @@ func (r *Ring) run(p *Pending) error {
 	}
 }
 
-// elemsPerChunk is how many values fit one chunk on the wire.
-func (r *Ring) elemsPerChunk() int {
-	if r.cfg.FP16 {
+// elemsPerChunk is how many values of p fit one chunk on the wire.
+func (r *Ring) elemsPerChunk(p *Pending) int {
+	if p.fp16 {
 		return r.cfg.ChunkBytes / 2
 	}
 	return r.cfg.ChunkBytes / 4
@@ -424,7 +426,7 @@ func (r *Ring) elemsPerChunk() int {
 
 func (r *Ring) allReduce(ctx context.Context, p *Pending) error {
 	v, n, world := p.v, len(p.v), r.cfg.World
-	per := r.elemsPerChunk()
+	per := r.elemsPerChunk(p)
 	steps := allReduceSteps(r.cfg.Rank, world)
 	// ready carries one token per chunk received, in order: the chunk that the
 	// next step sends is the one just received.
@@ -455,7 +457,7 @@ func (r *Ring) allReduce(ctx context.Context, p *Pending) error {
 				return err
 			}
 			if st.last {
-				finish(v[a:b], p.op, world, r.cfg.FP16)
+				finish(v[a:b], p.op, world, p.fp16)
 			}
 			if t+1 < len(steps) {
 				ready <- struct{}{}
@@ -486,7 +488,7 @@ func finish(v []float32, op Op, world int, fp16 bool) {
 }
 
 func (r *Ring) sendSteps(ctx context.Context, p *Pending, steps []ringStep, ready <-chan struct{}) error {
-	n, per := len(p.v), r.elemsPerChunk()
+	n, per := len(p.v), r.elemsPerChunk(p)
 	for t, st := range steps {
 		lo, hi := segment(n, r.cfg.World, st.send)
 		for c := 0; c < chunks(hi-lo, per); c++ {
@@ -508,10 +510,10 @@ func (r *Ring) sendSteps(ctx context.Context, p *Pending, steps []ringStep, read
 
 func (r *Ring) sendChunk(p *Pending, step, index int, v []float32) error {
 	out := &outChunk{chunk: &ringpb.Chunk{
-		RingId: r.cfg.RingID, Seq: p.seq, Kind: p.kind, Step: uint32(step), Index: uint32(index), Fp16: r.cfg.FP16,
+		RingId: r.cfg.RingID, Seq: p.seq, Kind: p.kind, Step: uint32(step), Index: uint32(index), Fp16: p.fp16,
 	}}
 	r.sending.Add(1)
-	if r.cfg.FP16 {
+	if p.fp16 {
 		half := make([]byte, 2*len(v))
 		for i, x := range v {
 			binary.LittleEndian.PutUint16(half[2*i:], toHalf(x))
@@ -575,7 +577,7 @@ func (r *Ring) receiveInto(ctx context.Context, p *Pending, step, index int, dst
 		return &PeerError{Rank: int(ab.LostRank), Collective: p.name(), Err: fmt.Errorf("reported by rank %d: %s", r.pred, ab.Reason)}
 	}
 	ch := in.frame.GetChunk()
-	if ch == nil || ch.RingId != r.cfg.RingID || ch.Seq != p.seq || ch.Kind != p.kind || ch.Step != uint32(step) || ch.Index != uint32(index) || ch.Fp16 != r.cfg.FP16 {
+	if ch == nil || ch.RingId != r.cfg.RingID || ch.Seq != p.seq || ch.Kind != p.kind || ch.Step != uint32(step) || ch.Index != uint32(index) || ch.Fp16 != p.fp16 {
 		return &PeerError{Rank: r.pred, Collective: p.name(), Err: fmt.Errorf("unexpected frame %s, want ring %q seq %d kind %d step %d chunk %d",
 			describe(in.frame), r.cfg.RingID, p.seq, p.kind, step, index)}
 	}
@@ -639,7 +641,7 @@ func accumulate(dst []float32, views [][]byte, width int, reduce bool, scratch *
 // broadcast pipes root's vector around the ring, chunk by chunk: each rank
 // copies a chunk in and passes it on, until the rank before the root.
 func (r *Ring) broadcast(ctx context.Context, p *Pending) error {
-	per := r.elemsPerChunk()
+	per := r.elemsPerChunk(p)
 	n := len(p.v)
 	isRoot := r.cfg.Rank == p.root
 	forward := r.succ != p.root
@@ -649,9 +651,6 @@ func (r *Ring) broadcast(ctx context.Context, p *Pending) error {
 			if err := r.receiveInto(ctx, p, 0, c, p.v[a:b], false); err != nil {
 				return err
 			}
-		} else if r.cfg.FP16 {
-			// The other ranks get half floats; the root keeps the same bits.
-			finish(p.v[a:b], Sum, 1, true)
 		}
 		if forward {
 			if err := r.sendChunk(p, 0, c, p.v[a:b]); err != nil {

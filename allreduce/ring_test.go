@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -208,6 +209,16 @@ func TestFP16OnTheWire(t *testing.T) {
 			if vs[rank][i] != vs[0][i] {
 				t.Fatalf("fp16: rank %d element %d differs from rank 0", rank, i)
 			}
+		}
+	}
+	// A broadcast carries state (parameters, Adam moments): exact even with
+	// fp16, including values a half float cannot hold.
+	state := []float32{1e-30, 3.14159265, 70000, -2.5e-8}
+	vs = [][]float32{append([]float32(nil), state...), make([]float32, 4), make([]float32, 4)}
+	errs = c.each(func(rank int, r *Ring) error { return r.Broadcast(context.Background(), vs[rank], 0) })
+	for rank, err := range errs {
+		if err != nil || !slices.Equal(vs[rank], state) {
+			t.Errorf("fp16 ring broadcast: rank %d got %v (%v), want %v", rank, vs[rank], err, state)
 		}
 	}
 }
