@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"os"
 	"path/filepath"
@@ -51,6 +52,13 @@ type Config struct {
 	JobID string
 	// Metrics, when set, receives the job-wide Prometheus series.
 	Metrics *Metrics
+	// MinWorkers is the smallest ring the job goes on with after losing
+	// workers (0: 1); below it the job fails.
+	MinWorkers int
+	// ReformTimeout bounds how long a re-formation waits for a worker that is
+	// still in the gossip to report its broken ring; after it, the worker is
+	// left out (0: a minute).
+	ReformTimeout time.Duration
 }
 
 // LoadJobConfig reads a YAML job file (a path, or a built-in config's name)
@@ -77,13 +85,16 @@ type Coordinator struct {
 	jobID string
 	train *sharding.Dataset
 
-	mu       sync.Mutex
-	changed  chan struct{} // closed and replaced on every state change
-	workers  map[string]*controlpb.RegisterRequest
-	started  bool
-	ranks    map[string]int // name -> rank once started
-	plans    map[string]*controlpb.JobPlan
-	reports  map[int][]*controlpb.EpochReport // epoch -> by rank
+	mu      sync.Mutex
+	changed chan struct{} // closed and replaced on every state change
+	workers map[string]*controlpb.RegisterRequest
+	alive   map[string]bool // workers in the gossip
+	started bool
+	ring    ringState                  // the current ring, once started
+	plans   map[string]*controlpb.JobPlan // the current ring's, by worker name
+	reform  *reformation               // the re-formation under way, if any
+	prior   map[int][]sharding.Segment  // epoch -> rings that trained part of it
+	reports map[int][]*controlpb.EpochReport // epoch -> by rank
 	verdicts map[int]*controlpb.ReportReply
 	failed   error
 	finished bool
@@ -120,8 +131,8 @@ func New(cfg Config, log *zap.Logger, out io.Writer) (*Coordinator, error) {
 	}
 	return &Coordinator{
 		cfg: cfg, log: log, out: out, jobID: jobID, train: train,
-		changed: make(chan struct{}), workers: map[string]*controlpb.RegisterRequest{},
-		reports: map[int][]*controlpb.EpochReport{}, verdicts: map[int]*controlpb.ReportReply{},
+		changed: make(chan struct{}), workers: map[string]*controlpb.RegisterRequest{}, alive: map[string]bool{},
+		reports: map[int][]*controlpb.EpochReport{}, verdicts: map[int]*controlpb.ReportReply{}, prior: map[int][]sharding.Segment{},
 	}, nil
 }
 
@@ -171,7 +182,7 @@ func (c *Coordinator) Run(ctx context.Context, ready func(gossip string)) error 
 		return err
 	}
 	fmt.Fprintf(c.out, "Job %s: %d workers, %d training images, %d classes; global batch %d (%d per worker)\n",
-		c.jobID, c.cfg.Workers, len(c.train.Samples), len(c.train.Classes), c.cfg.Job.WorkerBatch(c.cfg.Workers)*c.cfg.Workers, c.cfg.Job.WorkerBatch(c.cfg.Workers))
+		c.jobID, c.cfg.Workers, len(c.train.Samples), len(c.train.Classes), c.ring.batch*c.cfg.Workers, c.ring.batch)
 	start := time.Now()
 	for {
 		c.mu.Lock()
@@ -245,27 +256,55 @@ func (c *Coordinator) start() {
 	names := make([]string, 0, len(c.workers))
 	for name := range c.workers {
 		names = append(names, name)
+		c.alive[name] = true
 	}
+	c.formRing(names, 0, 0)
+	c.started = true
+	c.startedAt = time.Now()
+	c.notify()
+}
+
+// ringState is the current ring: its generation (1, then +1 per
+// re-formation), members by rank, and per-rank batch.
+type ringState struct {
+	gen     int
+	members []string
+	ranks   map[string]int
+	batch   int
+}
+
+func (r ringState) world() int { return len(r.members) }
+
+// formRing makes the next ring of names (in sorted order: ranks follow the
+// names), starting in epoch with every rank taking root's state, and each
+// member's plan. Called with c.mu held.
+func (c *Coordinator) formRing(names []string, epoch, root int) {
 	sort.Strings(names)
-	peers := make([]string, len(names))
-	c.ranks = map[string]int{}
+	world := len(names)
+	batch := c.cfg.Job.WorkerBatch(world)
+	if c.cfg.Job.WorkerBatchSize == 0 && c.cfg.Job.Batch%world != 0 {
+		// The global batch stays (nearly) what it was: each rank takes the
+		// nearest whole share.
+		batch = max(1, int(math.Round(float64(c.cfg.Job.Batch)/float64(world))))
+	}
+	c.ring = ringState{gen: c.ring.gen + 1, members: names, ranks: map[string]int{}, batch: batch}
+	peers := make([]string, world)
 	for r, name := range names {
-		c.ranks[name] = r
+		c.ring.ranks[name] = r
 		peers[r] = c.workers[name].RingAddr
 	}
 	cfgJSON, _ := json.Marshal(c.cfg.Job)
 	c.plans = map[string]*controlpb.JobPlan{}
 	for r, name := range names {
 		c.plans[name] = &controlpb.JobPlan{
-			JobId: c.jobID, Rank: int32(r), World: int32(len(names)), Peers: peers, RingId: c.jobID + "-ring-1",
+			JobId: c.jobID, Rank: int32(r), World: int32(world), Peers: peers, RingId: fmt.Sprintf("%s-ring-%d", c.jobID, c.ring.gen),
 			ConfigJson: cfgJSON, Classes: c.train.Classes, Dataset: c.train.Fingerprint(),
+			Generation: int32(c.ring.gen), BatchPerRank: int32(batch), Epoch: int32(epoch), StateRoot: int32(root),
 		}
-		c.log.Info("rank assigned", zap.String("worker", name), zap.Int("rank", r), zap.String("ring_addr", peers[r]), zap.String("device", c.workers[name].Device))
+		c.log.Info("rank assigned", zap.String("worker", name), zap.Int("rank", r), zap.Int("generation", c.ring.gen),
+			zap.String("ring_addr", peers[r]), zap.String("device", c.workers[name].Device))
 	}
-	c.started = true
-	c.startedAt = time.Now()
-	c.cfg.Metrics.ringFormed(len(names))
-	c.notify()
+	c.cfg.Metrics.ringFormed(world)
 }
 
 func (c *Coordinator) notify() {
@@ -284,19 +323,21 @@ func (c *Coordinator) countMembers(member *membership.Member) {
 	c.cfg.Metrics.members(alive)
 }
 
-// onMember reacts to membership: a registered worker leaving ends the job
-// (re-forming the ring without it is the elastic mode's work).
+// onMember reacts to membership: a member of the ring leaving (or failing)
+// starts a re-formation without it.
 func (c *Coordinator) onMember(e membership.Event, member *membership.Member) {
 	c.log.Info("member "+e.Kind.String(), zap.String("name", e.Name), zap.String("role", e.Meta.Role))
 	c.countMembers(member)
-	if e.Kind != membership.Left {
-		return
-	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if r, ok := c.ranks[e.Name]; ok && !c.finished && c.failed == nil {
+	if e.Meta.Role != membership.RoleWorker {
+		return
+	}
+	c.alive[e.Name] = e.Kind != membership.Left
+	if _, ok := c.ring.ranks[e.Name]; ok && e.Kind == membership.Left {
 		c.cfg.Metrics.workerLost()
-		c.failed = fmt.Errorf("coordinator: worker %s (rank %d) left the job", e.Name, r)
+		c.beginReform(fmt.Sprintf("worker %s (rank %d) left the cluster", e.Name, c.ring.ranks[e.Name]))
+		c.completeReform() // it may have been the last one a re-formation waited for
 		c.notify()
 	}
 }
@@ -304,13 +345,17 @@ func (c *Coordinator) onMember(e membership.Event, member *membership.Member) {
 // report records a rank's epoch and, once all ranks are in, decides.
 func (c *Coordinator) report(ctx context.Context, rep *controlpb.EpochReport) (*controlpb.ReportReply, error) {
 	c.mu.Lock()
-	if !c.started || rep.JobId != c.jobID || int(rep.Rank) >= c.cfg.Workers || rep.Rank < 0 {
+	if !c.started || rep.JobId != c.jobID || int(rep.Rank) >= c.ring.world() || rep.Rank < 0 {
 		c.mu.Unlock()
 		return nil, status.Errorf(codes.InvalidArgument, "report for job %q rank %d does not belong to job %s", rep.JobId, rep.Rank, c.jobID)
 	}
+	if int(rep.Generation) != c.ring.gen || c.reform != nil {
+		c.mu.Unlock()
+		return &controlpb.ReportReply{Reform: true}, nil
+	}
 	e := int(rep.Epoch)
 	if c.reports[e] == nil {
-		c.reports[e] = make([]*controlpb.EpochReport, c.cfg.Workers)
+		c.reports[e] = make([]*controlpb.EpochReport, c.ring.world())
 	}
 	c.reports[e][rep.Rank] = rep
 	complete := true
@@ -322,13 +367,17 @@ func (c *Coordinator) report(ctx context.Context, rep *controlpb.EpochReport) (*
 		c.notify()
 	}
 	defer c.mu.Unlock()
-	if err := c.waitLocked(ctx, func() bool { return c.verdicts[e] != nil || c.failed != nil }); err != nil {
+	gen := c.ring.gen
+	if err := c.waitLocked(ctx, func() bool { return c.verdicts[e] != nil || c.failed != nil || c.ring.gen != gen || c.reform != nil }); err != nil {
 		return nil, err
 	}
 	if v := c.verdicts[e]; v != nil {
 		return v, nil
 	}
-	return &controlpb.ReportReply{Stop: true, Reason: c.failed.Error()}, nil
+	if c.failed != nil {
+		return &controlpb.ReportReply{Stop: true, Reason: c.failed.Error()}, nil
+	}
+	return &controlpb.ReportReply{Reform: true}, nil
 }
 
 // waitLocked waits, with c.mu held on entry and on return, until done holds or
@@ -427,7 +476,7 @@ func (s *controlService) Register(ctx context.Context, req *controlpb.RegisterRe
 	if _, dup := c.workers[req.Name]; dup || c.started {
 		c.mu.Unlock()
 		if c.started {
-			return nil, status.Errorf(codes.FailedPrecondition, "job %s has started with %d workers; %s cannot join it", c.jobID, c.cfg.Workers, req.Name)
+			return nil, status.Errorf(codes.FailedPrecondition, "job %s has started with %d workers; %s cannot join it", c.jobID, c.ring.world(), req.Name)
 		}
 		return nil, status.Errorf(codes.AlreadyExists, "a worker named %s is already registered", req.Name)
 	}
@@ -459,13 +508,19 @@ func (s *controlService) EpochShard(ctx context.Context, req *controlpb.EpochReq
 		return nil, status.Errorf(codes.InvalidArgument, "job %q is not %s", req.JobId, c.jobID)
 	}
 	c.mu.Lock()
-	failed := c.failed
-	c.mu.Unlock()
-	if failed != nil {
-		return nil, status.Error(codes.Aborted, failed.Error())
+	defer c.mu.Unlock()
+	if c.failed != nil {
+		return nil, status.Error(codes.Aborted, c.failed.Error())
 	}
-	return &controlpb.Shard{Seed: c.cfg.Job.Seed, Epoch: req.Epoch, World: int32(c.cfg.Workers), Size: int32(len(c.train.Samples)),
-		Dataset: c.train.Fingerprint(), Shuffle: true}, nil
+	if int(req.Generation) != c.ring.gen || c.reform != nil {
+		return &controlpb.Shard{Reform: true}, nil
+	}
+	shard := &controlpb.Shard{Seed: c.cfg.Job.Seed, Epoch: req.Epoch, World: int32(c.ring.world()), Size: int32(len(c.train.Samples)),
+		Dataset: c.train.Fingerprint(), Shuffle: true}
+	for _, p := range c.prior[int(req.Epoch)] {
+		shard.Prior = append(shard.Prior, &controlpb.Segment{World: int32(p.World), Consumed: int32(p.Consumed)})
+	}
+	return shard, nil
 }
 
 func (s *controlService) Report(ctx context.Context, req *controlpb.EpochReport) (*controlpb.ReportReply, error) {

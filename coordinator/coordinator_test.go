@@ -104,7 +104,7 @@ func TestDivergedChecksumsStopTheJob(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			rep, err := s.Report(context.Background(), &controlpb.EpochReport{JobId: plans["a"].JobId, Rank: int32(r), Epoch: 1, Checksum: sum, Images: 4})
+			rep, err := s.Report(context.Background(), &controlpb.EpochReport{JobId: plans["a"].JobId, Rank: int32(r), Epoch: 1, Checksum: sum, Images: 4, Generation: plans["a"].Generation})
 			if err != nil {
 				t.Error(err)
 			}
@@ -131,7 +131,7 @@ func TestEpochLineAndFinish(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			rep, err := s.Report(context.Background(), &controlpb.EpochReport{JobId: plans["a"].JobId, Rank: int32(r), Epoch: 1,
+			rep, err := s.Report(context.Background(), &controlpb.EpochReport{JobId: plans["a"].JobId, Rank: int32(r), Epoch: 1, Generation: plans["a"].Generation,
 				Checksum: 7, Images: 4, TrainLoss: float64(1 + r), ValAccuracy: 0.75, Best: true})
 			if err != nil || rep.Stop {
 				t.Errorf("rank %d: %v %+v", r, err, rep)

@@ -3,6 +3,7 @@ package sharding
 import (
 	"fmt"
 	"math/rand/v2"
+	"slices"
 )
 
 // Plan is one epoch's sharding of a dataset, with DistributedSampler's
@@ -18,6 +19,25 @@ type Plan struct {
 	Dataset  uint64 // the dataset's Fingerprint, so ranks notice different listings
 	DropLast bool
 	Shuffle  bool // false: the identity order (evaluation)
+	// Prior are the rings that trained part of this epoch before the ring
+	// re-formed (a worker was lost), oldest first. Each took the head of the
+	// order it was given; the rest is sharded over World.
+	Prior []Segment
+}
+
+// Segment is what one ring did of an epoch: its world size and how many
+// positions of its padded order it consumed (steps x per-rank batch x World).
+// Rank r's step j takes positions r, r+World, ... of block j, so consumed
+// positions are always a prefix.
+type Segment struct {
+	World    int
+	Consumed int
+}
+
+// Equal says whether two plans shard the same way.
+func (p Plan) Equal(q Plan) bool {
+	return p.Seed == q.Seed && p.Epoch == q.Epoch && p.World == q.World && p.Size == q.Size && p.Dataset == q.Dataset &&
+		p.DropLast == q.DropLast && p.Shuffle == q.Shuffle && slices.Equal(p.Prior, q.Prior)
 }
 
 // Validate rejects a plan that cannot be sharded.
@@ -31,6 +51,11 @@ func (p Plan) Validate() error {
 		return fmt.Errorf("sharding: %d samples cannot give each of %d ranks one with drop_last", p.Size, p.World)
 	case p.Size == 0:
 		return fmt.Errorf("sharding: empty dataset")
+	}
+	for i, s := range p.Prior {
+		if s.World < 1 || s.Consumed < 0 {
+			return fmt.Errorf("sharding: prior ring %d: world %d, %d consumed", i+1, s.World, s.Consumed)
+		}
 	}
 	return nil
 }
@@ -48,15 +73,33 @@ func (p Plan) Order() []int {
 	return order
 }
 
-// PerRank is the number of samples each rank gets.
-func (p Plan) PerRank() int {
-	if p.DropLast {
-		return p.Size / p.World
+// fit pads order to a multiple of world by repeating it from its start (as
+// often as needed), or with dropLast cuts it to one.
+func fit(order []int, world int, dropLast bool) []int {
+	if dropLast {
+		return order[:len(order)/world*world]
 	}
-	return (p.Size + p.World - 1) / p.World
+	total := (len(order) + world - 1) / world * world
+	n := len(order)
+	for len(order) < total {
+		order = append(order, order[:min(total-len(order), n)]...)
+	}
+	return order
 }
 
-// Shard is rank's list of dataset indices for the epoch.
+// remaining is the epoch's order after the prior rings' work, fitted to World:
+// the positions the current ring shards.
+func (p Plan) remaining() []int {
+	order := p.Order()
+	for i, s := range p.Prior {
+		order = fit(order, s.World, p.DropLast && i == 0)
+		order = order[min(s.Consumed, len(order)):]
+	}
+	return fit(order, p.World, p.DropLast && len(p.Prior) == 0)
+}
+
+// Shard is rank's list of dataset indices for the epoch (after what the prior
+// rings trained). Every rank's shard has the same length.
 func (p Plan) Shard(rank int) ([]int, error) {
 	if err := p.Validate(); err != nil {
 		return nil, err
@@ -64,15 +107,9 @@ func (p Plan) Shard(rank int) ([]int, error) {
 	if rank < 0 || rank >= p.World {
 		return nil, fmt.Errorf("sharding: rank %d outside world of %d", rank, p.World)
 	}
-	order := p.Order()
-	total := p.PerRank() * p.World
-	// Pad by repeating the permutation from its start (as often as needed).
-	for len(order) < total {
-		order = append(order, order[:min(total-len(order), p.Size)]...)
-	}
-	order = order[:total]
-	shard := make([]int, 0, p.PerRank())
-	for i := rank; i < total; i += p.World {
+	order := p.remaining()
+	shard := make([]int, 0, len(order)/p.World)
+	for i := rank; i < len(order); i += p.World {
 		shard = append(shard, order[i])
 	}
 	return shard, nil

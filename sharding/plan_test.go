@@ -24,8 +24,12 @@ func TestPlanSamplerProperties(t *testing.T) {
 					if err != nil {
 						t.Fatal(err)
 					}
-					if len(s) != p.PerRank() {
-						t.Fatalf("size %d world %d rank %d: %d samples, want %d", size, world, r, len(s), p.PerRank())
+					want := (size + world - 1) / world
+					if dropLast {
+						want = size / world
+					}
+					if len(s) != want {
+						t.Fatalf("size %d world %d rank %d: %d samples, want %d", size, world, r, len(s), want)
 					}
 					for _, i := range s {
 						count[i]++
@@ -112,5 +116,58 @@ func TestPlanCheckNamesTheMismatch(t *testing.T) {
 	other := &Dataset{Root: "/data/train", Classes: []string{"a"}, Samples: []Sample{{Path: "/data/train/a/2.png"}}}
 	if err := p.Check(other); err == nil || !strings.Contains(err.Error(), "/data/train") || !strings.Contains(err.Error(), "different data") {
 		t.Errorf("different listing: %v", err)
+	}
+}
+
+// A ring re-formed mid-epoch: what the old ring trained (each rank's first
+// steps x batch samples) and what the new ring's shards hold cover the epoch,
+// with no more repeats than the padding of each ring.
+func TestPlanAfterReformationsCoversTheRestOfTheEpoch(t *testing.T) {
+	type ring struct{ world, batch, steps int }
+	for _, rings := range [][]ring{
+		{{4, 3, 2}, {3, 4, -1}},
+		{{4, 3, 5}, {3, 4, 1}, {2, 6, -1}},
+		{{2, 8, 7}, {1, 16, -1}}, // the old ring had finished: nothing is left
+		{{3, 5, 0}, {2, 5, -1}},  // lost before the first step
+	} {
+		p := Plan{Seed: 9, Epoch: 2, Size: 100, Shuffle: true}
+		count := map[int]int{}
+		trained := 0
+		for k, rg := range rings {
+			p.World = rg.world
+			for r := 0; r < rg.world; r++ {
+				s, err := p.Shard(r)
+				if err != nil {
+					t.Fatal(err)
+				}
+				take := len(s)
+				if rg.steps >= 0 {
+					take = min(len(s), rg.steps*rg.batch)
+				}
+				for _, i := range s[:take] {
+					count[i]++
+				}
+				trained += take
+			}
+			if k < len(rings)-1 {
+				p.Prior = append(p.Prior, Segment{World: rg.world, Consumed: rg.steps * rg.batch * rg.world})
+			}
+		}
+		if len(count) != 100 {
+			t.Errorf("rings %v: %d of 100 samples trained", rings, len(count))
+		}
+		if extra := trained - 100; extra < 0 || extra >= 4*len(rings) {
+			t.Errorf("rings %v: %d repeats", rings, extra)
+		}
+	}
+	q := Plan{Seed: 9, Size: 10, World: 2, Prior: []Segment{{World: 3, Consumed: 12}}}
+	if s, err := q.Shard(1); err != nil || len(s) != 0 {
+		t.Errorf("an epoch the old ring finished: shard %v, %v", s, err)
+	}
+	if !q.Equal(q) || q.Equal(Plan{Seed: 9, Size: 10, World: 2}) {
+		t.Error("Equal ignores Prior")
+	}
+	if err := (Plan{Seed: 9, Size: 10, World: 2, Prior: []Segment{{World: 0}}}).Validate(); err == nil {
+		t.Error("a prior ring of world 0 accepted")
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"sync"
 	"time"
 
 	"go.uber.org/zap"
@@ -87,22 +88,23 @@ func RunJoined(ctx context.Context, jc JoinConfig, log *zap.Logger) error {
 	}
 	log.Info("job plan received", zap.Int("rank", int(plan.Rank)), zap.String("job", plan.JobId), zap.Int("world", int(plan.World)), zap.String("ring", plan.RingId))
 
-	rcfg := allreduce.DefaultConfig()
-	rcfg.RingID, rcfg.Rank, rcfg.World, rcfg.Peers = plan.RingId, int(plan.Rank), int(plan.World), plan.Peers
-	rcfg.ChunkBytes, rcfg.FP16, rcfg.OpTimeout = cfg.Ring.ChunkBytes, cfg.Ring.FP16, cfg.Ring.OpTimeout
-	rcfg.Creds = jc.Security.ClientCreds()
-	ring, err := allreduce.Open(ctx, node.Service, rcfg, log)
+	openRing := func(plan *controlpb.JobPlan) (*allreduce.Ring, error) {
+		rcfg := allreduce.DefaultConfig()
+		rcfg.RingID, rcfg.Rank, rcfg.World, rcfg.Peers = plan.RingId, int(plan.Rank), int(plan.World), plan.Peers
+		rcfg.ChunkBytes, rcfg.FP16, rcfg.OpTimeout = cfg.Ring.ChunkBytes, cfg.Ring.FP16, cfg.Ring.OpTimeout
+		rcfg.Creds = jc.Security.ClientCreds()
+		return allreduce.Open(ctx, node.Service, rcfg, log)
+	}
+	ring, err := openRing(plan)
 	if err != nil {
 		return err
 	}
-	defer ring.Close()
+	current := &ringWatch{}
+	current.set(ring, plan.Peers)
+	defer func() { current.ring().Close() }()
 
 	// A peer that leaves the gossip is gone: fail the collective waiting on it
 	// now rather than at its deadline.
-	ranks := map[string]int{}
-	for r, addr := range plan.Peers {
-		ranks[addr] = r
-	}
 	watchCtx, stopWatch := context.WithCancel(ctx)
 	defer stopWatch()
 	go func() {
@@ -111,11 +113,8 @@ func RunJoined(ctx context.Context, jc JoinConfig, log *zap.Logger) error {
 			case <-watchCtx.Done():
 				return
 			case e := <-member.Events():
-				if e.Kind != membership.Left {
-					continue
-				}
-				if r, ok := ranks[e.Meta.GRPC]; ok && e.Meta.Role == membership.RoleWorker {
-					ring.Fail(r, fmt.Sprintf("%s left the cluster", e.Name))
+				if e.Kind == membership.Left && e.Meta.Role == membership.RoleWorker {
+					current.fail(e.Meta.GRPC, fmt.Sprintf("%s left the cluster", e.Name))
 				}
 			}
 		}
@@ -131,13 +130,23 @@ func RunJoined(ctx context.Context, jc JoinConfig, log *zap.Logger) error {
 	if fp := t.train.Fingerprint(); fp != plan.Dataset {
 		return fmt.Errorf("worker: %s lists different files than the coordinator's (fingerprint %016x, coordinator %016x)", cfg.Data, fp, plan.Dataset)
 	}
+	if err := t.Reconfigure(ring, int(plan.BatchPerRank), t.epoch); err != nil {
+		return err
+	}
 	t.EpochPlan = func(ctx context.Context, epoch int) (sharding.Plan, error) {
-		s, err := control.EpochShard(ctx, &controlpb.EpochRequest{JobId: plan.JobId, Rank: plan.Rank, Epoch: int32(epoch)})
+		s, err := control.EpochShard(ctx, &controlpb.EpochRequest{JobId: plan.JobId, Rank: plan.Rank, Epoch: int32(epoch), Generation: plan.Generation})
 		if err != nil {
 			return sharding.Plan{}, err
 		}
-		return sharding.Plan{Seed: s.Seed, Epoch: int(s.Epoch), World: int(s.World), Size: int(s.Size),
-			Dataset: s.Dataset, DropLast: s.DropLast, Shuffle: s.Shuffle}, nil
+		if s.Reform {
+			return sharding.Plan{}, errReform
+		}
+		p := sharding.Plan{Seed: s.Seed, Epoch: int(s.Epoch), World: int(s.World), Size: int(s.Size),
+			Dataset: s.Dataset, DropLast: s.DropLast, Shuffle: s.Shuffle}
+		for _, seg := range s.Prior {
+			p.Prior = append(p.Prior, sharding.Segment{World: int(seg.World), Consumed: int(seg.Consumed)})
+		}
+		return p, nil
 	}
 	t.OnEpoch = func(r EpochResult) error {
 		log.Info("epoch done", zap.Int("rank", int(plan.Rank)), zap.Int("epoch", r.Epoch), zap.Float64("train_loss", r.TrainLoss),
@@ -145,7 +154,7 @@ func RunJoined(ctx context.Context, jc JoinConfig, log *zap.Logger) error {
 		reply, err := control.Report(ctx, &controlpb.EpochReport{
 			JobId: plan.JobId, Rank: plan.Rank, Epoch: int32(r.Epoch), TrainLoss: r.TrainLoss, ValAccuracy: r.ValAccuracy,
 			ImagesPerS: float64(r.Images) / r.Duration.Seconds(), Checksum: r.Checksum, Best: r.Best,
-			Images: int32(r.Images), Seconds: r.Duration.Seconds(),
+			Images: int32(r.Images), Seconds: r.Duration.Seconds(), Generation: plan.Generation,
 		})
 		if err != nil {
 			return fmt.Errorf("worker: report epoch %d: %w", r.Epoch, err)
@@ -153,17 +162,87 @@ func RunJoined(ctx context.Context, jc JoinConfig, log *zap.Logger) error {
 		if reply.Stop {
 			return fmt.Errorf("worker: the coordinator stopped the job: %s", reply.Reason)
 		}
+		if reply.Reform {
+			return errReform
+		}
 		return nil
 	}
-	if err := t.Run(ctx); err != nil {
-		return err
+	for {
+		err := t.SyncState(ctx, int(plan.StateRoot))
+		if err == nil {
+			err = t.Run(ctx)
+		}
+		if err == nil {
+			break
+		}
+		if ctx.Err() != nil || !(errors.Is(err, allreduce.ErrPeerLost) || errors.Is(err, errReform)) {
+			return err
+		}
+		// The ring broke: a peer died or fell silent. The coordinator forms a
+		// new one of the survivors, who go on from the furthest step.
+		broke := time.Now()
+		epoch, steps := t.Position()
+		log.Warn("ring broken; asking the coordinator for a new one", zap.Int("rank", int(plan.Rank)), zap.Int("generation", int(plan.Generation)),
+			zap.Int("epoch", epoch+1), zap.Int("steps_done", steps), zap.Error(err))
+		next, rerr := control.Reform(ctx, &controlpb.ReformRequest{JobId: plan.JobId, Name: jc.Name, Generation: plan.Generation,
+			Epoch: int32(epoch), Steps: int32(steps), Reason: err.Error()})
+		if rerr != nil {
+			return fmt.Errorf("worker: re-forming the ring after %v: %w", err, rerr)
+		}
+		current.ring().Close()
+		plan = next
+		if ring, err = openRing(plan); err != nil {
+			return fmt.Errorf("worker: joining re-formed ring %d: %w", plan.Generation, err)
+		}
+		current.set(ring, plan.Peers)
+		if err := t.Reconfigure(ring, int(plan.BatchPerRank), int(plan.Epoch)); err != nil {
+			return err
+		}
+		jc.Telemetry.Timeline.NameProcess(fmt.Sprintf("rank %d (%s)", plan.Rank, jc.Name))
+		log.Info("ring re-formed; training resumes", zap.Int("rank", int(plan.Rank)), zap.Int("world", int(plan.World)),
+			zap.Int("generation", int(plan.Generation)), zap.Int("epoch", int(plan.Epoch)+1), zap.Int("batch_per_rank", int(plan.BatchPerRank)),
+			zap.Int("state_from_rank", int(plan.StateRoot)), zap.Duration("stalled", time.Since(broke)))
 	}
 	// Leave together: no rank closes its ring while another still sends.
-	if err := ring.Barrier(ctx); err != nil && !errors.Is(err, context.Canceled) {
+	if err := current.ring().Barrier(ctx); err != nil && !errors.Is(err, context.Canceled) {
 		return fmt.Errorf("worker: final barrier: %w", err)
 	}
 	log.Info("job done", zap.Int("rank", int(plan.Rank)))
 	return nil
+}
+
+// errReform is the coordinator saying that the ring is being re-formed.
+var errReform = errors.New("worker: the coordinator is re-forming the ring")
+
+// ringWatch is the current ring and its members' addresses, shared with the
+// goroutine that fails the ring when the gossip loses one of them.
+type ringWatch struct {
+	mu    sync.Mutex
+	r     *allreduce.Ring
+	ranks map[string]int // ring address -> rank
+}
+
+func (w *ringWatch) set(r *allreduce.Ring, peers []string) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.r, w.ranks = r, map[string]int{}
+	for rank, addr := range peers {
+		w.ranks[addr] = rank
+	}
+}
+
+func (w *ringWatch) ring() *allreduce.Ring {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.r
+}
+
+func (w *ringWatch) fail(addr, reason string) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if rank, ok := w.ranks[addr]; ok {
+		w.r.Fail(rank, reason)
+	}
 }
 
 // DefaultJoinConfig is a worker on this machine joining a coordinator on its

@@ -77,6 +77,12 @@ func culprits(flags []float32) []int {
 	return bad
 }
 
+// epochSums add up an epoch's steps, across re-formations of the ring.
+type epochSums struct {
+	epoch, taken, skipped, images int
+	lossSum                       float64
+}
+
 // Trainer trains one rank: its shard of each epoch, forward/backward, the
 // all-reduce, Adam; rank 0 also validates and writes the checkpoints.
 type Trainer struct {
@@ -97,6 +103,11 @@ type Trainer struct {
 
 	epoch   int // epochs completed
 	bestAcc float64
+	batch   int // this rank's batch (the ring's plan may change it)
+	// pos is where training is: the epoch under way and the steps this ring
+	// took in it (a re-formation resumes from the survivors' furthest pos).
+	pos struct{ epoch, steps int }
+	acc epochSums
 
 	// OnEpoch, when set, is called after every epoch (after validation on rank
 	// 0); an error stops the training.
@@ -121,7 +132,7 @@ func NewTrainer(cfg Config, coll Collective, log *zap.Logger) (*Trainer, error) 
 	if err != nil {
 		return nil, err
 	}
-	t := &Trainer{cfg: cfg, log: log, coll: coll, train: train, val: val, bad: sharding.NewBadFiles(log)}
+	t := &Trainer{cfg: cfg, log: log, coll: coll, train: train, val: val, bad: sharding.NewBadFiles(log), batch: cfg.WorkerBatch(coll.World())}
 	spec, err := alexnet.NewSpec(cfg.Variant, len(train.Classes))
 	if err != nil {
 		return nil, err
@@ -139,27 +150,13 @@ func NewTrainer(cfg Config, coll Collective, log *zap.Logger) (*Trainer, error) 
 		t.pcg = rand.NewPCG(cfg.Seed, uint64(coll.Rank())+1)
 	}
 	t.rng = rand.New(t.pcg)
-	// The gradient travels with one flag per rank after it, so that the
-	// all-reduce that averages it also tells every rank who produced a NaN.
-	t.grad = make([]float32, len(t.params.Flat)+coll.World())
-	if t.net, err = alexnet.NewNet(t.params, alexnet.NetOptions{Batch: cfg.WorkerBatch(coll.World()), Train: true, Dropout: cfg.Dropout}); err != nil {
+	if err := t.Reconfigure(coll, t.batch, t.epoch); err != nil {
 		return nil, err
-	}
-	if coll.Rank() == 0 {
-		if t.eval, err = alexnet.NewNet(t.params, alexnet.NetOptions{Batch: cfg.EvalBatch}); err != nil {
-			return nil, err
-		}
-		if err := os.MkdirAll(cfg.Out, 0o755); err != nil {
-			return nil, fmt.Errorf("worker: output folder: %w", err)
-		}
-		if err := sharding.WriteClassIndices(filepath.Join(cfg.Out, ClassIndicesFile), train.Classes); err != nil {
-			return nil, err
-		}
 	}
 	log.Info("model ready",
 		zap.String("variant", spec.Variant), zap.Int("parameters", len(t.params.Flat)),
 		zap.Int("classes", spec.Classes), zap.Int("train_images", len(train.Samples)), zap.Int("val_images", len(val.Samples)),
-		zap.Int("rank", coll.Rank()), zap.Int("world", coll.World()), zap.Int("batch_per_rank", cfg.WorkerBatch(coll.World())),
+		zap.Int("rank", coll.Rank()), zap.Int("world", coll.World()), zap.Int("batch_per_rank", t.batch),
 		zap.String("blas", alexnet.BLAS), zap.Int("start_epoch", t.epoch))
 	return t, nil
 }
@@ -190,6 +187,70 @@ func (t *Trainer) restore(spec alexnet.Spec) error {
 	return nil
 }
 
+// Reconfigure puts the trainer in a (new) ring: its collective, this rank's
+// batch, and the epoch to go on from. It builds what the rank needs: the
+// training graph for the batch, and on rank 0 the evaluation graph and the
+// output folder.
+func (t *Trainer) Reconfigure(coll Collective, batch, epoch int) error {
+	if batch < 1 {
+		return fmt.Errorf("worker: batch per rank %d", batch)
+	}
+	t.coll, t.epoch = coll, epoch
+	// The gradient travels with one flag per rank after it, so that the
+	// all-reduce that averages it also tells every rank who produced a NaN.
+	t.grad = make([]float32, len(t.params.Flat)+coll.World())
+	var err error
+	if t.net == nil || t.batch != batch {
+		if t.net != nil {
+			t.net.Close()
+		}
+		t.batch = batch
+		if t.net, err = alexnet.NewNet(t.params, alexnet.NetOptions{Batch: batch, Train: true, Dropout: t.cfg.Dropout}); err != nil {
+			return err
+		}
+	}
+	if coll.Rank() == 0 && t.eval == nil {
+		if t.eval, err = alexnet.NewNet(t.params, alexnet.NetOptions{Batch: t.cfg.EvalBatch}); err != nil {
+			return err
+		}
+		if err := os.MkdirAll(t.cfg.Out, 0o755); err != nil {
+			return fmt.Errorf("worker: output folder: %w", err)
+		}
+		if err := sharding.WriteClassIndices(filepath.Join(t.cfg.Out, ClassIndicesFile), t.train.Classes); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// SyncState gives every rank root's parameters, Adam state and best accuracy,
+// bit for bit: at the start (where rank 0's initialisation wins whatever the
+// seeds) and after a re-formation (where the survivor furthest along wins).
+func (t *Trainer) SyncState(ctx context.Context, root int) error {
+	if t.coll.World() == 1 {
+		return nil
+	}
+	// The step and the best accuracy travel as float32 bit patterns, which a
+	// broadcast copies unchanged.
+	best := math.Float64bits(t.bestAcc)
+	header := []float32{
+		math.Float32frombits(uint32(t.adam.Step)), math.Float32frombits(uint32(t.adam.Step >> 32)),
+		math.Float32frombits(uint32(best)), math.Float32frombits(uint32(best >> 32)),
+	}
+	for _, v := range [][]float32{header, t.params.Flat, t.adam.M, t.adam.V} {
+		if err := t.coll.Broadcast(ctx, v, root); err != nil {
+			return fmt.Errorf("worker: parameters and Adam state from rank %d: %w", root, err)
+		}
+	}
+	t.adam.Step = int64(math.Float32bits(header[0])) | int64(math.Float32bits(header[1]))<<32
+	t.bestAcc = math.Float64frombits(uint64(math.Float32bits(header[2])) | uint64(math.Float32bits(header[3]))<<32)
+	return nil
+}
+
+// Position is the epoch under way (0-based) and the steps this ring has taken
+// in it.
+func (t *Trainer) Position() (epoch, steps int) { return t.pos.epoch, t.pos.steps }
+
 // Params is the rank's parameter vector (shared, not copied).
 func (t *Trainer) Params() *alexnet.Params { return t.params }
 
@@ -201,12 +262,9 @@ func (t *Trainer) Close() {
 	}
 }
 
-// Run trains the remaining epochs. Rank 0's initial parameters go to every rank
-// first, so all replicas start identical whatever their seeds.
+// Run trains the remaining epochs. The ranks must hold the same state first
+// (SyncState).
 func (t *Trainer) Run(ctx context.Context) error {
-	if err := t.coll.Broadcast(ctx, t.params.Flat, 0); err != nil {
-		return fmt.Errorf("worker: initial parameters from rank 0: %w", err)
-	}
 	for t.epoch < t.cfg.Epochs {
 		res, err := t.runEpoch(ctx, t.epoch)
 		if err != nil {
@@ -232,6 +290,10 @@ func (t *Trainer) runEpoch(ctx context.Context, epoch int) (EpochResult, error) 
 	res := EpochResult{Epoch: epoch + 1, Epochs: t.cfg.Epochs}
 	plan := sharding.Plan{Seed: t.cfg.Seed, Epoch: epoch, World: t.coll.World(), Size: len(t.train.Samples),
 		Dataset: t.train.Fingerprint(), Shuffle: true}
+	t.pos.epoch, t.pos.steps = epoch, 0
+	if t.acc.epoch != epoch {
+		t.acc = epochSums{epoch: epoch}
+	}
 	if t.EpochPlan != nil {
 		given, err := t.EpochPlan(ctx, epoch)
 		if err != nil {
@@ -240,7 +302,8 @@ func (t *Trainer) runEpoch(ctx context.Context, epoch int) (EpochResult, error) 
 		if err := given.Check(t.train); err != nil {
 			return res, fmt.Errorf("worker: epoch %d: %w", epoch+1, err)
 		}
-		if given != plan {
+		plan.Prior = given.Prior // what earlier rings trained is the coordinator's to know
+		if !given.Equal(plan) {
 			return res, fmt.Errorf("worker: epoch %d: the coordinator's plan %+v differs from this rank's %+v (different data or config?)", epoch+1, given, plan)
 		}
 	}
@@ -248,9 +311,8 @@ func (t *Trainer) runEpoch(ctx context.Context, epoch int) (EpochResult, error) 
 	if err != nil {
 		return res, err
 	}
-	batch := t.cfg.WorkerBatch(t.coll.World())
 	loader, err := sharding.NewLoader(ctx, t.train, shard, sharding.LoaderConfig{
-		Side: t.params.Spec.Input, Batch: batch, Augment: t.cfg.Augment,
+		Side: t.params.Spec.Input, Batch: t.batch, Augment: t.cfg.Augment,
 		Seed: t.cfg.Seed, Epoch: epoch, Goroutines: t.cfg.LoaderGoroutines,
 	}, t.bad)
 	if err != nil {
@@ -260,7 +322,6 @@ func (t *Trainer) runEpoch(ctx context.Context, epoch int) (EpochResult, error) 
 	t.Telemetry.startEpoch(epoch+1, t.coll.Rank(), t.coll.World())
 	bar := progress.New(t.Telemetry.Progress, fmt.Sprintf("train epoch[%d/%d]", epoch+1, t.cfg.Epochs), loader.Batches())
 	defer bar.Done()
-	var lossSum float64
 	steps := 0
 	for {
 		rec := stepRecord{epoch: epoch + 1, step: steps + 1, world: t.coll.World(), allreduceBytes: 4 * len(t.grad), start: time.Now()}
@@ -279,7 +340,6 @@ func (t *Trainer) runEpoch(ctx context.Context, epoch int) (EpochResult, error) 
 		rec.phase(PhaseForward, rec.start.Add(rec.phases[0].took), fwd)
 		rec.phase(PhaseBackward, rec.start.Add(rec.phases[0].took+fwd), bwd)
 		rec.images, rec.loss = b.Count, loss
-		res.Images += b.Count
 		loader.Release(b)
 		if err != nil {
 			return res, fmt.Errorf("worker: epoch %d step %d: %w", epoch+1, steps+1, err)
@@ -295,11 +355,13 @@ func (t *Trainer) runEpoch(ctx context.Context, epoch int) (EpochResult, error) 
 		}
 		rec.phase(PhaseAllReduce, reduceStart, time.Since(reduceStart))
 		steps++
+		t.pos.steps = steps
+		t.acc.images += rec.images
 		if bad := culprits(flags); len(bad) > 0 || !allFinite(grad) {
 			if !t.cfg.SkipNonFinite {
 				return res, fmt.Errorf("worker: epoch %d step %d: non-finite loss or gradient from rank %v; stopped before the optimiser step (skip_nonfinite: true skips such steps)", epoch+1, steps, bad)
 			}
-			res.Skipped++
+			t.acc.skipped++
 			t.Telemetry.observeStep(&rec)
 			bar.Add(1, "step skipped")
 			continue
@@ -310,15 +372,17 @@ func (t *Trainer) runEpoch(ctx context.Context, epoch int) (EpochResult, error) 
 		}
 		rec.phase(PhaseOptimizer, optStart, time.Since(optStart))
 		t.Telemetry.observeStep(&rec)
-		lossSum += float64(loss)
+		t.acc.lossSum += float64(loss)
+		t.acc.taken++
 		bar.Add(1, fmt.Sprintf("loss=%.3f, %.1f img/s", loss, float64(rec.images)/rec.took().Seconds()))
 		if t.cfg.StepLog > 0 && steps%t.cfg.StepLog == 0 {
 			t.log.Debug("step", zap.Int("epoch", epoch+1), zap.Int("step", steps), zap.Int("of", loader.Batches()), zap.Float32("loss", loss))
 		}
 	}
 	bar.Done()
-	if taken := steps - res.Skipped; taken > 0 {
-		res.TrainLoss = lossSum / float64(taken)
+	res.Images, res.Skipped = t.acc.images, t.acc.skipped
+	if t.acc.taken > 0 {
+		res.TrainLoss = t.acc.lossSum / float64(t.acc.taken)
 	}
 	res.BadFiles = t.bad.Count()
 	if t.coll.Rank() == 0 {

@@ -101,7 +101,11 @@ type JobPlan struct {
 	RingId        string                 `protobuf:"bytes,5,opt,name=ring_id,json=ringId,proto3" json:"ring_id,omitempty"`
 	ConfigJson    []byte                 `protobuf:"bytes,6,opt,name=config_json,json=configJson,proto3" json:"config_json,omitempty"` // the job configuration (coordinator.JobConfig)
 	Classes       []string               `protobuf:"bytes,7,rep,name=classes,proto3" json:"classes,omitempty"`
-	Dataset       uint64                 `protobuf:"varint,8,opt,name=dataset,proto3" json:"dataset,omitempty"` // fingerprint of the train split
+	Dataset       uint64                 `protobuf:"varint,8,opt,name=dataset,proto3" json:"dataset,omitempty"`       // fingerprint of the train split
+	Generation    int32                  `protobuf:"varint,9,opt,name=generation,proto3" json:"generation,omitempty"` // 1 for the first ring, +1 per re-formation
+	BatchPerRank  int32                  `protobuf:"varint,10,opt,name=batch_per_rank,json=batchPerRank,proto3" json:"batch_per_rank,omitempty"`
+	Epoch         int32                  `protobuf:"varint,11,opt,name=epoch,proto3" json:"epoch,omitempty"`                          // 0-based epoch this ring starts in
+	StateRoot     int32                  `protobuf:"varint,12,opt,name=state_root,json=stateRoot,proto3" json:"state_root,omitempty"` // the rank whose parameters and Adam state every rank takes on opening
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -192,18 +196,131 @@ func (x *JobPlan) GetDataset() uint64 {
 	return 0
 }
 
+func (x *JobPlan) GetGeneration() int32 {
+	if x != nil {
+		return x.Generation
+	}
+	return 0
+}
+
+func (x *JobPlan) GetBatchPerRank() int32 {
+	if x != nil {
+		return x.BatchPerRank
+	}
+	return 0
+}
+
+func (x *JobPlan) GetEpoch() int32 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+func (x *JobPlan) GetStateRoot() int32 {
+	if x != nil {
+		return x.StateRoot
+	}
+	return 0
+}
+
+type ReformRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	JobId         string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
+	Name          string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	Generation    int32                  `protobuf:"varint,3,opt,name=generation,proto3" json:"generation,omitempty"` // the ring that broke
+	Epoch         int32                  `protobuf:"varint,4,opt,name=epoch,proto3" json:"epoch,omitempty"`           // 0-based epoch this worker is in
+	Steps         int32                  `protobuf:"varint,5,opt,name=steps,proto3" json:"steps,omitempty"`           // optimiser steps it finished in that epoch with that ring
+	Reason        string                 `protobuf:"bytes,6,opt,name=reason,proto3" json:"reason,omitempty"`          // why the ring broke, as this worker saw it
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReformRequest) Reset() {
+	*x = ReformRequest{}
+	mi := &file_control_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReformRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReformRequest) ProtoMessage() {}
+
+func (x *ReformRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReformRequest.ProtoReflect.Descriptor instead.
+func (*ReformRequest) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *ReformRequest) GetJobId() string {
+	if x != nil {
+		return x.JobId
+	}
+	return ""
+}
+
+func (x *ReformRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ReformRequest) GetGeneration() int32 {
+	if x != nil {
+		return x.Generation
+	}
+	return 0
+}
+
+func (x *ReformRequest) GetEpoch() int32 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+func (x *ReformRequest) GetSteps() int32 {
+	if x != nil {
+		return x.Steps
+	}
+	return 0
+}
+
+func (x *ReformRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
 type EpochRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	JobId         string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
 	Rank          int32                  `protobuf:"varint,2,opt,name=rank,proto3" json:"rank,omitempty"`
 	Epoch         int32                  `protobuf:"varint,3,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	Generation    int32                  `protobuf:"varint,4,opt,name=generation,proto3" json:"generation,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *EpochRequest) Reset() {
 	*x = EpochRequest{}
-	mi := &file_control_proto_msgTypes[2]
+	mi := &file_control_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -215,7 +332,7 @@ func (x *EpochRequest) String() string {
 func (*EpochRequest) ProtoMessage() {}
 
 func (x *EpochRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[2]
+	mi := &file_control_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -228,7 +345,7 @@ func (x *EpochRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EpochRequest.ProtoReflect.Descriptor instead.
 func (*EpochRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{2}
+	return file_control_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *EpochRequest) GetJobId() string {
@@ -252,6 +369,13 @@ func (x *EpochRequest) GetEpoch() int32 {
 	return 0
 }
 
+func (x *EpochRequest) GetGeneration() int32 {
+	if x != nil {
+		return x.Generation
+	}
+	return 0
+}
+
 type Shard struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Seed          uint64                 `protobuf:"varint,1,opt,name=seed,proto3" json:"seed,omitempty"`
@@ -261,13 +385,15 @@ type Shard struct {
 	Dataset       uint64                 `protobuf:"varint,5,opt,name=dataset,proto3" json:"dataset,omitempty"`
 	DropLast      bool                   `protobuf:"varint,6,opt,name=drop_last,json=dropLast,proto3" json:"drop_last,omitempty"`
 	Shuffle       bool                   `protobuf:"varint,7,opt,name=shuffle,proto3" json:"shuffle,omitempty"`
+	Prior         []*Segment             `protobuf:"bytes,8,rep,name=prior,proto3" json:"prior,omitempty"`    // rings that trained part of this epoch before a re-formation
+	Reform        bool                   `protobuf:"varint,9,opt,name=reform,proto3" json:"reform,omitempty"` // the ring is being re-formed: call Reform
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Shard) Reset() {
 	*x = Shard{}
-	mi := &file_control_proto_msgTypes[3]
+	mi := &file_control_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -279,7 +405,7 @@ func (x *Shard) String() string {
 func (*Shard) ProtoMessage() {}
 
 func (x *Shard) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[3]
+	mi := &file_control_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -292,7 +418,7 @@ func (x *Shard) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Shard.ProtoReflect.Descriptor instead.
 func (*Shard) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{3}
+	return file_control_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Shard) GetSeed() uint64 {
@@ -344,6 +470,72 @@ func (x *Shard) GetShuffle() bool {
 	return false
 }
 
+func (x *Shard) GetPrior() []*Segment {
+	if x != nil {
+		return x.Prior
+	}
+	return nil
+}
+
+func (x *Shard) GetReform() bool {
+	if x != nil {
+		return x.Reform
+	}
+	return false
+}
+
+type Segment struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	World         int32                  `protobuf:"varint,1,opt,name=world,proto3" json:"world,omitempty"`
+	Consumed      int32                  `protobuf:"varint,2,opt,name=consumed,proto3" json:"consumed,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Segment) Reset() {
+	*x = Segment{}
+	mi := &file_control_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Segment) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Segment) ProtoMessage() {}
+
+func (x *Segment) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Segment.ProtoReflect.Descriptor instead.
+func (*Segment) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *Segment) GetWorld() int32 {
+	if x != nil {
+		return x.World
+	}
+	return 0
+}
+
+func (x *Segment) GetConsumed() int32 {
+	if x != nil {
+		return x.Consumed
+	}
+	return 0
+}
+
 type EpochReport struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	JobId         string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
@@ -356,13 +548,14 @@ type EpochReport struct {
 	Best          bool                   `protobuf:"varint,8,opt,name=best,proto3" json:"best,omitempty"`
 	Images        int32                  `protobuf:"varint,9,opt,name=images,proto3" json:"images,omitempty"`
 	Seconds       float64                `protobuf:"fixed64,10,opt,name=seconds,proto3" json:"seconds,omitempty"`
+	Generation    int32                  `protobuf:"varint,11,opt,name=generation,proto3" json:"generation,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *EpochReport) Reset() {
 	*x = EpochReport{}
-	mi := &file_control_proto_msgTypes[4]
+	mi := &file_control_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -374,7 +567,7 @@ func (x *EpochReport) String() string {
 func (*EpochReport) ProtoMessage() {}
 
 func (x *EpochReport) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[4]
+	mi := &file_control_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -387,7 +580,7 @@ func (x *EpochReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EpochReport.ProtoReflect.Descriptor instead.
 func (*EpochReport) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{4}
+	return file_control_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *EpochReport) GetJobId() string {
@@ -460,17 +653,25 @@ func (x *EpochReport) GetSeconds() float64 {
 	return 0
 }
 
+func (x *EpochReport) GetGeneration() int32 {
+	if x != nil {
+		return x.Generation
+	}
+	return 0
+}
+
 type ReportReply struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Stop          bool                   `protobuf:"varint,1,opt,name=stop,proto3" json:"stop,omitempty"`
 	Reason        string                 `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	Reform        bool                   `protobuf:"varint,3,opt,name=reform,proto3" json:"reform,omitempty"` // the ring is being re-formed: call Reform
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ReportReply) Reset() {
 	*x = ReportReply{}
-	mi := &file_control_proto_msgTypes[5]
+	mi := &file_control_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -482,7 +683,7 @@ func (x *ReportReply) String() string {
 func (*ReportReply) ProtoMessage() {}
 
 func (x *ReportReply) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[5]
+	mi := &file_control_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -495,7 +696,7 @@ func (x *ReportReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportReply.ProtoReflect.Descriptor instead.
 func (*ReportReply) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{5}
+	return file_control_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ReportReply) GetStop() bool {
@@ -512,6 +713,13 @@ func (x *ReportReply) GetReason() string {
 	return ""
 }
 
+func (x *ReportReply) GetReform() bool {
+	if x != nil {
+		return x.Reform
+	}
+	return false
+}
+
 var File_control_proto protoreflect.FileDescriptor
 
 const file_control_proto_rawDesc = "" +
@@ -521,7 +729,7 @@ const file_control_proto_rawDesc = "" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x1b\n" +
 	"\tring_addr\x18\x03 \x01(\tR\bringAddr\x12\x16\n" +
-	"\x06device\x18\x04 \x01(\tR\x06device\"\xce\x01\n" +
+	"\x06device\x18\x04 \x01(\tR\x06device\"\xc9\x02\n" +
 	"\aJobPlan\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x12\n" +
 	"\x04rank\x18\x02 \x01(\x05R\x04rank\x12\x14\n" +
@@ -531,11 +739,31 @@ const file_control_proto_rawDesc = "" +
 	"\vconfig_json\x18\x06 \x01(\fR\n" +
 	"configJson\x12\x18\n" +
 	"\aclasses\x18\a \x03(\tR\aclasses\x12\x18\n" +
-	"\adataset\x18\b \x01(\x04R\adataset\"O\n" +
+	"\adataset\x18\b \x01(\x04R\adataset\x12\x1e\n" +
+	"\n" +
+	"generation\x18\t \x01(\x05R\n" +
+	"generation\x12$\n" +
+	"\x0ebatch_per_rank\x18\n" +
+	" \x01(\x05R\fbatchPerRank\x12\x14\n" +
+	"\x05epoch\x18\v \x01(\x05R\x05epoch\x12\x1d\n" +
+	"\n" +
+	"state_root\x18\f \x01(\x05R\tstateRoot\"\x9e\x01\n" +
+	"\rReformRequest\x12\x15\n" +
+	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x1e\n" +
+	"\n" +
+	"generation\x18\x03 \x01(\x05R\n" +
+	"generation\x12\x14\n" +
+	"\x05epoch\x18\x04 \x01(\x05R\x05epoch\x12\x14\n" +
+	"\x05steps\x18\x05 \x01(\x05R\x05steps\x12\x16\n" +
+	"\x06reason\x18\x06 \x01(\tR\x06reason\"o\n" +
 	"\fEpochRequest\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x12\n" +
 	"\x04rank\x18\x02 \x01(\x05R\x04rank\x12\x14\n" +
-	"\x05epoch\x18\x03 \x01(\x05R\x05epoch\"\xac\x01\n" +
+	"\x05epoch\x18\x03 \x01(\x05R\x05epoch\x12\x1e\n" +
+	"\n" +
+	"generation\x18\x04 \x01(\x05R\n" +
+	"generation\"\xfc\x01\n" +
 	"\x05Shard\x12\x12\n" +
 	"\x04seed\x18\x01 \x01(\x04R\x04seed\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x05R\x05epoch\x12\x14\n" +
@@ -543,7 +771,12 @@ const file_control_proto_rawDesc = "" +
 	"\x04size\x18\x04 \x01(\x05R\x04size\x12\x18\n" +
 	"\adataset\x18\x05 \x01(\x04R\adataset\x12\x1b\n" +
 	"\tdrop_last\x18\x06 \x01(\bR\bdropLast\x12\x18\n" +
-	"\ashuffle\x18\a \x01(\bR\ashuffle\"\x94\x02\n" +
+	"\ashuffle\x18\a \x01(\bR\ashuffle\x126\n" +
+	"\x05prior\x18\b \x03(\v2 .alexring.coordinator.v1.SegmentR\x05prior\x12\x16\n" +
+	"\x06reform\x18\t \x01(\bR\x06reform\";\n" +
+	"\aSegment\x12\x14\n" +
+	"\x05world\x18\x01 \x01(\x05R\x05world\x12\x1a\n" +
+	"\bconsumed\x18\x02 \x01(\x05R\bconsumed\"\xb4\x02\n" +
 	"\vEpochReport\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x12\n" +
 	"\x04rank\x18\x02 \x01(\x05R\x04rank\x12\x14\n" +
@@ -557,15 +790,20 @@ const file_control_proto_rawDesc = "" +
 	"\x04best\x18\b \x01(\bR\x04best\x12\x16\n" +
 	"\x06images\x18\t \x01(\x05R\x06images\x12\x18\n" +
 	"\aseconds\x18\n" +
-	" \x01(\x01R\aseconds\"9\n" +
+	" \x01(\x01R\aseconds\x12\x1e\n" +
+	"\n" +
+	"generation\x18\v \x01(\x05R\n" +
+	"generation\"Q\n" +
 	"\vReportReply\x12\x12\n" +
 	"\x04stop\x18\x01 \x01(\bR\x04stop\x12\x16\n" +
-	"\x06reason\x18\x02 \x01(\tR\x06reason2\x8c\x02\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\x12\x16\n" +
+	"\x06reform\x18\x03 \x01(\bR\x06reform2\xe0\x02\n" +
 	"\aControl\x12V\n" +
 	"\bRegister\x12(.alexring.coordinator.v1.RegisterRequest\x1a .alexring.coordinator.v1.JobPlan\x12S\n" +
 	"\n" +
 	"EpochShard\x12%.alexring.coordinator.v1.EpochRequest\x1a\x1e.alexring.coordinator.v1.Shard\x12T\n" +
-	"\x06Report\x12$.alexring.coordinator.v1.EpochReport\x1a$.alexring.coordinator.v1.ReportReplyB4Z2github.com/alexring/alexring/coordinator/controlpbb\x06proto3"
+	"\x06Report\x12$.alexring.coordinator.v1.EpochReport\x1a$.alexring.coordinator.v1.ReportReply\x12R\n" +
+	"\x06Reform\x12&.alexring.coordinator.v1.ReformRequest\x1a .alexring.coordinator.v1.JobPlanB4Z2github.com/alexring/alexring/coordinator/controlpbb\x06proto3"
 
 var (
 	file_control_proto_rawDescOnce sync.Once
@@ -579,27 +817,32 @@ func file_control_proto_rawDescGZIP() []byte {
 	return file_control_proto_rawDescData
 }
 
-var file_control_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
+var file_control_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
 var file_control_proto_goTypes = []any{
 	(*RegisterRequest)(nil), // 0: alexring.coordinator.v1.RegisterRequest
 	(*JobPlan)(nil),         // 1: alexring.coordinator.v1.JobPlan
-	(*EpochRequest)(nil),    // 2: alexring.coordinator.v1.EpochRequest
-	(*Shard)(nil),           // 3: alexring.coordinator.v1.Shard
-	(*EpochReport)(nil),     // 4: alexring.coordinator.v1.EpochReport
-	(*ReportReply)(nil),     // 5: alexring.coordinator.v1.ReportReply
+	(*ReformRequest)(nil),   // 2: alexring.coordinator.v1.ReformRequest
+	(*EpochRequest)(nil),    // 3: alexring.coordinator.v1.EpochRequest
+	(*Shard)(nil),           // 4: alexring.coordinator.v1.Shard
+	(*Segment)(nil),         // 5: alexring.coordinator.v1.Segment
+	(*EpochReport)(nil),     // 6: alexring.coordinator.v1.EpochReport
+	(*ReportReply)(nil),     // 7: alexring.coordinator.v1.ReportReply
 }
 var file_control_proto_depIdxs = []int32{
-	0, // 0: alexring.coordinator.v1.Control.Register:input_type -> alexring.coordinator.v1.RegisterRequest
-	2, // 1: alexring.coordinator.v1.Control.EpochShard:input_type -> alexring.coordinator.v1.EpochRequest
-	4, // 2: alexring.coordinator.v1.Control.Report:input_type -> alexring.coordinator.v1.EpochReport
-	1, // 3: alexring.coordinator.v1.Control.Register:output_type -> alexring.coordinator.v1.JobPlan
-	3, // 4: alexring.coordinator.v1.Control.EpochShard:output_type -> alexring.coordinator.v1.Shard
-	5, // 5: alexring.coordinator.v1.Control.Report:output_type -> alexring.coordinator.v1.ReportReply
-	3, // [3:6] is the sub-list for method output_type
-	0, // [0:3] is the sub-list for method input_type
-	0, // [0:0] is the sub-list for extension type_name
-	0, // [0:0] is the sub-list for extension extendee
-	0, // [0:0] is the sub-list for field type_name
+	5, // 0: alexring.coordinator.v1.Shard.prior:type_name -> alexring.coordinator.v1.Segment
+	0, // 1: alexring.coordinator.v1.Control.Register:input_type -> alexring.coordinator.v1.RegisterRequest
+	3, // 2: alexring.coordinator.v1.Control.EpochShard:input_type -> alexring.coordinator.v1.EpochRequest
+	6, // 3: alexring.coordinator.v1.Control.Report:input_type -> alexring.coordinator.v1.EpochReport
+	2, // 4: alexring.coordinator.v1.Control.Reform:input_type -> alexring.coordinator.v1.ReformRequest
+	1, // 5: alexring.coordinator.v1.Control.Register:output_type -> alexring.coordinator.v1.JobPlan
+	4, // 6: alexring.coordinator.v1.Control.EpochShard:output_type -> alexring.coordinator.v1.Shard
+	7, // 7: alexring.coordinator.v1.Control.Report:output_type -> alexring.coordinator.v1.ReportReply
+	1, // 8: alexring.coordinator.v1.Control.Reform:output_type -> alexring.coordinator.v1.JobPlan
+	5, // [5:9] is the sub-list for method output_type
+	1, // [1:5] is the sub-list for method input_type
+	1, // [1:1] is the sub-list for extension type_name
+	1, // [1:1] is the sub-list for extension extendee
+	0, // [0:1] is the sub-list for field type_name
 }
 
 func init() { file_control_proto_init() }
@@ -613,7 +856,7 @@ func file_control_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_control_proto_rawDesc), len(file_control_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   6,
+			NumMessages:   8,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -25,6 +25,7 @@ const (
 	Control_Register_FullMethodName   = "/alexring.coordinator.v1.Control/Register"
 	Control_EpochShard_FullMethodName = "/alexring.coordinator.v1.Control/EpochShard"
 	Control_Report_FullMethodName     = "/alexring.coordinator.v1.Control/Report"
+	Control_Reform_FullMethodName     = "/alexring.coordinator.v1.Control/Reform"
 )
 
 // ControlClient is the client API for Control service.
@@ -39,6 +40,9 @@ type ControlClient interface {
 	// Report is a rank's account of an epoch; it returns once every rank has
 	// reported it, saying whether the job goes on.
 	Report(ctx context.Context, in *EpochReport, opts ...grpc.CallOption) (*ReportReply, error)
+	// Reform is a worker's call after its ring broke (a peer was lost): it
+	// returns, once the survivors are known, this worker's plan in the new ring.
+	Reform(ctx context.Context, in *ReformRequest, opts ...grpc.CallOption) (*JobPlan, error)
 }
 
 type controlClient struct {
@@ -79,6 +83,16 @@ func (c *controlClient) Report(ctx context.Context, in *EpochReport, opts ...grp
 	return out, nil
 }
 
+func (c *controlClient) Reform(ctx context.Context, in *ReformRequest, opts ...grpc.CallOption) (*JobPlan, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(JobPlan)
+	err := c.cc.Invoke(ctx, Control_Reform_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ControlServer is the server API for Control service.
 // All implementations must embed UnimplementedControlServer
 // for forward compatibility.
@@ -91,6 +105,9 @@ type ControlServer interface {
 	// Report is a rank's account of an epoch; it returns once every rank has
 	// reported it, saying whether the job goes on.
 	Report(context.Context, *EpochReport) (*ReportReply, error)
+	// Reform is a worker's call after its ring broke (a peer was lost): it
+	// returns, once the survivors are known, this worker's plan in the new ring.
+	Reform(context.Context, *ReformRequest) (*JobPlan, error)
 	mustEmbedUnimplementedControlServer()
 }
 
@@ -109,6 +126,9 @@ func (UnimplementedControlServer) EpochShard(context.Context, *EpochRequest) (*S
 }
 func (UnimplementedControlServer) Report(context.Context, *EpochReport) (*ReportReply, error) {
 	return nil, status.Error(codes.Unimplemented, "method Report not implemented")
+}
+func (UnimplementedControlServer) Reform(context.Context, *ReformRequest) (*JobPlan, error) {
+	return nil, status.Error(codes.Unimplemented, "method Reform not implemented")
 }
 func (UnimplementedControlServer) mustEmbedUnimplementedControlServer() {}
 func (UnimplementedControlServer) testEmbeddedByValue()                 {}
@@ -185,6 +205,24 @@ func _Control_Report_Handler(srv interface{}, ctx context.Context, dec func(inte
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Control_Reform_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ReformRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ControlServer).Reform(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Control_Reform_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ControlServer).Reform(ctx, req.(*ReformRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Control_ServiceDesc is the grpc.ServiceDesc for Control service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -203,6 +241,10 @@ var Control_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Report",
 			Handler:    _Control_Report_Handler,
+		},
+		{
+			MethodName: "Reform",
+			Handler:    _Control_Reform_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

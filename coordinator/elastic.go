@@ -1,0 +1,156 @@
+package coordinator
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+
+	"go.uber.org/zap"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/alexring/alexring/coordinator/controlpb"
+	"github.com/alexring/alexring/sharding"
+)
+
+// A ring breaks when a worker dies (kill -9, a lost machine) or falls
+// silent. The survivors hold identical parameters and Adam state, so the job
+// need not go back to a checkpoint: the coordinator forms a new ring of them,
+// which takes the state of the survivor that got furthest and trains the
+// rest of the epoch, re-sharded over the smaller world.
+
+// reformation is a re-formation under way: which ring broke, and what each
+// survivor said when it asked for its place in the next one.
+type reformation struct {
+	gen      int // the ring that broke
+	began    time.Time
+	reason   string
+	requests map[string]*controlpb.ReformRequest
+	expired  bool // ReformTimeout passed: go on with whoever asked
+}
+
+// beginReform starts a re-formation of the current ring, once. Called with
+// c.mu held.
+func (c *Coordinator) beginReform(reason string) {
+	if c.reform != nil || c.finished || c.failed != nil || !c.started {
+		return
+	}
+	r := &reformation{gen: c.ring.gen, began: time.Now(), reason: reason, requests: map[string]*controlpb.ReformRequest{}}
+	c.reform = r
+	c.log.Warn("re-forming the ring", zap.Int("generation", r.gen), zap.String("reason", reason))
+	timeout := c.cfg.ReformTimeout
+	if timeout <= 0 {
+		timeout = time.Minute
+	}
+	time.AfterFunc(timeout, func() {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		if c.reform == r {
+			r.expired = true
+			c.completeReform()
+			c.notify()
+		}
+	})
+}
+
+// completeReform forms the next ring once every member of the broken one
+// has asked for its place or is gone from the gossip (or the timeout passed).
+// Called with c.mu held.
+func (c *Coordinator) completeReform() {
+	r := c.reform
+	if r == nil {
+		return
+	}
+	var waiting, survivors []string
+	for _, name := range c.ring.members {
+		switch {
+		case r.requests[name] != nil:
+			survivors = append(survivors, name)
+		case c.alive[name] && !r.expired:
+			waiting = append(waiting, name)
+		}
+	}
+	if len(waiting) > 0 {
+		return
+	}
+	c.reform = nil
+	minWorkers := max(c.cfg.MinWorkers, 1)
+	if len(survivors) < minWorkers {
+		c.failed = fmt.Errorf("coordinator: %s; %d workers left (%s), fewer than --min-workers %d", r.reason, len(survivors), strings.Join(survivors, ", "), minWorkers)
+		return
+	}
+	// The survivor furthest along (by epoch, then step) gives its state: the
+	// others may have missed its last step if the ring broke mid all-reduce.
+	sort.Slice(survivors, func(i, j int) bool {
+		a, b := r.requests[survivors[i]], r.requests[survivors[j]]
+		if a.Epoch != b.Epoch {
+			return a.Epoch > b.Epoch
+		}
+		if a.Steps != b.Steps {
+			return a.Steps > b.Steps
+		}
+		return c.ring.ranks[survivors[i]] < c.ring.ranks[survivors[j]]
+	})
+	lead := r.requests[survivors[0]]
+	epoch := int(lead.Epoch)
+	// What the broken ring trained of this epoch is a prefix of its order:
+	// steps x per-rank batch x world positions.
+	c.prior[epoch] = append(c.prior[epoch], sharding.Segment{World: c.ring.world(), Consumed: int(lead.Steps) * c.ring.batch * c.ring.world()})
+	// Reports of unfinished epochs came from the old ring; the new one reports
+	// them again.
+	for e := range c.reports {
+		if c.verdicts[e] == nil {
+			delete(c.reports, e)
+		}
+	}
+	old := c.ring
+	rootName := survivors[0]
+	c.formRing(survivors, epoch, 0)
+	root := c.ring.ranks[rootName]
+	for _, p := range c.plans {
+		p.StateRoot = int32(root)
+	}
+	c.log.Info("ring re-formed", zap.Int("generation", c.ring.gen), zap.Int("world", c.ring.world()), zap.Int("was", old.world()),
+		zap.Strings("members", c.ring.members), zap.Int("epoch", epoch+1), zap.Int("steps_done_in_epoch", int(lead.Steps)),
+		zap.String("state_from", rootName), zap.Int("batch_per_rank", c.ring.batch), zap.Duration("took", time.Since(r.began)))
+}
+
+func (s *controlService) Reform(ctx context.Context, req *controlpb.ReformRequest) (*controlpb.JobPlan, error) {
+	c := s.c
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if req.JobId != c.jobID {
+		return nil, status.Errorf(codes.PermissionDenied, "worker %s belongs to job %q; this coordinator runs job %q", req.Name, req.JobId, c.jobID)
+	}
+	if c.failed != nil {
+		return nil, status.Error(codes.Aborted, c.failed.Error())
+	}
+	if int(req.Generation) < c.ring.gen {
+		// The ring was re-formed while this worker was not looking.
+		if p := c.plans[req.Name]; p != nil {
+			return p, nil
+		}
+		return nil, status.Errorf(codes.FailedPrecondition, "worker %s is not in ring %d of job %s: it was left out when the ring re-formed", req.Name, c.ring.gen, c.jobID)
+	}
+	if _, ok := c.ring.ranks[req.Name]; !ok || int(req.Generation) != c.ring.gen {
+		return nil, status.Errorf(codes.FailedPrecondition, "worker %s asks to re-form ring %d, but ring %d of job %s does not hold it", req.Name, req.Generation, c.ring.gen, c.jobID)
+	}
+	c.beginReform(fmt.Sprintf("rank %d (%s): %s", c.ring.ranks[req.Name], req.Name, req.Reason))
+	c.reform.requests[req.Name] = req
+	c.log.Info("survivor reporting", zap.String("worker", req.Name), zap.Int("epoch", int(req.Epoch)+1), zap.Int("steps", int(req.Steps)), zap.String("reason", req.Reason))
+	c.completeReform()
+	c.notify()
+	gen := int(req.Generation)
+	if err := c.waitLocked(ctx, func() bool { return c.ring.gen > gen || c.failed != nil }); err != nil {
+		return nil, err
+	}
+	if c.failed != nil {
+		return nil, status.Error(codes.Aborted, c.failed.Error())
+	}
+	if p := c.plans[req.Name]; p != nil {
+		return p, nil
+	}
+	return nil, status.Errorf(codes.FailedPrecondition, "worker %s was left out of ring %d of job %s", req.Name, c.ring.gen, c.jobID)
+}

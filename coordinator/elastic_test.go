@@ -1,0 +1,113 @@
+package coordinator
+
+import (
+	"context"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/alexring/alexring/coordinator/controlpb"
+)
+
+// reformAll sends the named survivors' Reform calls concurrently (each blocks
+// until the new ring is formed) and returns the replies by name.
+func reformAll(t *testing.T, s *controlService, reqs ...*controlpb.ReformRequest) (map[string]*controlpb.JobPlan, map[string]error) {
+	t.Helper()
+	plans, errs := map[string]*controlpb.JobPlan{}, map[string]error{}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for _, r := range reqs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			p, err := s.Reform(ctx, r)
+			mu.Lock()
+			plans[r.Name], errs[r.Name] = p, err
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	return plans, errs
+}
+
+func TestReformKeepsTheSurvivorsAndTheFurthestState(t *testing.T) {
+	c, s, _ := newTestCoordinator(t, 3)
+	plans := register(t, c, s, "w-a", "w-b", "w-c")
+	job := plans["w-a"].JobId
+	if plans["w-a"].Generation != 1 || plans["w-a"].BatchPerRank != 4 {
+		t.Fatalf("first plan: %+v", plans["w-a"])
+	}
+	// w-b is gone from the gossip; the others report where they are. w-c got
+	// one step further than w-a before the ring broke.
+	c.mu.Lock()
+	c.alive["w-b"] = false
+	c.mu.Unlock()
+	next, errs := reformAll(t, s,
+		&controlpb.ReformRequest{JobId: job, Name: "w-a", Generation: 1, Epoch: 1, Steps: 3, Reason: "rank 1 lost"},
+		&controlpb.ReformRequest{JobId: job, Name: "w-c", Generation: 1, Epoch: 1, Steps: 4, Reason: "rank 1 lost"})
+	for name, err := range errs {
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+	}
+	a, cc := next["w-a"], next["w-c"]
+	if a.Rank != 0 || cc.Rank != 1 || a.World != 2 || a.Generation != 2 || a.RingId == plans["w-a"].RingId {
+		t.Errorf("new ring: w-a %+v, w-c %+v", a, cc)
+	}
+	// The global batch of 12 stays: 6 per rank. Everyone takes w-c's state
+	// (rank 1 now) and goes on in epoch 2 (0-based 1).
+	if a.BatchPerRank != 6 || a.StateRoot != 1 || cc.StateRoot != 1 || a.Epoch != 1 || strings.Join(a.Peers, ",") != "127.0.0.1:1a,127.0.0.1:1c" {
+		t.Errorf("new plan %+v", a)
+	}
+	shard, err := s.EpochShard(context.Background(), &controlpb.EpochRequest{JobId: job, Rank: 0, Epoch: 1, Generation: 2})
+	if err != nil || shard.Reform || shard.World != 2 || len(shard.Prior) != 1 || shard.Prior[0].World != 3 || shard.Prior[0].Consumed != 4*4*3 {
+		t.Errorf("epoch 2 after the re-formation: %+v %v", shard, err)
+	}
+	if old, _ := s.EpochShard(context.Background(), &controlpb.EpochRequest{JobId: job, Epoch: 1, Generation: 1}); !old.Reform {
+		t.Errorf("the old ring's shard request: %+v", old)
+	}
+	if rep, _ := s.Report(context.Background(), &controlpb.EpochReport{JobId: job, Epoch: 2, Generation: 1}); !rep.Reform {
+		t.Errorf("the old ring's report: %+v", rep)
+	}
+	// w-b comes back asking: it was left out.
+	_, errs = reformAll(t, s, &controlpb.ReformRequest{JobId: job, Name: "w-b", Generation: 2, Epoch: 1, Steps: 4})
+	if err := errs["w-b"]; err == nil || !strings.Contains(err.Error(), "does not hold it") {
+		t.Errorf("w-b after being left out: %v", err)
+	}
+	// A late duplicate of w-a's request gets its plan again.
+	again, errs := reformAll(t, s, &controlpb.ReformRequest{JobId: job, Name: "w-a", Generation: 1, Epoch: 1, Steps: 3})
+	if errs["w-a"] != nil || again["w-a"].Generation != 2 {
+		t.Errorf("repeated request: %+v %v", again["w-a"], errs["w-a"])
+	}
+}
+
+func TestReformBelowMinWorkersFailsTheJob(t *testing.T) {
+	c, s, _ := newTestCoordinator(t, 2)
+	c.cfg.MinWorkers = 2
+	plans := register(t, c, s, "w-a", "w-b")
+	c.mu.Lock()
+	c.alive["w-b"] = false
+	c.mu.Unlock()
+	_, errs := reformAll(t, s, &controlpb.ReformRequest{JobId: plans["w-a"].JobId, Name: "w-a", Generation: 1, Reason: "rank 1 lost"})
+	if err := errs["w-a"]; err == nil || !strings.Contains(err.Error(), "fewer than --min-workers 2") || !strings.Contains(err.Error(), "rank 1 lost") {
+		t.Errorf("below the minimum: %v", err)
+	}
+}
+
+// A survivor still in the gossip that never asks (hung) is left out after the
+// timeout rather than holding the job forever.
+func TestReformTimeoutLeavesOutTheSilent(t *testing.T) {
+	c, s, _ := newTestCoordinator(t, 3)
+	c.cfg.ReformTimeout = 300 * time.Millisecond
+	plans := register(t, c, s, "w-a", "w-b", "w-c")
+	start := time.Now()
+	next, errs := reformAll(t, s,
+		&controlpb.ReformRequest{JobId: plans["w-a"].JobId, Name: "w-a", Generation: 1},
+		&controlpb.ReformRequest{JobId: plans["w-a"].JobId, Name: "w-b", Generation: 1})
+	if errs["w-a"] != nil || next["w-a"].World != 2 || time.Since(start) > 5*time.Second {
+		t.Errorf("after the timeout: %+v %v (%v)", next["w-a"], errs["w-a"], time.Since(start))
+	}
+}
