@@ -93,6 +93,7 @@ type Coordinator struct {
 	ring    ringState                  // the current ring, once started
 	plans   map[string]*controlpb.JobPlan // the current ring's, by worker name
 	reform  *reformation               // the re-formation under way, if any
+	joiners map[string]bool            // registered after the start, waiting for the next epoch boundary
 	prior   map[int][]sharding.Segment  // epoch -> rings that trained part of it
 	reports map[int][]*controlpb.EpochReport // epoch -> by rank
 	verdicts map[int]*controlpb.ReportReply
@@ -131,7 +132,7 @@ func New(cfg Config, log *zap.Logger, out io.Writer) (*Coordinator, error) {
 	}
 	return &Coordinator{
 		cfg: cfg, log: log, out: out, jobID: jobID, train: train,
-		changed: make(chan struct{}), workers: map[string]*controlpb.RegisterRequest{}, alive: map[string]bool{},
+		changed: make(chan struct{}), workers: map[string]*controlpb.RegisterRequest{}, alive: map[string]bool{}, joiners: map[string]bool{},
 		reports: map[int][]*controlpb.EpochReport{}, verdicts: map[int]*controlpb.ReportReply{}, prior: map[int][]sharding.Segment{},
 	}, nil
 }
@@ -334,6 +335,9 @@ func (c *Coordinator) onMember(e membership.Event, member *membership.Member) {
 		return
 	}
 	c.alive[e.Name] = e.Kind != membership.Left
+	if c.joiners[e.Name] && e.Kind == membership.Left {
+		delete(c.joiners, e.Name)
+	}
 	if _, ok := c.ring.ranks[e.Name]; ok && e.Kind == membership.Left {
 		c.cfg.Metrics.workerLost()
 		c.beginReform(fmt.Sprintf("worker %s (rank %d) left the cluster", e.Name, c.ring.ranks[e.Name]))
@@ -438,6 +442,12 @@ func (c *Coordinator) decide(epoch int) *controlpb.ReportReply {
 		zap.Float64("img_per_s", ips), zap.Uint64("checksum", reps[0].Checksum))
 	if epoch >= c.cfg.Job.Epochs {
 		c.finished = true
+		return &controlpb.ReportReply{}
+	}
+	if len(c.joiners) > 0 {
+		// Workers that joined late enter here, at the epoch boundary.
+		c.beginReform(fmt.Sprintf("%d workers joining after epoch %d", len(c.joiners), epoch))
+		return &controlpb.ReportReply{Reform: true}
 	}
 	return &controlpb.ReportReply{}
 }
@@ -473,11 +483,12 @@ func (s *controlService) Register(ctx context.Context, req *controlpb.RegisterRe
 		c.mu.Unlock()
 		return nil, status.Errorf(codes.PermissionDenied, "worker %s belongs to job %q; this coordinator runs job %q", req.Name, req.JobId, c.jobID)
 	}
-	if _, dup := c.workers[req.Name]; dup || c.started {
+	if c.started {
 		c.mu.Unlock()
-		if c.started {
-			return nil, status.Errorf(codes.FailedPrecondition, "job %s has started with %d workers; %s cannot join it", c.jobID, c.ring.world(), req.Name)
-		}
+		return s.join(ctx, req)
+	}
+	if _, dup := c.workers[req.Name]; dup {
+		c.mu.Unlock()
 		return nil, status.Errorf(codes.AlreadyExists, "a worker named %s is already registered", req.Name)
 	}
 	if len(c.workers) >= c.cfg.Workers {

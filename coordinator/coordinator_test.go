@@ -3,6 +3,7 @@ package coordinator
 import (
 	"bytes"
 	"context"
+	"errors"
 	"image/png"
 	"os"
 	"path/filepath"
@@ -85,9 +86,15 @@ func TestRanksFollowSortedNames(t *testing.T) {
 	if _, err := s.Register(context.Background(), &controlpb.RegisterRequest{JobId: "job-other", Name: "x", RingAddr: "y"}); err == nil || !strings.Contains(err.Error(), `belongs to job "job-other"`) {
 		t.Errorf("worker of another job: %v", err)
 	}
-	// The job has started: nobody else gets in.
-	if _, err := s.Register(context.Background(), &controlpb.RegisterRequest{Name: "late", RingAddr: "x"}); err == nil || !strings.Contains(err.Error(), "has started") {
-		t.Errorf("late worker: %v", err)
+	// The job has started: a late worker waits for the next epoch boundary;
+	// a second worker of a name already in the ring is refused.
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	if _, err := s.Register(ctx, &controlpb.RegisterRequest{Name: "late", RingAddr: "x"}); !errors.Is(err, context.DeadlineExceeded) || c.joiners["late"] {
+		t.Errorf("late worker: %v (still waiting: %v)", err, c.joiners["late"])
+	}
+	if _, err := s.Register(context.Background(), &controlpb.RegisterRequest{Name: "w-a", RingAddr: "x"}); err == nil || !strings.Contains(err.Error(), "already in job") {
+		t.Errorf("a second w-a: %v", err)
 	}
 	var cfg worker.Config
 	if err := jsonUnmarshal(plans["w-a"].ConfigJson, &cfg); err != nil || cfg.Variant != "tiny" {

@@ -3,6 +3,7 @@ package coordinator
 import (
 	"context"
 	"fmt"
+	"path/filepath"
 	"sort"
 	"strings"
 	"time"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/alexring/alexring/coordinator/controlpb"
 	"github.com/alexring/alexring/sharding"
+	"github.com/alexring/alexring/worker"
 )
 
 // A ring breaks when a worker dies (kill -9, a lost machine) or falls
@@ -29,6 +31,7 @@ type reformation struct {
 	reason   string
 	requests map[string]*controlpb.ReformRequest
 	expired  bool // ReformTimeout passed: go on with whoever asked
+	short    bool // fewer workers than MinWorkers: waiting for more to join
 }
 
 // beginReform starts a re-formation of the current ring, once. Called with
@@ -68,19 +71,37 @@ func (c *Coordinator) completeReform() {
 		switch {
 		case r.requests[name] != nil:
 			survivors = append(survivors, name)
-		case c.alive[name] && !r.expired:
+		case c.alive[name] && !r.expired && !c.joiners[name]:
 			waiting = append(waiting, name)
 		}
 	}
 	if len(waiting) > 0 {
 		return
 	}
-	c.reform = nil
-	minWorkers := max(c.cfg.MinWorkers, 1)
-	if len(survivors) < minWorkers {
-		c.failed = fmt.Errorf("coordinator: %s; %d workers left (%s), fewer than --min-workers %d", r.reason, len(survivors), strings.Join(survivors, ", "), minWorkers)
+	if len(survivors) == 0 {
+		c.reform = nil
+		c.failed = fmt.Errorf("coordinator: %s; no worker of the ring is left to carry its state: resume from %s", r.reason, filepath.Join(c.cfg.Job.Out, worker.StateFile))
 		return
 	}
+	minWorkers := max(c.cfg.MinWorkers, 1)
+	if len(survivors)+len(c.joiners) < minWorkers {
+		if !r.short {
+			r.short = true
+			c.log.Warn("fewer workers than --min-workers: waiting for more to join", zap.Int("workers", len(survivors)+len(c.joiners)),
+				zap.Int("min_workers", minWorkers), zap.Duration("timeout", c.cfg.WaitTimeout))
+			time.AfterFunc(c.cfg.WaitTimeout, func() {
+				c.mu.Lock()
+				defer c.mu.Unlock()
+				if c.reform == r && c.failed == nil {
+					c.failed = fmt.Errorf("coordinator: %s; %d workers left (%s), fewer than --min-workers %d, and none joined within %v",
+						r.reason, len(survivors), strings.Join(survivors, ", "), minWorkers, c.cfg.WaitTimeout)
+					c.notify()
+				}
+			})
+		}
+		return
+	}
+	c.reform = nil
 	// The survivor furthest along (by epoch, then step) gives its state: the
 	// others may have missed its last step if the ring broke mid all-reduce.
 	sort.Slice(survivors, func(i, j int) bool {
@@ -95,9 +116,15 @@ func (c *Coordinator) completeReform() {
 	})
 	lead := r.requests[survivors[0]]
 	epoch := int(lead.Epoch)
-	// What the broken ring trained of this epoch is a prefix of its order:
-	// steps x per-rank batch x world positions.
-	c.prior[epoch] = append(c.prior[epoch], sharding.Segment{World: c.ring.world(), Consumed: int(lead.Steps) * c.ring.batch * c.ring.world()})
+	if c.verdicts[epoch+1] != nil {
+		// The furthest survivor's epoch is done and judged (the ring broke at
+		// its end, or re-forms there for joiners): the new ring starts the next.
+		epoch++
+	} else {
+		// What the broken ring trained of this epoch is a prefix of its order:
+		// steps x per-rank batch x world positions.
+		c.prior[epoch] = append(c.prior[epoch], sharding.Segment{World: c.ring.world(), Consumed: int(lead.Steps) * c.ring.batch * c.ring.world()})
+	}
 	// Reports of unfinished epochs came from the old ring; the new one reports
 	// them again.
 	for e := range c.reports {
@@ -107,13 +134,18 @@ func (c *Coordinator) completeReform() {
 	}
 	old := c.ring
 	rootName := survivors[0]
-	c.formRing(survivors, epoch, 0)
+	joined := make([]string, 0, len(c.joiners))
+	for name := range c.joiners {
+		joined = append(joined, name)
+	}
+	clear(c.joiners)
+	c.formRing(append(survivors, joined...), epoch, 0)
 	root := c.ring.ranks[rootName]
 	for _, p := range c.plans {
 		p.StateRoot = int32(root)
 	}
 	c.log.Info("ring re-formed", zap.Int("generation", c.ring.gen), zap.Int("world", c.ring.world()), zap.Int("was", old.world()),
-		zap.Strings("members", c.ring.members), zap.Int("epoch", epoch+1), zap.Int("steps_done_in_epoch", int(lead.Steps)),
+		zap.Strings("members", c.ring.members), zap.Strings("joined", joined), zap.Int("epoch", epoch+1), zap.Int("steps_done_in_epoch", int(lead.Steps)),
 		zap.String("state_from", rootName), zap.Int("batch_per_rank", c.ring.batch), zap.Duration("took", time.Since(r.began)))
 }
 
@@ -153,4 +185,37 @@ func (s *controlService) Reform(ctx context.Context, req *controlpb.ReformReques
 		return p, nil
 	}
 	return nil, status.Errorf(codes.FailedPrecondition, "worker %s was left out of ring %d of job %s", req.Name, c.ring.gen, c.jobID)
+}
+
+// join registers a worker after the job started: it enters the ring at the
+// next epoch boundary (or at once when a re-formation is waiting for workers),
+// taking the current parameters and Adam state from the ring. A name that is
+// in the ring and alive is refused; a dead member's name may come back (a
+// restarted pod keeps its name).
+func (s *controlService) join(ctx context.Context, req *controlpb.RegisterRequest) (*controlpb.JobPlan, error) {
+	c := s.c
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.finished || c.failed != nil {
+		return nil, status.Errorf(codes.FailedPrecondition, "job %s is over; %s cannot join it", c.jobID, req.Name)
+	}
+	if _, member := c.ring.ranks[req.Name]; (member && c.alive[req.Name]) || c.joiners[req.Name] {
+		return nil, status.Errorf(codes.AlreadyExists, "a worker named %s is already in job %s", req.Name, c.jobID)
+	}
+	c.workers[req.Name] = req
+	c.joiners[req.Name] = true
+	c.alive[req.Name] = true
+	c.log.Info("worker joining; it enters at the next epoch boundary", zap.String("name", req.Name), zap.String("ring_addr", req.RingAddr))
+	c.completeReform() // a re-formation short of workers may be waiting for it
+	c.notify()
+	gen := c.ring.gen
+	err := c.waitLocked(ctx, func() bool { _, in := c.ring.ranks[req.Name]; return (in && c.ring.gen > gen) || c.failed != nil || c.finished })
+	if err != nil || c.failed != nil || c.finished {
+		delete(c.joiners, req.Name)
+		if err != nil {
+			return nil, err
+		}
+		return nil, status.Errorf(codes.Aborted, "job %s ended before %s could join it", c.jobID, req.Name)
+	}
+	return c.plans[req.Name], nil
 }

@@ -111,3 +111,62 @@ func TestReformTimeoutLeavesOutTheSilent(t *testing.T) {
 		t.Errorf("after the timeout: %+v %v (%v)", next["w-a"], errs["w-a"], time.Since(start))
 	}
 }
+
+// A worker that registers after the start enters at the next epoch
+// boundary: the verdict of the epoch asks the ring to re-form, and the new
+// ring (ranks by name, so the newcomer w-a is rank 0) starts the next epoch
+// from the state of w-b, the old rank 0.
+func TestLateWorkerEntersAtTheEpochBoundary(t *testing.T) {
+	c, s, _ := newTestCoordinator(t, 2)
+	c.cfg.Job.Epochs = 3
+	plans := register(t, c, s, "w-b", "w-c")
+	job := plans["w-b"].JobId
+	joined := make(chan *controlpb.JobPlan, 1)
+	go func() {
+		p, err := s.Register(context.Background(), &controlpb.RegisterRequest{JobId: job, Name: "w-a", RingAddr: "127.0.0.1:1a"})
+		if err != nil {
+			t.Error(err)
+		}
+		joined <- p
+	}()
+	for {
+		c.mu.Lock()
+		waiting := c.joiners["w-a"]
+		c.mu.Unlock()
+		if waiting {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	var wg sync.WaitGroup
+	for r := range 2 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			rep, err := s.Report(context.Background(), &controlpb.EpochReport{JobId: job, Rank: int32(r), Epoch: 1, Checksum: 5, Images: 6, Generation: 1})
+			if err != nil || !rep.Reform || rep.Stop {
+				t.Errorf("rank %d's verdict of epoch 1: %+v %v", r, rep, err)
+			}
+		}()
+	}
+	wg.Wait()
+	next, errs := reformAll(t, s,
+		&controlpb.ReformRequest{JobId: job, Name: "w-b", Generation: 1, Epoch: 0, Steps: 3},
+		&controlpb.ReformRequest{JobId: job, Name: "w-c", Generation: 1, Epoch: 0, Steps: 3})
+	for name, err := range errs {
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+	}
+	a := <-joined
+	if a == nil || a.Generation != 2 || a.World != 3 || a.Rank != 0 || a.Epoch != 1 || a.StateRoot != 1 || a.BatchPerRank != 4 {
+		t.Fatalf("the newcomer's plan: %+v", a)
+	}
+	if b := next["w-b"]; b.Rank != 1 || b.Epoch != 1 || b.StateRoot != 1 {
+		t.Errorf("w-b's plan: %+v", b)
+	}
+	shard, err := s.EpochShard(context.Background(), &controlpb.EpochRequest{JobId: job, Epoch: 1, Generation: 2})
+	if err != nil || shard.World != 3 || len(shard.Prior) != 0 {
+		t.Errorf("epoch 2 in the grown ring: %+v %v", shard, err)
+	}
+}

@@ -130,7 +130,11 @@ func RunJoined(ctx context.Context, jc JoinConfig, log *zap.Logger) error {
 	if fp := t.train.Fingerprint(); fp != plan.Dataset {
 		return fmt.Errorf("worker: %s lists different files than the coordinator's (fingerprint %016x, coordinator %016x)", cfg.Data, fp, plan.Dataset)
 	}
-	if err := t.Reconfigure(ring, int(plan.BatchPerRank), t.epoch); err != nil {
+	start := t.epoch // from the config's resume file, or 0
+	if plan.Generation > 1 {
+		start = int(plan.Epoch) // joining a running job
+	}
+	if err := t.Reconfigure(ring, int(plan.BatchPerRank), start); err != nil {
 		return err
 	}
 	t.EpochPlan = func(ctx context.Context, epoch int) (sharding.Plan, error) {

@@ -1,0 +1,241 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/alexring/alexring/alexnet"
+)
+
+// proc is a binary started in the background, its stderr kept and watched.
+type proc struct {
+	cmd    *exec.Cmd
+	mu     sync.Mutex
+	stderr bytes.Buffer
+	stdout bytes.Buffer
+	done   chan error
+}
+
+func startProc(t *testing.T, ctx context.Context, name string, args ...string) *proc {
+	t.Helper()
+	p := &proc{cmd: exec.CommandContext(ctx, filepath.Join(binDir, name), args...), done: make(chan error, 1)}
+	p.cmd.Stdout = &lockedWriter{&p.mu, &p.stdout}
+	p.cmd.Stderr = &lockedWriter{&p.mu, &p.stderr}
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { p.done <- p.cmd.Wait() }()
+	t.Cleanup(func() { p.cmd.Process.Kill() })
+	return p
+}
+
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(b []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(b)
+}
+
+func (p *proc) output() (stdout, stderr string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.stdout.String(), p.stderr.String()
+}
+
+// waitFor polls until the stdout holds s.
+func (p *proc) waitFor(t *testing.T, s string, timeout time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		if out, _ := p.output(); strings.Contains(out, s) {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	out, errs := p.output()
+	t.Fatalf("no %q within %v:\n%s\n%s", s, timeout, out, errs)
+}
+
+// logLines are a worker's JSON log lines with the given message.
+func logLines(stderr, msg string) []map[string]any {
+	var lines []map[string]any
+	sc := bufio.NewScanner(strings.NewReader(stderr))
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		var m map[string]any
+		if json.Unmarshal(sc.Bytes(), &m) == nil && m["msg"] == msg {
+			lines = append(lines, m)
+		}
+	}
+	return lines
+}
+
+// A worker killed with SIGKILL in the middle of training: the survivors'
+// collective fails, the coordinator re-forms the ring without it, the
+// survivors take the furthest state and the job finishes with every epoch,
+// its checkpoints whole and the survivors' parameters bit-identical.
+// Killing rank 0 is the hard case: another rank takes over validation and
+// checkpoints.
+func TestWorkerKilledMidJobTheSurvivorsFinish(t *testing.T) {
+	data, out := dataset(t, 24, 4), t.TempDir()
+	cfg := filepath.Join(t.TempDir(), "job.yaml")
+	os.WriteFile(cfg, []byte("variant: tiny\nepochs: 6\nbatch: 6\nlr: 0.003\nseed: 2\ndropout: 0.5\neval_batch: 8\nloader_goroutines: 1\nring:\n  chunk_bytes: 65536\n  op_timeout: 30s\n"), 0o644)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	bind := freePort(t)
+	coord := startProc(t, ctx, "coordinator", "--workers", "3", "--config", cfg, "--data", data, "--out", out, "--bind", bind, "--log-format", "json")
+	workers := map[string]*proc{}
+	for _, name := range []string{"w0", "w1", "w2"} {
+		workers[name] = startProc(t, ctx, "worker", "--join", bind, "--name", name, "--log-format", "json")
+	}
+	coord.waitFor(t, "Epoch 1/6", time.Minute)
+	if err := workers["w0"].cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	killed := time.Now()
+
+	for _, name := range []string{"w1", "w2"} {
+		if err := <-workers[name].done; err != nil {
+			_, errs := workers[name].output()
+			t.Fatalf("survivor %s: %v\n%s", name, err, errs)
+		}
+	}
+	if err := <-coord.done; err != nil {
+		o, e := coord.output()
+		t.Fatalf("coordinator: %v\n%s\n%s", err, o, e)
+	}
+	stdout, coordLog := coord.output()
+	for e := 1; e <= 6; e++ {
+		if !strings.Contains(stdout, fmt.Sprintf("Epoch %d/6 - ", e)) {
+			t.Errorf("no line for epoch %d:\n%s", e, stdout)
+		}
+	}
+	if len(logLines(coordLog, "ring re-formed")) != 1 {
+		t.Errorf("the coordinator logged %d re-formations, want 1", len(logLines(coordLog, "ring re-formed")))
+	}
+
+	// The stall: from the kill to the survivors training again.
+	for _, name := range []string{"w1", "w2"} {
+		_, errs := workers[name].output()
+		resumed := logLines(errs, "ring re-formed; training resumes")
+		if len(resumed) != 1 {
+			t.Fatalf("%s logged %d resumptions:\n%s", name, len(resumed), errs)
+		}
+		at, err := time.Parse("2006-01-02T15:04:05.000Z0700", resumed[0]["ts"].(string))
+		if err != nil {
+			t.Fatal(err)
+		}
+		stall := at.Sub(killed)
+		t.Logf("%s: stalled %v from the kill to training in the new ring (world %v)", name, stall.Round(time.Millisecond), resumed[0]["world"])
+		if stall > 10*time.Second {
+			t.Errorf("%s stalled %v after the kill (target under 10 s)", name, stall)
+		}
+	}
+
+	// The last epoch's parameters are bit-identical on the survivors.
+	last := map[string]any{}
+	for _, name := range []string{"w1", "w2"} {
+		_, errs := workers[name].output()
+		done := logLines(errs, "epoch done")
+		if len(done) == 0 || done[len(done)-1]["epoch"] != float64(6) {
+			t.Fatalf("%s did not finish epoch 6", name)
+		}
+		last[name] = done[len(done)-1]["checksum"]
+	}
+	if last["w1"] != last["w2"] {
+		t.Errorf("final checksums differ: %v", last)
+	}
+	st, err := alexnet.LoadTrainState(filepath.Join(out, "state.safetensors"))
+	if err != nil {
+		t.Fatalf("the training state after the kill: %v", err)
+	}
+	if st.Epoch != 6 {
+		t.Errorf("state.safetensors is at epoch %d, want 6", st.Epoch)
+	}
+	if _, _, err := alexnet.LoadModel(filepath.Join(out, "best.safetensors")); err != nil {
+		t.Errorf("best.safetensors after the kill: %v", err)
+	}
+	csv, _ := os.ReadFile(filepath.Join(out, "metrics.csv"))
+	rows := strings.Split(strings.TrimSpace(string(csv)), "\n")
+	if len(rows) != 7 || !strings.HasSuffix(rows[1], ",3") || !strings.HasSuffix(rows[6], ",2") {
+		t.Errorf("metrics.csv world sizes: %q", csv)
+	}
+}
+
+// A bounded soak: workers are killed and replaced one after another while the
+// job runs; the replacements enter with the ring's state and the job
+// finishes with every epoch and identical replicas.
+func TestKillAndReplaceWorkersRepeatedly(t *testing.T) {
+	data, out := dataset(t, 24, 4), t.TempDir()
+	cfg := filepath.Join(t.TempDir(), "job.yaml")
+	os.WriteFile(cfg, []byte("variant: tiny\nepochs: 12\nbatch: 6\nlr: 0.003\nseed: 4\ndropout: 0.5\neval_batch: 8\nloader_goroutines: 1\nring:\n  chunk_bytes: 65536\n  op_timeout: 30s\n"), 0o644)
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	bind := freePort(t)
+	coord := startProc(t, ctx, "coordinator", "--workers", "3", "--config", cfg, "--data", data, "--out", out, "--bind", bind, "--log-format", "json")
+	live := map[string]*proc{}
+	for _, name := range []string{"w0", "w1", "w2"} {
+		live[name] = startProc(t, ctx, "worker", "--join", bind, "--name", name, "--log-format", "json")
+	}
+	for round, victim := range []string{"w1", "w0", "r1"} {
+		coord.waitFor(t, fmt.Sprintf("Epoch %d/12", 2+3*round), 2*time.Minute)
+		live[victim].cmd.Process.Signal(syscall.SIGKILL)
+		<-live[victim].done
+		delete(live, victim)
+		name := fmt.Sprintf("r%d", round+1)
+		live[name] = startProc(t, ctx, "worker", "--join", bind, "--name", name, "--log-format", "json")
+	}
+	if err := <-coord.done; err != nil {
+		o, e := coord.output()
+		t.Fatalf("coordinator: %v\n%s\n%s", err, o, e)
+	}
+	stdout, coordLog := coord.output()
+	for e := 1; e <= 12; e++ {
+		if !strings.Contains(stdout, fmt.Sprintf("Epoch %d/12 - ", e)) {
+			t.Errorf("no line for epoch %d", e)
+		}
+	}
+	reforms := logLines(coordLog, "ring re-formed")
+	t.Logf("%d re-formations; final members %v", len(reforms), reforms[len(reforms)-1]["members"])
+	if len(reforms) < 3 {
+		t.Errorf("%d re-formations for 3 kills", len(reforms))
+	}
+	sums := map[string]any{}
+	for name, p := range live {
+		if err := <-p.done; err != nil {
+			_, e := p.output()
+			t.Fatalf("%s: %v\n%s", name, err, e)
+		}
+		_, e := p.output()
+		done := logLines(e, "epoch done")
+		if len(done) == 0 || done[len(done)-1]["epoch"] != float64(12) {
+			t.Fatalf("%s did not train epoch 12:\n%s", name, e)
+		}
+		sums[name] = done[len(done)-1]["checksum"]
+	}
+	for _, sum := range sums {
+		if sum != sums["w2"] {
+			t.Errorf("final checksums differ: %v", sums)
+			break
+		}
+	}
+	if _, err := alexnet.LoadTrainState(filepath.Join(out, "state.safetensors")); err != nil {
+		t.Errorf("state.safetensors: %v", err)
+	}
+}
