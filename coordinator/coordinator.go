@@ -28,9 +28,11 @@ import (
 	"google.golang.org/grpc/status"
 	"gopkg.in/yaml.v3"
 
+	"github.com/alexring/alexring/alexnet"
 	"github.com/alexring/alexring/configs"
 	"github.com/alexring/alexring/coordinator/controlpb"
 	"github.com/alexring/alexring/coordinator/membership"
+	"github.com/alexring/alexring/internal/atomicfile"
 	"github.com/alexring/alexring/internal/security"
 	"github.com/alexring/alexring/sharding"
 	"github.com/alexring/alexring/worker"
@@ -55,6 +57,9 @@ type Config struct {
 	// MinWorkers is the smallest ring the job goes on with after losing
 	// workers (0: 1); below it the job fails.
 	MinWorkers int
+	// Resume continues the job whose files are in Job.Out: its
+	// state.safetensors (the workers load it) and its job id.
+	Resume bool
 	// ReformTimeout bounds how long a re-formation waits for a worker that is
 	// still in the gossip to report its broken ring; after it, the worker is
 	// left out (0: a minute).
@@ -83,19 +88,22 @@ type Coordinator struct {
 	log   *zap.Logger
 	out   io.Writer
 	jobID string
-	train *sharding.Dataset
+	// incarnation tells this coordinator's rings from those of an earlier
+	// coordinator of the same job (before a --resume).
+	incarnation string
+	train       *sharding.Dataset
 
-	mu      sync.Mutex
-	changed chan struct{} // closed and replaced on every state change
-	workers map[string]*controlpb.RegisterRequest
-	alive   map[string]bool // workers in the gossip
-	started bool
-	ring    ringState                  // the current ring, once started
-	plans   map[string]*controlpb.JobPlan // the current ring's, by worker name
-	reform  *reformation               // the re-formation under way, if any
-	joiners map[string]bool            // registered after the start, waiting for the next epoch boundary
-	prior   map[int][]sharding.Segment  // epoch -> rings that trained part of it
-	reports map[int][]*controlpb.EpochReport // epoch -> by rank
+	mu       sync.Mutex
+	changed  chan struct{} // closed and replaced on every state change
+	workers  map[string]*controlpb.RegisterRequest
+	alive    map[string]bool // workers in the gossip
+	started  bool
+	ring     ringState                        // the current ring, once started
+	plans    map[string]*controlpb.JobPlan    // the current ring's, by worker name
+	reform   *reformation                     // the re-formation under way, if any
+	joiners  map[string]bool                  // registered after the start, waiting for the next epoch boundary
+	prior    map[int][]sharding.Segment       // epoch -> rings that trained part of it
+	reports  map[int][]*controlpb.EpochReport // epoch -> by rank
 	verdicts map[int]*controlpb.ReportReply
 	failed   error
 	finished bool
@@ -105,6 +113,7 @@ type Coordinator struct {
 		bestEpoch int
 	}
 	startedAt time.Time
+	wallSoFar float64 // seconds the job ran before a --resume
 	curves    []epochRow
 	control   *grpc.Server
 }
@@ -124,17 +133,62 @@ func New(cfg Config, log *zap.Logger, out io.Writer) (*Coordinator, error) {
 	if err != nil {
 		return nil, err
 	}
-	jobID := cfg.JobID
-	if jobID == "" {
-		id := make([]byte, 6)
-		rand.Read(id)
-		jobID = "job-" + hex.EncodeToString(id)
-	}
-	return &Coordinator{
-		cfg: cfg, log: log, out: out, jobID: jobID, train: train,
+	nonce := make([]byte, 4)
+	rand.Read(nonce)
+	c := &Coordinator{
+		cfg: cfg, log: log, out: out, jobID: cfg.JobID, train: train, incarnation: hex.EncodeToString(nonce),
 		changed: make(chan struct{}), workers: map[string]*controlpb.RegisterRequest{}, alive: map[string]bool{}, joiners: map[string]bool{},
 		reports: map[int][]*controlpb.EpochReport{}, verdicts: map[int]*controlpb.ReportReply{}, prior: map[int][]sharding.Segment{},
-	}, nil
+	}
+	if cfg.Resume {
+		if err := c.resume(); err != nil {
+			return nil, err
+		}
+	}
+	if c.jobID == "" {
+		id := make([]byte, 6)
+		rand.Read(id)
+		c.jobID = "job-" + hex.EncodeToString(id)
+	}
+	return c, nil
+}
+
+// JobIDFile holds the job's id in --out, for --resume.
+const JobIDFile = "job_id"
+
+// resume picks the job up from its files in --out: the training state the
+// workers will load, the job id, the curves so far.
+func (c *Coordinator) resume() error {
+	path := filepath.Join(c.cfg.Job.Out, worker.StateFile)
+	st, err := alexnet.LoadTrainState(path)
+	if err != nil {
+		return fmt.Errorf("coordinator: --resume: %w", err)
+	}
+	if st.Epoch >= c.cfg.Job.Epochs {
+		return fmt.Errorf("coordinator: --resume: %s has already trained %d of %d epochs", path, st.Epoch, c.cfg.Job.Epochs)
+	}
+	if c.jobID == "" {
+		id, err := os.ReadFile(filepath.Join(c.cfg.Job.Out, JobIDFile))
+		if err != nil {
+			return fmt.Errorf("coordinator: --resume needs the job id: %w (or give --job-id)", err)
+		}
+		c.jobID = strings.TrimSpace(string(id))
+	}
+	if c.curves, err = readCurves(c.cfg.Job.Out, st.Epoch); err != nil {
+		return fmt.Errorf("coordinator: --resume: %w", err)
+	}
+	c.cfg.Job.Resume = path
+	c.summary.bestAcc = st.BestAcc
+	if n := len(c.curves); n > 0 {
+		c.wallSoFar = c.curves[n-1].WallSeconds
+	}
+	for _, r := range c.curves {
+		if r.ValAccuracy == st.BestAcc && c.summary.bestEpoch == 0 {
+			c.summary.bestEpoch = r.Epoch
+		}
+	}
+	c.log.Info("resuming the job", zap.String("job", c.jobID), zap.String("state", path), zap.Int("epochs_done", st.Epoch), zap.Float64("best_val_accuracy", st.BestAcc))
+	return nil
 }
 
 // Run serves the job until it is done: every rank reported the last epoch.
@@ -145,6 +199,12 @@ func (c *Coordinator) Run(ctx context.Context, ready func(gossip string)) error 
 	}
 	if err := sharding.WriteClassIndices(filepath.Join(c.cfg.Job.Out, worker.ClassIndicesFile), c.train.Classes); err != nil {
 		return err
+	}
+	if err := atomicfile.Write(filepath.Join(c.cfg.Job.Out, JobIDFile), 0o644, func(w io.Writer) error {
+		_, err := fmt.Fprintln(w, c.jobID)
+		return err
+	}); err != nil {
+		return fmt.Errorf("coordinator: --out: %w", err)
 	}
 	lis, err := net.Listen("tcp", c.cfg.Control)
 	if err != nil {
@@ -176,7 +236,7 @@ func (c *Coordinator) Run(ctx context.Context, ready func(gossip string)) error 
 	if ready != nil {
 		ready(member.Addr())
 	}
-	if c.cfg.Job.Resume != "" {
+	if c.cfg.Resume {
 		c.cfg.Metrics.resumed()
 	}
 	if err := c.waitForWorkers(ctx, member); err != nil {
@@ -298,7 +358,7 @@ func (c *Coordinator) formRing(names []string, epoch, root int) {
 	c.plans = map[string]*controlpb.JobPlan{}
 	for r, name := range names {
 		c.plans[name] = &controlpb.JobPlan{
-			JobId: c.jobID, Rank: int32(r), World: int32(world), Peers: peers, RingId: fmt.Sprintf("%s-ring-%d", c.jobID, c.ring.gen),
+			JobId: c.jobID, Rank: int32(r), World: int32(world), Peers: peers, RingId: fmt.Sprintf("%s-%s-ring-%d", c.jobID, c.incarnation, c.ring.gen),
 			ConfigJson: cfgJSON, Classes: c.train.Classes, Dataset: c.train.Fingerprint(),
 			Generation: int32(c.ring.gen), BatchPerRank: int32(batch), Epoch: int32(epoch), StateRoot: int32(root),
 		}
@@ -432,7 +492,7 @@ func (c *Coordinator) decide(epoch int) *controlpb.ReportReply {
 	}
 	fmt.Fprintf(c.out, "Epoch %d/%d - Train loss: %.4f - Val Accuracy: %.4f\n", epoch, c.cfg.Job.Epochs, loss, acc)
 	row := epochRow{Epoch: epoch, TrainLoss: loss, ValAccuracy: acc, ImagesPerS: ips,
-		WallSeconds: time.Since(c.startedAt).Seconds(), World: len(reps)}
+		WallSeconds: c.wallSoFar + time.Since(c.startedAt).Seconds(), World: len(reps)}
 	c.curves = append(c.curves, row)
 	c.cfg.Metrics.epochDone(row)
 	if err := writeCurves(c.cfg.Job.Out, c.curves); err != nil {

@@ -2,9 +2,12 @@ package coordinator
 
 import (
 	"encoding/csv"
+	"errors"
 	"fmt"
 	"image/color"
 	"io"
+	"io/fs"
+	"os"
 	"path/filepath"
 	"strconv"
 
@@ -85,3 +88,41 @@ func writeCurves(dir string, rows []epochRow) error {
 func ff(v float64) string { return strconv.FormatFloat(v, 'g', 6, 64) }
 
 var plotColors = []color.Color{color.RGBA{R: 214, G: 39, B: 40, A: 255}, color.RGBA{R: 31, G: 119, B: 180, A: 255}}
+
+// readCurves reads back the rows of metrics.csv up to epoch (a resumed job
+// keeps its history); a missing file is no rows.
+func readCurves(dir string, upTo int) ([]epochRow, error) {
+	f, err := os.Open(filepath.Join(dir, MetricsFile))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	records, err := csv.NewReader(f).ReadAll()
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", f.Name(), err)
+	}
+	var rows []epochRow
+	for i, rec := range records[min(1, len(records)):] {
+		var r epochRow
+		var errs [6]error
+		if len(rec) != 6 {
+			return nil, fmt.Errorf("%s: line %d has %d fields, want 6", f.Name(), i+2, len(rec))
+		}
+		r.Epoch, errs[0] = strconv.Atoi(rec[0])
+		r.TrainLoss, errs[1] = strconv.ParseFloat(rec[1], 64)
+		r.ValAccuracy, errs[2] = strconv.ParseFloat(rec[2], 64)
+		r.ImagesPerS, errs[3] = strconv.ParseFloat(rec[3], 64)
+		r.WallSeconds, errs[4] = strconv.ParseFloat(rec[4], 64)
+		r.World, errs[5] = strconv.Atoi(rec[5])
+		if err := errors.Join(errs[:]...); err != nil {
+			return nil, fmt.Errorf("%s: line %d: %w", f.Name(), i+2, err)
+		}
+		if r.Epoch <= upTo {
+			rows = append(rows, r)
+		}
+	}
+	return rows, nil
+}

@@ -209,7 +209,10 @@ func (s *controlService) join(ctx context.Context, req *controlpb.RegisterReques
 	c.completeReform() // a re-formation short of workers may be waiting for it
 	c.notify()
 	gen := c.ring.gen
-	err := c.waitLocked(ctx, func() bool { _, in := c.ring.ranks[req.Name]; return (in && c.ring.gen > gen) || c.failed != nil || c.finished })
+	err := c.waitLocked(ctx, func() bool {
+		_, in := c.ring.ranks[req.Name]
+		return (in && c.ring.gen > gen) || c.failed != nil || c.finished
+	})
 	if err != nil || c.failed != nil || c.finished {
 		delete(c.joiners, req.Name)
 		if err != nil {

@@ -11,7 +11,9 @@ import (
 
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 
 	"github.com/alexring/alexring/allreduce"
 	"github.com/alexring/alexring/coordinator/controlpb"
@@ -34,6 +36,9 @@ type JoinConfig struct {
 	Local        bool               // loopback-tuned failure detection
 	Security     *security.Material // gossip key and mTLS (nil: neither)
 	Job          string             // the job to join; empty: whichever the coordinator runs
+	// CoordinatorGrace is how long a worker that lost its coordinator waits
+	// for one to come back (restarted with --resume) before it gives up.
+	CoordinatorGrace time.Duration
 	Telemetry    Telemetry          // progress bars, metrics, timeline
 }
 
@@ -58,9 +63,59 @@ func RunJoined(ctx context.Context, jc JoinConfig, log *zap.Logger) error {
 		return err
 	}
 	defer member.Leave(time.Second)
+	var lostAt time.Time
+	for {
+		registered, err := runJob(ctx, &jc, node, member, log)
+		if registered {
+			lostAt = time.Time{}
+		}
+		if !errors.Is(err, errCoordinatorLost) || jc.CoordinatorGrace <= 0 || ctx.Err() != nil {
+			return err
+		}
+		if lostAt.IsZero() {
+			lostAt = time.Now()
+			log.Warn("the coordinator is gone; waiting for one to come back", zap.Duration("grace", jc.CoordinatorGrace), zap.Error(err))
+		}
+		if werr := waitForCoordinator(ctx, member, jc.Join, lostAt.Add(jc.CoordinatorGrace)); werr != nil {
+			return fmt.Errorf("worker: %w; no coordinator came back within --coordinator-grace %v", err, jc.CoordinatorGrace)
+		}
+	}
+}
+
+// errCoordinatorLost marks a control call that found no coordinator.
+var errCoordinatorLost = errors.New("worker: the coordinator is unreachable")
+
+// controlErr wraps a control-plane error, marking a coordinator that is gone.
+func controlErr(what string, err error) error {
+	if status.Code(err) == codes.Unavailable {
+		return fmt.Errorf("%w: %s: %v", errCoordinatorLost, what, err)
+	}
+	return fmt.Errorf("worker: %s: %w", what, err)
+}
+
+// waitForCoordinator joins the cluster through addr until a coordinator is in
+// it, or deadline.
+func waitForCoordinator(ctx context.Context, member *membership.Member, addr string, deadline time.Time) error {
+	for {
+		member.Rejoin(addr) // fails while nobody listens there
+		if _, err := member.Coordinator(time.Second); err == nil {
+			return nil
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if time.Now().After(deadline) {
+			return membership.ErrNoCoordinator
+		}
+	}
+}
+
+// runJob finds the coordinator, registers and trains until the job ends;
+// registered says whether the coordinator took this worker.
+func runJob(ctx context.Context, jc *JoinConfig, node *allreduce.Node, member *membership.Member, log *zap.Logger) (registered bool, err error) {
 	coord, err := member.Coordinator(10 * time.Second)
 	if err != nil {
-		return fmt.Errorf("worker: %w (joined through %s)", err, jc.Join)
+		return false, fmt.Errorf("worker: %w (joined through %s)", err, jc.Join)
 	}
 	creds := jc.Security.ClientCreds()
 	if creds == nil {
@@ -68,7 +123,7 @@ func RunJoined(ctx context.Context, jc JoinConfig, log *zap.Logger) error {
 	}
 	conn, err := grpc.NewClient(coord.Meta.GRPC, grpc.WithTransportCredentials(creds))
 	if err != nil {
-		return fmt.Errorf("worker: coordinator control address %q: %w", coord.Meta.GRPC, err)
+		return false, fmt.Errorf("worker: coordinator control address %q: %w", coord.Meta.GRPC, err)
 	}
 	defer conn.Close()
 	control := controlpb.NewControlClient(conn)
@@ -77,11 +132,12 @@ func RunJoined(ctx context.Context, jc JoinConfig, log *zap.Logger) error {
 	plan, err := control.Register(regCtx, &controlpb.RegisterRequest{JobId: jc.Job, Name: jc.Name, RingAddr: node.Addr, Device: jc.Device})
 	cancel()
 	if err != nil {
-		return fmt.Errorf("worker: register with the coordinator at %s: %w", coord.Meta.GRPC, err)
+		return false, controlErr("register with the coordinator at "+coord.Meta.GRPC, err)
 	}
+	jc.Job = plan.JobId // a coordinator that comes back must run the same job
 	cfg := DefaultConfig()
 	if err := json.Unmarshal(plan.ConfigJson, &cfg); err != nil {
-		return fmt.Errorf("worker: the coordinator's job config: %w", err)
+		return true, fmt.Errorf("worker: the coordinator's job config: %w", err)
 	}
 	if jc.Data != "" {
 		cfg.Data = jc.Data
@@ -97,7 +153,7 @@ func RunJoined(ctx context.Context, jc JoinConfig, log *zap.Logger) error {
 	}
 	ring, err := openRing(plan)
 	if err != nil {
-		return err
+		return true, err
 	}
 	current := &ringWatch{}
 	current.set(ring, plan.Peers)
@@ -122,25 +178,25 @@ func RunJoined(ctx context.Context, jc JoinConfig, log *zap.Logger) error {
 
 	t, err := NewTrainer(cfg, ring, log)
 	if err != nil {
-		return err
+		return true, err
 	}
 	defer t.Close()
 	t.Telemetry = jc.Telemetry
 	jc.Telemetry.Timeline.NameProcess(fmt.Sprintf("rank %d (%s)", plan.Rank, jc.Name))
 	if fp := t.train.Fingerprint(); fp != plan.Dataset {
-		return fmt.Errorf("worker: %s lists different files than the coordinator's (fingerprint %016x, coordinator %016x)", cfg.Data, fp, plan.Dataset)
+		return true, fmt.Errorf("worker: %s lists different files than the coordinator's (fingerprint %016x, coordinator %016x)", cfg.Data, fp, plan.Dataset)
 	}
 	start := t.epoch // from the config's resume file, or 0
 	if plan.Generation > 1 {
 		start = int(plan.Epoch) // joining a running job
 	}
 	if err := t.Reconfigure(ring, int(plan.BatchPerRank), start); err != nil {
-		return err
+		return true, err
 	}
 	t.EpochPlan = func(ctx context.Context, epoch int) (sharding.Plan, error) {
 		s, err := control.EpochShard(ctx, &controlpb.EpochRequest{JobId: plan.JobId, Rank: plan.Rank, Epoch: int32(epoch), Generation: plan.Generation})
 		if err != nil {
-			return sharding.Plan{}, err
+			return sharding.Plan{}, controlErr("epoch shard", err)
 		}
 		if s.Reform {
 			return sharding.Plan{}, errReform
@@ -161,7 +217,7 @@ func RunJoined(ctx context.Context, jc JoinConfig, log *zap.Logger) error {
 			Images: int32(r.Images), Seconds: r.Duration.Seconds(), Generation: plan.Generation,
 		})
 		if err != nil {
-			return fmt.Errorf("worker: report epoch %d: %w", r.Epoch, err)
+			return controlErr(fmt.Sprintf("report epoch %d", r.Epoch), err)
 		}
 		if reply.Stop {
 			return fmt.Errorf("worker: the coordinator stopped the job: %s", reply.Reason)
@@ -180,7 +236,7 @@ func RunJoined(ctx context.Context, jc JoinConfig, log *zap.Logger) error {
 			break
 		}
 		if ctx.Err() != nil || !(errors.Is(err, allreduce.ErrPeerLost) || errors.Is(err, errReform)) {
-			return err
+			return true, err
 		}
 		// The ring broke: a peer died or fell silent. The coordinator forms a
 		// new one of the survivors, who go on from the furthest step.
@@ -191,16 +247,16 @@ func RunJoined(ctx context.Context, jc JoinConfig, log *zap.Logger) error {
 		next, rerr := control.Reform(ctx, &controlpb.ReformRequest{JobId: plan.JobId, Name: jc.Name, Generation: plan.Generation,
 			Epoch: int32(epoch), Steps: int32(steps), Reason: err.Error()})
 		if rerr != nil {
-			return fmt.Errorf("worker: re-forming the ring after %v: %w", err, rerr)
+			return true, fmt.Errorf("worker: re-forming the ring after %v: %w", err, controlErr("reform", rerr))
 		}
 		current.ring().Close()
 		plan = next
 		if ring, err = openRing(plan); err != nil {
-			return fmt.Errorf("worker: joining re-formed ring %d: %w", plan.Generation, err)
+			return true, fmt.Errorf("worker: joining re-formed ring %d: %w", plan.Generation, err)
 		}
 		current.set(ring, plan.Peers)
 		if err := t.Reconfigure(ring, int(plan.BatchPerRank), int(plan.Epoch)); err != nil {
-			return err
+			return true, err
 		}
 		jc.Telemetry.Timeline.NameProcess(fmt.Sprintf("rank %d (%s)", plan.Rank, jc.Name))
 		log.Info("ring re-formed; training resumes", zap.Int("rank", int(plan.Rank)), zap.Int("world", int(plan.World)),
@@ -209,10 +265,10 @@ func RunJoined(ctx context.Context, jc JoinConfig, log *zap.Logger) error {
 	}
 	// Leave together: no rank closes its ring while another still sends.
 	if err := current.ring().Barrier(ctx); err != nil && !errors.Is(err, context.Canceled) {
-		return fmt.Errorf("worker: final barrier: %w", err)
+		return true, fmt.Errorf("worker: final barrier: %w", err)
 	}
 	log.Info("job done", zap.Int("rank", int(plan.Rank)))
-	return nil
+	return true, nil
 }
 
 // errReform is the coordinator saying that the ring is being re-formed.
@@ -256,6 +312,6 @@ func DefaultJoinConfig() JoinConfig {
 	return JoinConfig{
 		Join: "127.0.0.1:7946", Bind: "127.0.0.1:0", RingAddr: "127.0.0.1:0",
 		Name: fmt.Sprintf("%s-%d", host, os.Getpid()), Device: "cpu",
-		JoinTimeout: 30 * time.Second, StartTimeout: 10 * time.Minute,
+		JoinTimeout: 30 * time.Second, StartTimeout: 10 * time.Minute, CoordinatorGrace: 2 * time.Minute,
 	}
 }

@@ -239,3 +239,83 @@ func TestKillAndReplaceWorkersRepeatedly(t *testing.T) {
 		t.Errorf("state.safetensors: %v", err)
 	}
 }
+
+// The coordinator killed mid-job and restarted with --resume: the workers
+// wait, rejoin, load the training state and finish; with dropout and
+// augmentation off the parameters equal an uninterrupted run's, bit for bit.
+func TestCoordinatorRestartedWithResume(t *testing.T) {
+	data := dataset(t, 8, 2)
+	cfg := filepath.Join(t.TempDir(), "job.yaml")
+	os.WriteFile(cfg, []byte("variant: tiny\nepochs: 5\nbatch: 8\nlr: 0.002\nseed: 6\ndropout: 0\naugment: false\neval_batch: 8\nloader_goroutines: 1\nring:\n  chunk_bytes: 65536\n  op_timeout: 30s\n"), 0o644)
+	straight := t.TempDir()
+	if r := runBin(t, 3*time.Minute, "coordinator", "--workers", "2", "--local", "--config", cfg, "--data", data, "--out", straight,
+		"--bind", freePort(t), "--log-format", "json"); r.err != nil {
+		t.Fatalf("uninterrupted run: %v\n%s", r.err, r.stderr)
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	out, bind := t.TempDir(), freePort(t)
+	coordArgs := []string{"--workers", "2", "--config", cfg, "--data", data, "--out", out, "--bind", bind, "--log-format", "json"}
+	first := startProc(t, ctx, "coordinator", coordArgs...)
+	var workers []*proc
+	for _, name := range []string{"w0", "w1"} {
+		workers = append(workers, startProc(t, ctx, "worker", "--join", bind, "--name", name, "--coordinator-grace", "60s", "--log-format", "json"))
+	}
+	first.waitFor(t, "Epoch 2/5", time.Minute)
+	first.cmd.Process.Signal(syscall.SIGKILL)
+	<-first.done
+	second := startProc(t, ctx, "coordinator", append(coordArgs, "--resume")...)
+	if err := <-second.done; err != nil {
+		o, e := second.output()
+		t.Fatalf("resumed coordinator: %v\n%s\n%s", err, o, e)
+	}
+	for i, w := range workers {
+		if err := <-w.done; err != nil {
+			_, e := w.output()
+			t.Fatalf("worker %d: %v\n%s", i, err, e)
+		}
+	}
+	stdout, _ := second.output()
+	if !strings.Contains(stdout, "Epoch 5/5 - ") {
+		t.Errorf("the resumed coordinator did not finish:\n%s", stdout)
+	}
+	a, err := alexnet.LoadTrainState(filepath.Join(straight, "state.safetensors"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := alexnet.LoadTrainState(filepath.Join(out, "state.safetensors"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.Epoch != 5 || b.Epoch != 5 || a.Adam.Step != b.Adam.Step {
+		t.Fatalf("epochs %d and %d, steps %d and %d", a.Epoch, b.Epoch, a.Adam.Step, b.Adam.Step)
+	}
+	for i := range a.Params.Flat {
+		if a.Params.Flat[i] != b.Params.Flat[i] {
+			t.Fatalf("parameter %d: %v after the restart, %v uninterrupted", i, b.Params.Flat[i], a.Params.Flat[i])
+		}
+	}
+	csv, _ := os.ReadFile(filepath.Join(out, "metrics.csv"))
+	if rows := strings.Split(strings.TrimSpace(string(csv)), "\n"); len(rows) != 6 {
+		t.Errorf("metrics.csv after the restart has %d epochs:\n%s", len(rows)-1, csv)
+	}
+}
+
+// A coordinator that never comes back: the workers give up after their grace
+// period and say so.
+func TestWorkersGiveUpWithoutACoordinator(t *testing.T) {
+	data := dataset(t, 8, 2)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	bind := freePort(t)
+	coord := startProc(t, ctx, "coordinator", "--workers", "1", "--config", "tiny", "--epochs", "50", "--data", data, "--out", t.TempDir(), "--bind", bind, "--log-format", "json")
+	w := startProc(t, ctx, "worker", "--join", bind, "--name", "w0", "--coordinator-grace", "2s", "--log-format", "json")
+	coord.waitFor(t, "Epoch 1/50", time.Minute)
+	coord.cmd.Process.Signal(syscall.SIGKILL)
+	err := <-w.done
+	_, stderr := w.output()
+	if err == nil || !strings.Contains(stderr, "no coordinator came back within --coordinator-grace 2s") {
+		t.Errorf("worker without a coordinator: %v\n%s", err, stderr)
+	}
+}

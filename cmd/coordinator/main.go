@@ -41,6 +41,7 @@ func run() int {
 	fs.DurationVar(&c.WaitTimeout, "wait-timeout", 5*time.Minute, "how long to wait for all workers to join")
 	fs.IntVar(&c.MinWorkers, "min-workers", 1, "the smallest ring the job goes on with when workers are lost (below it, the job fails)")
 	fs.DurationVar(&c.ReformTimeout, "reform-timeout", time.Minute, "how long re-forming the ring waits for a worker still in the cluster to answer")
+	fs.BoolVar(&c.Resume, "resume", false, "continue the job in --out (a restarted coordinator): its state.safetensors, job id and curves; the workers that waited rejoin")
 	local := fs.Bool("local", false, "also start the workers as child processes on this machine")
 	fs.StringVar(&c.JobID, "job-id", "", "this job's id; workers started with another --job are refused (default: a random id)")
 	var sec security.Config

@@ -37,6 +37,7 @@ func run() int {
 	fs.StringVar(&jc.RingAddr, "ring-addr", jc.RingAddr, "this worker's all-reduce address (port 0 picks one)")
 	fs.StringVar(&jc.Name, "name", jc.Name, "this worker's name in the cluster; ranks follow the sorted names")
 	fs.DurationVar(&jc.JoinTimeout, "join-timeout", jc.JoinTimeout, "how long to retry joining before giving up")
+	fs.DurationVar(&jc.CoordinatorGrace, "coordinator-grace", jc.CoordinatorGrace, "how long to wait for a lost coordinator to come back (coordinator --resume) before giving up")
 	fs.StringVar(&jc.Job, "job", "", "the job id to join (the coordinator's --job-id); a coordinator of another job refuses this worker")
 	var sec security.Config
 	sec.Flags(fs)

@@ -156,6 +156,13 @@ func (m *Member) Members() []Event {
 	return out
 }
 
+// Rejoin joins the cluster through addr again: a restarted coordinator starts
+// a cluster of its own, which the workers that outlived the old one merge into.
+func (m *Member) Rejoin(addr string) error {
+	_, err := m.ml.Join([]string{addr})
+	return err
+}
+
 // Leave tells the cluster we go, then stops. Safe to call twice.
 func (m *Member) Leave(timeout time.Duration) {
 	m.leave.Do(func() {
