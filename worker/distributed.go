@@ -39,7 +39,7 @@ type JoinConfig struct {
 	// CoordinatorGrace is how long a worker that lost its coordinator waits
 	// for one to come back (restarted with --resume) before it gives up.
 	CoordinatorGrace time.Duration
-	Telemetry    Telemetry          // progress bars, metrics, timeline
+	Telemetry        Telemetry // progress bars, metrics, timeline
 }
 
 // RunJoined is one rank of a job: join the cluster, register with the
