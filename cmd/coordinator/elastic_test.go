@@ -86,6 +86,34 @@ func logLines(stderr, msg string) []map[string]any {
 	return lines
 }
 
+// startJob starts a coordinator and workers w0, w1, w2 of the tiny model as
+// separate processes, with dropout on; it returns them and the output folder.
+func startJob(t *testing.T, ctx context.Context, epochs int, seed int) (coord *proc, workers map[string]*proc, bind, out string) {
+	t.Helper()
+	data, out := dataset(t, 24, 4), t.TempDir()
+	cfg := filepath.Join(t.TempDir(), "job.yaml")
+	os.WriteFile(cfg, []byte(fmt.Sprintf("variant: tiny\nepochs: %d\nbatch: 6\nlr: 0.003\nseed: %d\ndropout: 0.5\neval_batch: 8\nloader_goroutines: 1\nring:\n  chunk_bytes: 65536\n  op_timeout: 30s\n", epochs, seed)), 0o644)
+	bind = freePort(t)
+	coord = startProc(t, ctx, "coordinator", "--workers", "3", "--config", cfg, "--data", data, "--out", out, "--bind", bind, "--log-format", "json")
+	workers = map[string]*proc{}
+	for _, name := range []string{"w0", "w1", "w2"} {
+		workers[name] = startProc(t, ctx, "worker", "--join", bind, "--name", name, "--log-format", "json")
+	}
+	return coord, workers, bind, out
+}
+
+// lastChecksum is the parameter checksum a worker logged for its last epoch,
+// which must be epoch.
+func lastChecksum(t *testing.T, name string, p *proc, epoch int) any {
+	t.Helper()
+	_, errs := p.output()
+	done := logLines(errs, "epoch done")
+	if len(done) == 0 || done[len(done)-1]["epoch"] != float64(epoch) {
+		t.Fatalf("%s did not train epoch %d:\n%s", name, epoch, errs)
+	}
+	return done[len(done)-1]["checksum"]
+}
+
 // A worker killed with SIGKILL in the middle of training: the survivors'
 // collective fails, the coordinator re-forms the ring without it, the
 // survivors take the furthest state and the job finishes with every epoch,
@@ -93,17 +121,9 @@ func logLines(stderr, msg string) []map[string]any {
 // Killing rank 0 is the hard case: another rank takes over validation and
 // checkpoints.
 func TestWorkerKilledMidJobTheSurvivorsFinish(t *testing.T) {
-	data, out := dataset(t, 24, 4), t.TempDir()
-	cfg := filepath.Join(t.TempDir(), "job.yaml")
-	os.WriteFile(cfg, []byte("variant: tiny\nepochs: 6\nbatch: 6\nlr: 0.003\nseed: 2\ndropout: 0.5\neval_batch: 8\nloader_goroutines: 1\nring:\n  chunk_bytes: 65536\n  op_timeout: 30s\n"), 0o644)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	bind := freePort(t)
-	coord := startProc(t, ctx, "coordinator", "--workers", "3", "--config", cfg, "--data", data, "--out", out, "--bind", bind, "--log-format", "json")
-	workers := map[string]*proc{}
-	for _, name := range []string{"w0", "w1", "w2"} {
-		workers[name] = startProc(t, ctx, "worker", "--join", bind, "--name", name, "--log-format", "json")
-	}
+	coord, workers, _, out := startJob(t, ctx, 6, 2)
 	coord.waitFor(t, "Epoch 1/6", time.Minute)
 	if err := workers["w0"].cmd.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
@@ -149,17 +169,8 @@ func TestWorkerKilledMidJobTheSurvivorsFinish(t *testing.T) {
 	}
 
 	// The last epoch's parameters are bit-identical on the survivors.
-	last := map[string]any{}
-	for _, name := range []string{"w1", "w2"} {
-		_, errs := workers[name].output()
-		done := logLines(errs, "epoch done")
-		if len(done) == 0 || done[len(done)-1]["epoch"] != float64(6) {
-			t.Fatalf("%s did not finish epoch 6", name)
-		}
-		last[name] = done[len(done)-1]["checksum"]
-	}
-	if last["w1"] != last["w2"] {
-		t.Errorf("final checksums differ: %v", last)
+	if a, b := lastChecksum(t, "w1", workers["w1"], 6), lastChecksum(t, "w2", workers["w2"], 6); a != b {
+		t.Errorf("final checksums differ: w1 %v, w2 %v", a, b)
 	}
 	st, err := alexnet.LoadTrainState(filepath.Join(out, "state.safetensors"))
 	if err != nil {
@@ -182,17 +193,9 @@ func TestWorkerKilledMidJobTheSurvivorsFinish(t *testing.T) {
 // job runs; the replacements enter with the ring's state and the job
 // finishes with every epoch and identical replicas.
 func TestKillAndReplaceWorkersRepeatedly(t *testing.T) {
-	data, out := dataset(t, 24, 4), t.TempDir()
-	cfg := filepath.Join(t.TempDir(), "job.yaml")
-	os.WriteFile(cfg, []byte("variant: tiny\nepochs: 12\nbatch: 6\nlr: 0.003\nseed: 4\ndropout: 0.5\neval_batch: 8\nloader_goroutines: 1\nring:\n  chunk_bytes: 65536\n  op_timeout: 30s\n"), 0o644)
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
-	bind := freePort(t)
-	coord := startProc(t, ctx, "coordinator", "--workers", "3", "--config", cfg, "--data", data, "--out", out, "--bind", bind, "--log-format", "json")
-	live := map[string]*proc{}
-	for _, name := range []string{"w0", "w1", "w2"} {
-		live[name] = startProc(t, ctx, "worker", "--join", bind, "--name", name, "--log-format", "json")
-	}
+	coord, live, bind, out := startJob(t, ctx, 12, 4)
 	for round, victim := range []string{"w1", "w0", "r1"} {
 		coord.waitFor(t, fmt.Sprintf("Epoch %d/12", 2+3*round), 2*time.Minute)
 		live[victim].cmd.Process.Signal(syscall.SIGKILL)
@@ -222,12 +225,7 @@ func TestKillAndReplaceWorkersRepeatedly(t *testing.T) {
 			_, e := p.output()
 			t.Fatalf("%s: %v\n%s", name, err, e)
 		}
-		_, e := p.output()
-		done := logLines(e, "epoch done")
-		if len(done) == 0 || done[len(done)-1]["epoch"] != float64(12) {
-			t.Fatalf("%s did not train epoch 12:\n%s", name, e)
-		}
-		sums[name] = done[len(done)-1]["checksum"]
+		sums[name] = lastChecksum(t, name, p, 12)
 	}
 	for _, sum := range sums {
 		if sum != sums["w2"] {
