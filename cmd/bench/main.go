@@ -4,6 +4,8 @@
 //
 //	bench step   [--variant seed] [--batch 32] [--steps 20] [--warmup 3]
 //	bench loader --data DIR [--goroutines G] [--images N] [--side 224]
+//	bench allreduce --world N --bytes B[,B...] [--fp16]
+//	bench scaling [--variant seed] [--batch 32] [--steps 10]
 package main
 
 import (
@@ -79,38 +81,15 @@ func benchStep(args []string, out io.Writer) error {
 	if *steps < 1 || *warmup < 0 {
 		return fmt.Errorf("--steps %d --warmup %d", *steps, *warmup)
 	}
-	spec, err := alexnet.NewSpec(*variant, *classes)
+	st, err := newStepper(*variant, *batch, *classes)
 	if err != nil {
 		return err
 	}
-	params := alexnet.NewParams(spec)
-	params.Init(0)
-	net, err := alexnet.NewNet(params, alexnet.NetOptions{Batch: *batch, Train: true, Dropout: 0.5})
-	if err != nil {
-		return err
-	}
-	defer net.Close()
-	adam, err := alexnet.NewAdam(alexnet.DefaultAdam(), len(params.Flat))
-	if err != nil {
-		return err
-	}
-	rng := rand.New(rand.NewPCG(0, 1))
-	images := make([]float32, *batch*3*spec.Input*spec.Input)
-	for i := range images {
-		images[i] = float32(rng.NormFloat64())
-	}
-	labels := make([]int, *batch)
-	for i := range labels {
-		labels[i] = rng.IntN(spec.Classes)
-	}
-	grad := make([]float32, len(params.Flat))
+	defer st.net.Close()
 	var times []time.Duration
 	for i := 0; i < *warmup+*steps; i++ {
 		start := time.Now()
-		if _, err := net.Gradient(images, labels, *batch, rng, grad); err != nil {
-			return err
-		}
-		if err := adam.Update(params.Flat, grad); err != nil {
+		if err := st.step(); err != nil {
 			return err
 		}
 		if i >= *warmup {
@@ -124,6 +103,57 @@ func benchStep(args []string, out io.Writer) error {
 	fmt.Fprintf(out, "RESULT bench=step variant=%s batch=%d img_per_s=%.1f ms_per_step=%.1f peak_rss_mb=%.0f\n",
 		*variant, *batch, ips, float64(med.Microseconds())/1e3, peakRSSMB())
 	return nil
+}
+
+// stepper is one training step of a model on a fixed random batch.
+type stepper struct {
+	params *alexnet.Params
+	net    *alexnet.Net
+	adam   *alexnet.Adam
+	rng    *rand.Rand
+	images []float32
+	labels []int
+	grad   []float32
+	batch  int
+	// reduce, when set, averages the gradient with other ranks before Adam.
+	reduce func([]float32) error
+}
+
+func newStepper(variant string, batch, classes int) (*stepper, error) {
+	spec, err := alexnet.NewSpec(variant, classes)
+	if err != nil {
+		return nil, err
+	}
+	st := &stepper{params: alexnet.NewParams(spec), rng: rand.New(rand.NewPCG(0, 1)), batch: batch}
+	st.params.Init(0)
+	if st.net, err = alexnet.NewNet(st.params, alexnet.NetOptions{Batch: batch, Train: true, Dropout: 0.5}); err != nil {
+		return nil, err
+	}
+	if st.adam, err = alexnet.NewAdam(alexnet.DefaultAdam(), len(st.params.Flat)); err != nil {
+		return nil, err
+	}
+	st.images = make([]float32, batch*3*spec.Input*spec.Input)
+	for i := range st.images {
+		st.images[i] = float32(st.rng.NormFloat64())
+	}
+	st.labels = make([]int, batch)
+	for i := range st.labels {
+		st.labels[i] = st.rng.IntN(spec.Classes)
+	}
+	st.grad = make([]float32, len(st.params.Flat))
+	return st, nil
+}
+
+func (st *stepper) step() error {
+	if _, err := st.net.Gradient(st.images, st.labels, st.batch, st.rng, st.grad); err != nil {
+		return err
+	}
+	if st.reduce != nil {
+		if err := st.reduce(st.grad); err != nil {
+			return err
+		}
+	}
+	return st.adam.Update(st.params.Flat, st.grad)
 }
 
 // benchLoader runs the training loader (decode, RandomResizedCrop, flip,

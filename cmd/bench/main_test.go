@@ -2,7 +2,10 @@ package main
 
 import (
 	"bytes"
+	"os/exec"
+	"path/filepath"
 	"regexp"
+	"runtime"
 	"testing"
 
 	"github.com/alexring/alexring/sharding"
@@ -29,5 +32,21 @@ func TestStepAndLoaderPrintResults(t *testing.T) {
 	}
 	if code := run([]string{"nonsense"}, &out, &errb); code != 2 {
 		t.Errorf("unknown subcommand: exit %d", code)
+	}
+}
+
+// bench scaling runs its ranks as copies of the bench binary, so it is tested
+// on the built binary.
+func TestScalingPrintsSpeedup(t *testing.T) {
+	if runtime.NumCPU() < 2 {
+		t.Skip("bench scaling pins a worker to each of 2 cores")
+	}
+	bin := filepath.Join(t.TempDir(), "bench")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	out, err := exec.Command(bin, "scaling", "--variant", "tiny", "--batch", "4", "--steps", "2", "--warmup", "1").CombinedOutput()
+	if err != nil || !regexp.MustCompile(`(?m)^RESULT bench=scaling variant=tiny batch=4 one_worker_img_per_s=[0-9.]+ two_workers_img_per_s=[0-9.]+ speedup=[0-9.]+$`).Match(out) {
+		t.Errorf("bench scaling: %v\n%s", err, out)
 	}
 }

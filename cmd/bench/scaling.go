@@ -1,0 +1,169 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/alexring/alexring/allreduce"
+)
+
+func init() {
+	subcommands["scaling"] = benchScaling
+	subcommands["scaling-rank"] = benchScalingRank
+}
+
+type scalingFlags struct {
+	variant              string
+	batch, steps, warmup int
+}
+
+func (s *scalingFlags) define(fs *flag.FlagSet) {
+	fs.StringVar(&s.variant, "variant", "seed", "model variant")
+	fs.IntVar(&s.batch, "batch", 32, "batch per worker")
+	fs.IntVar(&s.steps, "steps", 10, "timed steps")
+	fs.IntVar(&s.warmup, "warmup", 2, "untimed steps first")
+}
+
+// benchScaling compares one worker on one core with two workers on a core
+// each, joined by the ring all-reduce: training steps (forward, backward,
+// all-reduce, Adam) of the same per-worker batch, each worker a separate
+// process pinned with taskset and GOMAXPROCS=1.
+func benchScaling(args []string, out io.Writer) error {
+	var s scalingFlags
+	fs := flag.NewFlagSet("bench scaling", flag.ContinueOnError)
+	s.define(fs)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	taskset, err := exec.LookPath("taskset")
+	if err != nil {
+		return fmt.Errorf("bench scaling pins each worker to a core with taskset (util-linux): %w", err)
+	}
+	one, err := runScaling(taskset, 1, args)
+	if err != nil {
+		return fmt.Errorf("one worker: %w", err)
+	}
+	two, err := runScaling(taskset, 2, args)
+	if err != nil {
+		return fmt.Errorf("two workers: %w", err)
+	}
+	total := two[0] + two[1]
+	fmt.Fprintf(out, "scaling %s batch %d per worker: 1 worker on core 0: %.1f img/s; 2 workers on cores 0 and 1 with the all-reduce: %.1f + %.1f = %.1f img/s\n",
+		s.variant, s.batch, one[0], two[0], two[1], total)
+	fmt.Fprintf(out, "RESULT bench=scaling variant=%s batch=%d one_worker_img_per_s=%.1f two_workers_img_per_s=%.1f speedup=%.2f\n",
+		s.variant, s.batch, one[0], total, total/one[0])
+	return nil
+}
+
+var rankResult = regexp.MustCompile(`(?m)^rank (\d+) img_per_s=([0-9.]+)$`)
+
+// runScaling runs world ranks, rank r pinned to core r, and returns each
+// rank's images per second.
+func runScaling(taskset string, world int, args []string) ([]float64, error) {
+	peers, err := freeAddrs(world)
+	if err != nil {
+		return nil, err
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	outs := make([]bytes.Buffer, world)
+	errs := make([]error, world)
+	var wg sync.WaitGroup
+	for r := range world {
+		cmd := exec.CommandContext(ctx, taskset, append([]string{"-c", strconv.Itoa(r), self, "scaling-rank",
+			"--rank", strconv.Itoa(r), "--peers", strings.Join(peers, ",")}, args...)...)
+		cmd.Env = append(os.Environ(), "GOMAXPROCS=1", "OPENBLAS_NUM_THREADS=1")
+		cmd.Stdout, cmd.Stderr = &outs[r], os.Stderr
+		if err := cmd.Start(); err != nil {
+			return nil, err
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := cmd.Wait(); err != nil {
+				errs[r] = fmt.Errorf("rank %d: %w", r, err)
+				cancel()
+			}
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	ips := make([]float64, world)
+	for r := range world {
+		m := rankResult.FindStringSubmatch(outs[r].String())
+		if m == nil {
+			return nil, fmt.Errorf("rank %d printed no result: %q", r, outs[r].String())
+		}
+		ips[r], _ = strconv.ParseFloat(m[2], 64)
+	}
+	return ips, nil
+}
+
+func benchScalingRank(args []string, out io.Writer) error {
+	var s scalingFlags
+	fs := flag.NewFlagSet("bench scaling-rank", flag.ContinueOnError)
+	s.define(fs)
+	rank := fs.Int("rank", 0, "this rank")
+	peers := fs.String("peers", "", "every rank's address")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	addrs := strings.Split(*peers, ",")
+	st, err := newStepper(s.variant, s.batch, 5)
+	if err != nil {
+		return err
+	}
+	defer st.net.Close()
+	ctx := context.Background()
+	var ring *allreduce.Ring
+	if len(addrs) > 1 {
+		node, err := allreduce.Listen(addrs[*rank], nil, zap.NewNop())
+		if err != nil {
+			return err
+		}
+		defer node.Close()
+		cfg := allreduce.DefaultConfig()
+		cfg.RingID, cfg.Rank, cfg.World, cfg.Peers = "scaling", *rank, len(addrs), addrs
+		if ring, err = allreduce.Open(ctx, node.Service, cfg, zap.NewNop()); err != nil {
+			return err
+		}
+		defer ring.Close()
+		st.reduce = func(g []float32) error { return ring.AllReduceAvg(ctx, g) }
+	}
+	var times []time.Duration
+	for i := 0; i < s.warmup+s.steps; i++ {
+		start := time.Now()
+		if err := st.step(); err != nil {
+			return err
+		}
+		if i >= s.warmup {
+			times = append(times, time.Since(start))
+		}
+	}
+	if ring != nil {
+		if err := ring.Barrier(ctx); err != nil {
+			return err
+		}
+	}
+	fmt.Fprintf(out, "rank %d img_per_s=%.1f\n", *rank, float64(s.batch)/median(times).Seconds())
+	return nil
+}
