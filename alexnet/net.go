@@ -106,11 +106,11 @@ func (n *Net) build() error {
 		if x, err = conv2d(x, w, bias, c, b); err != nil {
 			return fmt.Errorf("%s: %w", c.WeightName, err)
 		}
-		if x, err = G.Rectify(x); err != nil {
+		if x, err = relu(x); err != nil {
 			return err
 		}
 		if c.PoolAfter {
-			if x, err = G.MaxPool2D(x, tensor.Shape{3, 3}, []int{0, 0}, []int{2, 2}); err != nil {
+			if x, err = maxPool(x, b, c.Out, c.OutSide, 3, 2); err != nil {
 				return err
 			}
 		}
@@ -138,7 +138,7 @@ func (n *Net) build() error {
 			return fmt.Errorf("%s: %w", l.WeightName, err)
 		}
 		if l.ReLUAfter {
-			if x, err = G.Rectify(x); err != nil {
+			if x, err = relu(x); err != nil {
 				return err
 			}
 		}

@@ -1,0 +1,74 @@
+package alexnet
+
+import (
+	"math"
+	"testing"
+
+	"gorgonia.org/tensor"
+)
+
+func dense(shape tensor.Shape, v []float32) *tensor.Dense {
+	return tensor.New(tensor.WithShape(shape...), tensor.WithBacking(v))
+}
+
+// ReLU and its gradient as PyTorch has them: zero gradient at 0, NaN through.
+func TestReLUEdges(t *testing.T) {
+	nan := float32(math.NaN())
+	shape := tensor.Shape{1, 5}
+	fwd := reluOp{shape: shape, scratch: &opScratch{}}
+	y, err := fwd.Do(dense(shape, []float32{-1, 0, 2, nan, -0.5}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := y.Data().([]float32)
+	if got[0] != 0 || got[1] != 0 || got[2] != 2 || got[3] == got[3] || got[4] != 0 {
+		t.Errorf("relu: %v", got)
+	}
+	back := reluOp{shape: shape, grad: true, scratch: &opScratch{}}
+	dx, err := back.Do(y, dense(shape, []float32{1, 1, 1, 1, 1}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := dx.Data().([]float32); d[0] != 0 || d[1] != 0 || d[2] != 1 || d[3] != 1 || d[4] != 0 {
+		t.Errorf("relu gradient: %v", d)
+	}
+}
+
+// Max pooling 3/2 on a 5x5 plane with ties and overlapping windows: the
+// first maximum wins, and the gradient adds up where windows share it.
+func TestMaxPoolTiesAndOverlap(t *testing.T) {
+	x := []float32{
+		1, 1, 1, 0, 0,
+		1, 1, 1, 0, 0,
+		1, 1, 9, 0, 0, // the centre is in all four windows
+		0, 0, 0, 0, 0,
+		0, 0, 0, 0, 7,
+	}
+	fwd := poolOp{batch: 1, channels: 1, side: 5, outSide: 2, kernel: 3, stride: 2, scratch: &opScratch{}, argmax: new([]int32)}
+	y, err := fwd.Do(dense(tensor.Shape{1, 1, 5, 5}, x))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := y.Data().([]float32); got[0] != 9 || got[1] != 9 || got[2] != 9 || got[3] != 9 {
+		t.Errorf("pooled %v", got)
+	}
+	back := fwd
+	back.grad, back.scratch = true, &opScratch{}
+	dx, err := back.Do(dense(tensor.Shape{1, 1, 2, 2}, []float32{1, 2, 3, 4}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := dx.Data().([]float32); d[12] != 10 || d[24] != 0 {
+		t.Errorf("gradient %v: want 10 at the centre", d)
+	}
+	// Ties: all ones in the window; the first (top-left) takes the gradient.
+	tie := make([]float32, 25)
+	for i := range tie {
+		tie[i] = 1
+	}
+	fwd.Do(dense(tensor.Shape{1, 1, 5, 5}, tie))
+	dx, _ = back.Do(dense(tensor.Shape{1, 1, 2, 2}, []float32{1, 1, 1, 1}))
+	if d := dx.Data().([]float32); d[0] != 1 || d[2] != 1 || d[10] != 1 || d[12] != 1 || d[1] != 0 {
+		t.Errorf("ties: gradient %v, want it on each window's first element", d)
+	}
+}

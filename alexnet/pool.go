@@ -1,0 +1,139 @@
+package alexnet
+
+import (
+	"fmt"
+	"hash"
+	"math"
+
+	"github.com/chewxy/hm"
+	G "gorgonia.org/gorgonia"
+	"gorgonia.org/tensor"
+)
+
+// poolOp is PyTorch's MaxPool2d (no padding, floor mode) as a gorgonia op
+// that remembers where each maximum was, and the gradient op that sends dy
+// back there. Ties go to the first maximum in the window, a NaN wins, as in
+// PyTorch's CPU kernel. Planes (sample, channel) are independent, so the work
+// splits over them.
+type poolOp struct {
+	batch, channels, side, outSide, kernel, stride int
+	grad                                           bool // dy -> dx; otherwise x -> y
+	scratch                                        *opScratch
+	argmax                                         *[]int32 // shared by the pair: the input offset of each output's maximum
+}
+
+func maxPool(x *G.Node, batch, channels, side, kernel, stride int) (*G.Node, error) {
+	op := poolOp{batch: batch, channels: channels, side: side, outSide: (side-kernel)/stride + 1, kernel: kernel, stride: stride,
+		scratch: &opScratch{}, argmax: new([]int32)}
+	return G.ApplyOp(op, x)
+}
+
+func (op poolOp) Arity() int { return 1 }
+
+func (op poolOp) Type() hm.Type {
+	t := G.TensorType{Dims: 4, Of: hm.TypeVariable('a')}
+	return hm.NewFnType(t, t)
+}
+
+func (op poolOp) shape() tensor.Shape {
+	if op.grad {
+		return tensor.Shape{op.batch, op.channels, op.side, op.side}
+	}
+	return tensor.Shape{op.batch, op.channels, op.outSide, op.outSide}
+}
+
+func (op poolOp) InferShape(...G.DimSizer) (tensor.Shape, error) { return op.shape(), nil }
+func (op poolOp) ReturnsPtr() bool                               { return false }
+func (op poolOp) CallsExtern() bool                              { return false }
+func (op poolOp) OverwritesInput() int                           { return -1 }
+func (op poolOp) WriteHash(h hash.Hash)                          { fmt.Fprint(h, op.String()) }
+func (op poolOp) Hashcode() uint32                               { return hashOf(op) }
+func (op poolOp) String() string {
+	name := "MaxPool"
+	if op.grad {
+		name = "MaxPoolGrad"
+	}
+	return fmt.Sprintf("%s{%dx%dx%d k%d s%d b%d}", name, op.channels, op.side, op.side, op.kernel, op.stride, op.batch)
+}
+
+func (op poolOp) DiffWRT(int) []bool { return []bool{!op.grad} }
+
+func (op poolOp) SymDiff(inputs G.Nodes, output, grad *G.Node) (G.Nodes, error) {
+	if op.grad {
+		return nil, fmt.Errorf("alexnet: %v has no gradient", op)
+	}
+	back := op
+	back.grad, back.scratch = true, &opScratch{}
+	dx, err := G.ApplyOp(back, grad)
+	if err != nil {
+		return nil, err
+	}
+	return G.Nodes{dx}, nil
+}
+
+func (op poolOp) Do(in ...G.Value) (G.Value, error) {
+	return op.UsePreallocDo(op.scratch.output(op.shape()), in...)
+}
+
+func (op poolOp) UsePreallocDo(prealloc G.Value, in ...G.Value) (G.Value, error) {
+	out, dst, args, err := operands(op, op.shape(), prealloc, in)
+	if err != nil {
+		return nil, err
+	}
+	planes, s, o := op.batch*op.channels, op.side, op.outSide
+	if op.grad {
+		argmax := *op.argmax
+		if len(argmax) != planes*o*o {
+			return nil, fmt.Errorf("alexnet: %v ran before its max pool", op)
+		}
+		dy := args[0]
+		parallel(parts, func(p int) {
+			lo, hi := span(planes, parts, p)
+			clear(dst[lo*s*s : hi*s*s])
+			for q := lo; q < hi; q++ {
+				plane := dst[q*s*s : (q+1)*s*s]
+				for i, at := range argmax[q*o*o : (q+1)*o*o] {
+					plane[at] += dy[q*o*o+i]
+				}
+			}
+		})
+		return out, nil
+	}
+	x := args[0]
+	argmax := grow32(op.argmax, planes*o*o)
+	k, st := op.kernel, op.stride
+	parallel(parts, func(p int) {
+		lo, hi := span(planes, parts, p)
+		for q := lo; q < hi; q++ {
+			plane := x[q*s*s : (q+1)*s*s]
+			for oy := 0; oy < o; oy++ {
+				for ox := 0; ox < o; ox++ {
+					best := int32(oy*st*s + ox*st)
+					top := plane[best]
+					for ky := 0; ky < k; ky++ {
+						row := (oy*st+ky)*s + ox*st
+						for kx := 0; kx < k; kx++ {
+							if v := plane[row+kx]; v > top || math.IsNaN(float64(v)) {
+								top, best = v, int32(row+kx)
+								if v != v {
+									ky, kx = k, k // a NaN is the result
+								}
+							}
+						}
+					}
+					i := q*o*o + oy*o + ox
+					dst[i], argmax[i] = top, best
+				}
+			}
+		}
+	})
+	return out, nil
+}
+
+func grow32(buf *[]int32, n int) []int32 {
+	if len(*buf) < n {
+		*buf = make([]int32, n)
+	}
+	*buf = (*buf)[:n]
+	return *buf
+}

@@ -1,0 +1,100 @@
+package alexnet
+
+import (
+	"fmt"
+	"hash"
+
+	"github.com/chewxy/hm"
+	G "gorgonia.org/gorgonia"
+	"gorgonia.org/tensor"
+)
+
+// reluOp is ReLU as one gorgonia op, and its gradient as another. gorgonia's
+// Rectify differentiates through a comparison tensor and a multiplication,
+// cloning the activations twice per layer and step; this writes each result
+// once into reused memory. The gradient follows PyTorch's threshold_backward
+// on the output: dy where y > 0, else 0 (zero at x = 0; NaN passes through).
+type reluOp struct {
+	shape   tensor.Shape
+	grad    bool // (y, dy) -> dx; otherwise x -> y
+	scratch *opScratch
+}
+
+func relu(x *G.Node) (*G.Node, error) {
+	return G.ApplyOp(reluOp{shape: x.Shape().Clone(), scratch: &opScratch{}}, x)
+}
+
+func (op reluOp) Arity() int {
+	if op.grad {
+		return 2
+	}
+	return 1
+}
+
+func (op reluOp) Type() hm.Type {
+	t := G.TensorType{Dims: len(op.shape), Of: hm.TypeVariable('a')}
+	if op.grad {
+		return hm.NewFnType(t, t, t)
+	}
+	return hm.NewFnType(t, t)
+}
+
+func (op reluOp) InferShape(...G.DimSizer) (tensor.Shape, error) { return op.shape, nil }
+func (op reluOp) ReturnsPtr() bool                               { return false }
+func (op reluOp) CallsExtern() bool                              { return false }
+func (op reluOp) OverwritesInput() int                           { return -1 }
+func (op reluOp) WriteHash(h hash.Hash)                          { fmt.Fprint(h, op.String()) }
+func (op reluOp) Hashcode() uint32                               { return hashOf(op) }
+func (op reluOp) String() string {
+	if op.grad {
+		return fmt.Sprintf("ReLUGrad%v", op.shape)
+	}
+	return fmt.Sprintf("ReLU%v", op.shape)
+}
+
+func (op reluOp) DiffWRT(int) []bool { return []bool{!op.grad} }
+
+func (op reluOp) SymDiff(inputs G.Nodes, output, grad *G.Node) (G.Nodes, error) {
+	if op.grad {
+		return nil, fmt.Errorf("alexnet: %v has no gradient", op)
+	}
+	dx, err := G.ApplyOp(reluOp{shape: op.shape, grad: true, scratch: &opScratch{}}, output, grad)
+	if err != nil {
+		return nil, err
+	}
+	return G.Nodes{dx}, nil
+}
+
+func (op reluOp) Do(in ...G.Value) (G.Value, error) {
+	return op.UsePreallocDo(op.scratch.output(op.shape), in...)
+}
+
+func (op reluOp) UsePreallocDo(prealloc G.Value, in ...G.Value) (G.Value, error) {
+	out, dst, args, err := operands(op, op.shape, prealloc, in)
+	if err != nil {
+		return nil, err
+	}
+	n := len(dst)
+	parallel(parts, func(p int) {
+		lo, hi := span(n, parts, p)
+		if op.grad {
+			y, dy := args[0][lo:hi], args[1][lo:hi]
+			for i, v := range y {
+				if v <= 0 {
+					dst[lo+i] = 0
+				} else {
+					dst[lo+i] = dy[i]
+				}
+			}
+			return
+		}
+		for i, v := range args[0][lo:hi] {
+			if v <= 0 {
+				dst[lo+i] = 0
+			} else {
+				dst[lo+i] = v // and NaN stays NaN, as in PyTorch
+			}
+		}
+	})
+	return out, nil
+}
