@@ -122,7 +122,7 @@ func (n *Net) build() error {
 		if l.DropoutBefore && n.dropout > 0 {
 			mask := make([]float32, b*l.In)
 			n.masks = append(n.masks, mask)
-			if x, err = G.HadamardProd(x, tensorNode(l.WeightName+".dropout", mask, b, l.In)); err != nil {
+			if x, err = applyMask(x, tensorNode(l.WeightName+".dropout", mask, b, l.In)); err != nil {
 				return err
 			}
 		}

@@ -2,6 +2,7 @@ package alexnet
 
 import (
 	"math"
+	"math/rand/v2"
 	"testing"
 
 	"gorgonia.org/tensor"
@@ -70,5 +71,63 @@ func TestMaxPoolTiesAndOverlap(t *testing.T) {
 	dx, _ = back.Do(dense(tensor.Shape{1, 1, 2, 2}, []float32{1, 1, 1, 1}))
 	if d := dx.Data().([]float32); d[0] != 1 || d[2] != 1 || d[10] != 1 || d[12] != 1 || d[1] != 0 {
 		t.Errorf("ties: gradient %v, want it on each window's first element", d)
+	}
+}
+
+// The gradient through the dropout masks (and everything else) against
+// central differences of the loss, with the masks held fixed by reseeding.
+func TestGradientWithDropoutMatchesFiniteDifferences(t *testing.T) {
+	p := tinyParams(t, 3)
+	const batch = 4
+	net, err := NewNet(p, NetOptions{Batch: batch, Train: true, Dropout: 0.5})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer net.Close()
+	in := rand.New(rand.NewPCG(1, 1))
+	x := make([]float32, batch*3*p.Spec.Input*p.Spec.Input)
+	for i := range x {
+		x[i] = float32(in.NormFloat64())
+	}
+	labels := []int{0, 1, 2, 3}
+	loss := func(grad []float32) float64 {
+		l, err := net.Gradient(x, labels, batch, rand.New(rand.NewPCG(9, 9)), grad)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return float64(l)
+	}
+	grad := make([]float32, len(p.Flat))
+	loss(grad)
+	// Along the gradient of a whole tensor, the loss changes by eps times the
+	// gradient's norm: large enough to stand out of float32 rounding.
+	scratch := make([]float32, len(p.Flat))
+	for _, name := range []string{"features.0.weight", "features.10.weight", "classifier.1.weight", "classifier.4.weight"} {
+		w, _ := p.View(name)
+		off := -1
+		for _, tn := range p.Layout {
+			if tn.Name == name {
+				off = tn.Offset
+			}
+		}
+		g := grad[off : off+len(w)]
+		norm := 0.0
+		for _, v := range g {
+			norm += float64(v) * float64(v)
+		}
+		norm = math.Sqrt(norm)
+		old := append([]float32(nil), w...)
+		move := func(eps float64) float64 {
+			for i := range w {
+				w[i] = old[i] + float32(eps*float64(g[i])/norm)
+			}
+			return loss(scratch)
+		}
+		const eps = 0.002
+		want := (move(eps) - move(-eps)) / (2 * eps)
+		copy(w, old)
+		if math.Abs(norm-want) > 0.03*norm {
+			t.Errorf("%s: gradient norm %.6g, but the loss changes at %.6g along it", name, norm, want)
+		}
 	}
 }

@@ -98,3 +98,53 @@ func (op reluOp) UsePreallocDo(prealloc G.Value, in ...G.Value) (G.Value, error)
 	})
 	return out, nil
 }
+
+// maskOp multiplies by a fixed mask (dropout's, scaled by 1/(1-p)): forward
+// (x, mask) -> x*mask, and its gradient is the same op on (dy, mask).
+// gorgonia's HadamardProd cloned the activations on every step.
+type maskOp struct {
+	shape   tensor.Shape
+	scratch *opScratch
+}
+
+func applyMask(x, mask *G.Node) (*G.Node, error) {
+	return G.ApplyOp(maskOp{shape: x.Shape().Clone(), scratch: &opScratch{}}, x, mask)
+}
+
+func (op maskOp) Arity() int { return 2 }
+func (op maskOp) Type() hm.Type {
+	t := G.TensorType{Dims: len(op.shape), Of: hm.TypeVariable('a')}
+	return hm.NewFnType(t, t, t)
+}
+func (op maskOp) InferShape(...G.DimSizer) (tensor.Shape, error) { return op.shape, nil }
+func (op maskOp) ReturnsPtr() bool                               { return false }
+func (op maskOp) CallsExtern() bool                              { return false }
+func (op maskOp) OverwritesInput() int                           { return -1 }
+func (op maskOp) WriteHash(h hash.Hash)                          { fmt.Fprint(h, op.String()) }
+func (op maskOp) Hashcode() uint32                               { return hashOf(op) }
+func (op maskOp) String() string                                 { return fmt.Sprintf("Mask%v", op.shape) }
+func (op maskOp) DiffWRT(int) []bool                             { return []bool{true, false} }
+
+func (op maskOp) SymDiff(inputs G.Nodes, output, grad *G.Node) (G.Nodes, error) {
+	dx, err := G.ApplyOp(maskOp{shape: op.shape, scratch: &opScratch{}}, grad, inputs[1])
+	if err != nil {
+		return nil, err
+	}
+	return G.Nodes{dx, nil}, nil
+}
+
+func (op maskOp) Do(in ...G.Value) (G.Value, error) {
+	return op.UsePreallocDo(op.scratch.output(op.shape), in...)
+}
+
+func (op maskOp) UsePreallocDo(prealloc G.Value, in ...G.Value) (G.Value, error) {
+	out, dst, args, err := operands(op, op.shape, prealloc, in)
+	if err != nil {
+		return nil, err
+	}
+	x, mask := args[0], args[1]
+	for i := range dst {
+		dst[i] = x[i] * mask[i]
+	}
+	return out, nil
+}
