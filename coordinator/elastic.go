@@ -23,6 +23,11 @@ import (
 // which takes the state of the survivor that got furthest and trains the
 // rest of the epoch, re-sharded over the smaller world.
 
+// blameGrace is how long a re-formation waits for a member that a survivor
+// reported gone before leaving it out: a live one asks at once (its own ring
+// broke too), while the gossip takes seconds to declare a killed one dead.
+const blameGrace = time.Second
+
 // reformation is a re-formation under way: which ring broke, and what each
 // survivor said when it asked for its place in the next one.
 type reformation struct {
@@ -31,6 +36,9 @@ type reformation struct {
 	reason   string
 	requests map[string]*controlpb.ReformRequest
 	expired  bool // ReformTimeout passed: go on with whoever asked
+	// blamed are members a survivor found gone (its stream from them broke);
+	// past blameGrace they are not waited for, even before the gossip says so.
+	blamed map[string]bool
 	short    bool // fewer workers than MinWorkers: waiting for more to join
 }
 
@@ -40,7 +48,7 @@ func (c *Coordinator) beginReform(reason string) {
 	if c.reform != nil || c.finished || c.failed != nil || !c.started {
 		return
 	}
-	r := &reformation{gen: c.ring.gen, began: time.Now(), reason: reason, requests: map[string]*controlpb.ReformRequest{}}
+	r := &reformation{gen: c.ring.gen, began: time.Now(), reason: reason, requests: map[string]*controlpb.ReformRequest{}, blamed: map[string]bool{}}
 	c.reform = r
 	c.log.Warn("re-forming the ring", zap.Int("generation", r.gen), zap.String("reason", reason))
 	timeout := c.cfg.ReformTimeout
@@ -71,7 +79,7 @@ func (c *Coordinator) completeReform() {
 		switch {
 		case r.requests[name] != nil:
 			survivors = append(survivors, name)
-		case c.alive[name] && !r.expired && !c.joiners[name]:
+		case c.alive[name] && !r.expired && !c.joiners[name] && !(r.blamed[name] && time.Since(r.began) >= blameGrace):
 			waiting = append(waiting, name)
 		}
 	}
@@ -170,7 +178,24 @@ func (s *controlService) Reform(ctx context.Context, req *controlpb.ReformReques
 		return nil, status.Errorf(codes.FailedPrecondition, "worker %s asks to re-form ring %d, but ring %d of job %s does not hold it", req.Name, req.Generation, c.ring.gen, c.jobID)
 	}
 	c.beginReform(fmt.Sprintf("rank %d (%s): %s", c.ring.ranks[req.Name], req.Name, req.Reason))
-	c.reform.requests[req.Name] = req
+	r := c.reform
+	if r == nil {
+		return nil, status.Errorf(codes.FailedPrecondition, "job %s is over", c.jobID)
+	}
+	r.requests[req.Name] = req
+	if lost := int(req.LostRank); lost >= 0 && lost < c.ring.world() && c.ring.members[lost] != req.Name {
+		if name := c.ring.members[lost]; !r.blamed[name] {
+			r.blamed[name] = true
+			time.AfterFunc(blameGrace-time.Since(r.began), func() {
+				c.mu.Lock()
+				defer c.mu.Unlock()
+				if c.reform == r {
+					c.completeReform()
+					c.notify()
+				}
+			})
+		}
+	}
 	c.log.Info("survivor reporting", zap.String("worker", req.Name), zap.Int("epoch", int(req.Epoch)+1), zap.Int("steps", int(req.Steps)), zap.String("reason", req.Reason))
 	c.completeReform()
 	c.notify()

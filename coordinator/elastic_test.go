@@ -97,6 +97,22 @@ func TestReformBelowMinWorkersFailsTheJob(t *testing.T) {
 	}
 }
 
+// A member the survivors found gone is left out after a second, before the
+// gossip declares it dead: that is most of the stall after a kill.
+func TestReformLeavesOutTheBlamedAfterAGrace(t *testing.T) {
+	c, s, _ := newTestCoordinator(t, 3)
+	plans := register(t, c, s, "w-a", "w-b", "w-c")
+	job := plans["w-a"].JobId
+	start := time.Now()
+	next, errs := reformAll(t, s,
+		&controlpb.ReformRequest{JobId: job, Name: "w-a", Generation: 1, LostRank: 1},
+		&controlpb.ReformRequest{JobId: job, Name: "w-c", Generation: 1, LostRank: -1})
+	took := time.Since(start)
+	if errs["w-a"] != nil || next["w-a"].World != 2 || took < blameGrace || took > 5*time.Second {
+		t.Errorf("blamed w-b still in the gossip: %+v %v after %v", next["w-a"], errs["w-a"], took)
+	}
+}
+
 // A survivor still in the gossip that never asks (hung) is left out after the
 // timeout rather than holding the job forever.
 func TestReformTimeoutLeavesOutTheSilent(t *testing.T) {

@@ -244,8 +244,12 @@ func runJob(ctx context.Context, jc *JoinConfig, node *allreduce.Node, member *m
 		epoch, steps := t.Position()
 		log.Warn("ring broken; asking the coordinator for a new one", zap.Int("rank", int(plan.Rank)), zap.Int("generation", int(plan.Generation)),
 			zap.Int("epoch", epoch+1), zap.Int("steps_done", steps), zap.Error(err))
+		lost := int32(-1)
+		if pe := (*allreduce.PeerError)(nil); errors.As(err, &pe) {
+			lost = int32(pe.Rank)
+		}
 		next, rerr := control.Reform(ctx, &controlpb.ReformRequest{JobId: plan.JobId, Name: jc.Name, Generation: plan.Generation,
-			Epoch: int32(epoch), Steps: int32(steps), Reason: err.Error()})
+			Epoch: int32(epoch), Steps: int32(steps), Reason: err.Error(), LostRank: lost})
 		if rerr != nil {
 			return true, fmt.Errorf("worker: re-forming the ring after %v: %w", err, controlErr("reform", rerr))
 		}

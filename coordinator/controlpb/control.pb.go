@@ -228,10 +228,11 @@ type ReformRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	JobId         string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
 	Name          string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
-	Generation    int32                  `protobuf:"varint,3,opt,name=generation,proto3" json:"generation,omitempty"` // the ring that broke
-	Epoch         int32                  `protobuf:"varint,4,opt,name=epoch,proto3" json:"epoch,omitempty"`           // 0-based epoch this worker is in
-	Steps         int32                  `protobuf:"varint,5,opt,name=steps,proto3" json:"steps,omitempty"`           // optimiser steps it finished in that epoch with that ring
-	Reason        string                 `protobuf:"bytes,6,opt,name=reason,proto3" json:"reason,omitempty"`          // why the ring broke, as this worker saw it
+	Generation    int32                  `protobuf:"varint,3,opt,name=generation,proto3" json:"generation,omitempty"`             // the ring that broke
+	Epoch         int32                  `protobuf:"varint,4,opt,name=epoch,proto3" json:"epoch,omitempty"`                       // 0-based epoch this worker is in
+	Steps         int32                  `protobuf:"varint,5,opt,name=steps,proto3" json:"steps,omitempty"`                       // optimiser steps it finished in that epoch with that ring
+	Reason        string                 `protobuf:"bytes,6,opt,name=reason,proto3" json:"reason,omitempty"`                      // why the ring broke, as this worker saw it
+	LostRank      int32                  `protobuf:"varint,7,opt,name=lost_rank,json=lostRank,proto3" json:"lost_rank,omitempty"` // the rank it found gone (-1: none named)
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -306,6 +307,13 @@ func (x *ReformRequest) GetReason() string {
 		return x.Reason
 	}
 	return ""
+}
+
+func (x *ReformRequest) GetLostRank() int32 {
+	if x != nil {
+		return x.LostRank
+	}
+	return 0
 }
 
 type EpochRequest struct {
@@ -747,7 +755,7 @@ const file_control_proto_rawDesc = "" +
 	" \x01(\x05R\fbatchPerRank\x12\x14\n" +
 	"\x05epoch\x18\v \x01(\x05R\x05epoch\x12\x1d\n" +
 	"\n" +
-	"state_root\x18\f \x01(\x05R\tstateRoot\"\x9e\x01\n" +
+	"state_root\x18\f \x01(\x05R\tstateRoot\"\xbb\x01\n" +
 	"\rReformRequest\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x1e\n" +
@@ -756,7 +764,8 @@ const file_control_proto_rawDesc = "" +
 	"generation\x12\x14\n" +
 	"\x05epoch\x18\x04 \x01(\x05R\x05epoch\x12\x14\n" +
 	"\x05steps\x18\x05 \x01(\x05R\x05steps\x12\x16\n" +
-	"\x06reason\x18\x06 \x01(\tR\x06reason\"o\n" +
+	"\x06reason\x18\x06 \x01(\tR\x06reason\x12\x1b\n" +
+	"\tlost_rank\x18\a \x01(\x05R\blostRank\"o\n" +
 	"\fEpochRequest\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x12\n" +
 	"\x04rank\x18\x02 \x01(\x05R\x04rank\x12\x14\n" +
