@@ -94,15 +94,18 @@ func controlErr(what string, err error) error {
 }
 
 // waitForCoordinator joins the cluster through addr until a coordinator is in
-// it, or deadline.
+// it, or deadline. (The gossip may list the dead one for a few seconds more:
+// registering with it fails, and the caller comes back here.)
 func waitForCoordinator(ctx context.Context, member *membership.Member, addr string, deadline time.Time) error {
 	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
 		member.Rejoin(addr) // fails while nobody listens there
 		if _, err := member.Coordinator(time.Second); err == nil {
 			return nil
-		}
-		if ctx.Err() != nil {
-			return ctx.Err()
 		}
 		if time.Now().After(deadline) {
 			return membership.ErrNoCoordinator
