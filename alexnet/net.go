@@ -159,6 +159,33 @@ func (n *Net) build() error {
 	return nil
 }
 
+// BindGrad makes the gradient ops write straight into grad (the flat
+// gradient, Layout order) instead of memory of their own, so that Gradient
+// into the same vector copies nothing: 58 MB less, and one pass over them
+// less, for the seed model. It reports whether every parameter's gradient op
+// could be bound.
+func (n *Net) BindGrad(grad []float32) bool {
+	if !n.train || len(grad) != len(n.params.Flat) {
+		return false
+	}
+	all := true
+	for i, t := range n.params.Layout {
+		var s *opScratch
+		switch op := n.grads[i].Op().(type) {
+		case convOp:
+			s = op.scratch
+		case linearOp:
+			s = op.scratch
+		}
+		if s == nil {
+			all = false
+			continue
+		}
+		s.out = tensor.New(tensor.WithShape(n.grads[i].Shape().Clone()...), tensor.WithBacking(grad[t.Offset:t.Offset+t.Size:t.Offset+t.Size]))
+	}
+	return all
+}
+
 // Phases are the durations of the last Gradient call's forward pass (from
 // loading the inputs to the loss) and backward pass (to the flat gradient).
 func (n *Net) Phases() (forward, backward time.Duration) {
@@ -266,7 +293,9 @@ func (n *Net) Gradient(images []float32, labels []int, count int, rng *rand.Rand
 		if !ok || len(d) != t.Size {
 			return 0, fmt.Errorf("alexnet: gradient of %s has %d values, want %d", t.Name, len(d), t.Size)
 		}
-		copy(grad[t.Offset:t.Offset+t.Size], d)
+		if dst := grad[t.Offset : t.Offset+t.Size]; &dst[0] != &d[0] {
+			copy(dst, d) // not bound (BindGrad), or bound to another vector
+		}
 	}
 	loss, err := scalarF32(n.loss.Value())
 	if err != nil {

@@ -131,3 +131,37 @@ func TestGradientWithDropoutMatchesFiniteDifferences(t *testing.T) {
 		}
 	}
 }
+
+// A net bound to the flat gradient writes it in place, with the same bits as
+// one that copies it out.
+func TestBindGradGivesTheSameGradient(t *testing.T) {
+	p := tinyParams(t, 5)
+	const batch = 3
+	x := make([]float32, batch*3*p.Spec.Input*p.Spec.Input)
+	for i := range x {
+		x[i] = float32(i%17) * 0.1
+	}
+	labels := []int{4, 0, 2}
+	grads := [2][]float32{}
+	for k, bind := range []bool{false, true} {
+		net, err := NewNet(p, NetOptions{Batch: batch, Train: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer net.Close()
+		grads[k] = make([]float32, len(p.Flat))
+		if bind && !net.BindGrad(grads[k]) {
+			t.Fatal("BindGrad could not bind every gradient op")
+		}
+		for range 2 { // the second run writes over the first
+			if _, err := net.Gradient(x, labels, batch, nil, grads[k]); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	for i := range grads[0] {
+		if grads[0][i] != grads[1][i] {
+			t.Fatalf("gradient %d: %v bound, %v copied", i, grads[1][i], grads[0][i])
+		}
+	}
+}

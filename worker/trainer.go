@@ -209,6 +209,7 @@ func (t *Trainer) Reconfigure(coll Collective, batch, epoch int) error {
 			return err
 		}
 	}
+	t.net.BindGrad(t.grad[:len(t.params.Flat)])
 	if coll.Rank() == 0 && t.eval == nil {
 		if t.eval, err = alexnet.NewNet(t.params, alexnet.NetOptions{Batch: t.cfg.EvalBatch}); err != nil {
 			return err

@@ -141,6 +141,7 @@ func newStepper(variant string, batch, classes int) (*stepper, error) {
 		st.labels[i] = st.rng.IntN(spec.Classes)
 	}
 	st.grad = make([]float32, len(st.params.Flat))
+	st.net.BindGrad(st.grad)
 	return st, nil
 }
 
