@@ -39,7 +39,7 @@ type reformation struct {
 	// blamed are members a survivor found gone (its stream from them broke);
 	// past blameGrace they are not waited for, even before the gossip says so.
 	blamed map[string]bool
-	short    bool // fewer workers than MinWorkers: waiting for more to join
+	short  bool // fewer workers than MinWorkers: waiting for more to join
 }
 
 // beginReform starts a re-formation of the current ring, once. Called with
