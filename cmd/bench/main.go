@@ -67,7 +67,9 @@ func median(d []time.Duration) time.Duration {
 }
 
 // benchStep times one training step (forward, backward, Adam) of a variant on
-// a fixed random batch, as bench_step.py does for PyTorch.
+// a fixed random batch, as bench_step.py does for PyTorch; with --data, also
+// the step fed by the training loader (decode and augmentation on the same
+// cores), as the worker runs it.
 func benchStep(args []string, out io.Writer) error {
 	fs := flag.NewFlagSet("bench step", flag.ContinueOnError)
 	variant := fs.String("variant", alexnet.DefaultVariant, "model variant")
@@ -75,6 +77,7 @@ func benchStep(args []string, out io.Writer) error {
 	steps := fs.Int("steps", 20, "timed steps")
 	warmup := fs.Int("warmup", 3, "untimed steps first")
 	classes := fs.Int("classes", 5, "classes")
+	data := fs.String("data", "", "also time steps fed by the loader from this ImageFolder split (e.g. ../shared/datasets/flowers/train)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -100,9 +103,60 @@ func benchStep(args []string, out io.Writer) error {
 	ips := float64(*batch) / med.Seconds()
 	fmt.Fprintf(out, "alexring %s blas=%s GOMAXPROCS=%d variant=%s batch=%d: median %.1f ms/step, %.1f img/s, peak RSS %.0f MB\n",
 		runtime.Version(), alexnet.BLAS, runtime.GOMAXPROCS(0), *variant, *batch, float64(med.Microseconds())/1e3, ips, peakRSSMB())
-	fmt.Fprintf(out, "RESULT bench=step variant=%s batch=%d img_per_s=%.1f ms_per_step=%.1f peak_rss_mb=%.0f\n",
+	result := fmt.Sprintf("RESULT bench=step variant=%s batch=%d img_per_s=%.1f ms_per_step=%.1f peak_rss_mb=%.0f",
 		*variant, *batch, ips, float64(med.Microseconds())/1e3, peakRSSMB())
+	if *data != "" {
+		fed, err := st.timeFed(*data, *warmup, *steps)
+		if err != nil {
+			return err
+		}
+		fedIPS := float64(*batch) / fed.Seconds()
+		fmt.Fprintf(out, "fed by the loader from %s: median %.1f ms/step, %.1f img/s (%.1f%% below the bare step)\n",
+			*data, float64(fed.Microseconds())/1e3, fedIPS, 100*(1-fedIPS/ips))
+		result += fmt.Sprintf(" with_loader_img_per_s=%.1f loader_overhead_pct=%.1f", fedIPS, 100*(1-fedIPS/ips))
+	}
+	fmt.Fprintln(out, result)
 	return nil
+}
+
+// timeFed is the median step fed by the training loader over split dir.
+func (st *stepper) timeFed(dir string, warmup, steps int) (time.Duration, error) {
+	ds, err := sharding.Scan(dir)
+	if err != nil {
+		return 0, err
+	}
+	order, err := sharding.Plan{Seed: 1, World: 1, Size: len(ds.Samples), Shuffle: true}.Shard(0)
+	if err != nil {
+		return 0, err
+	}
+	shard := make([]int, (warmup+steps)*st.batch)
+	for i := range shard {
+		shard[i] = order[i%len(order)]
+	}
+	loader, err := sharding.NewLoader(context.Background(), ds, shard, sharding.LoaderConfig{
+		Side: st.params.Spec.Input, Batch: st.batch, Augment: true, Seed: 1, Goroutines: runtime.GOMAXPROCS(0),
+	}, sharding.NewBadFiles(zap.NewNop()))
+	if err != nil {
+		return 0, err
+	}
+	defer loader.Close()
+	var times []time.Duration
+	for i := 0; i < warmup+steps; i++ {
+		start := time.Now()
+		b, err := loader.Next()
+		if err != nil {
+			return 0, err
+		}
+		err = st.stepOn(b.Images, b.Labels, b.Count)
+		loader.Release(b)
+		if err != nil {
+			return 0, err
+		}
+		if i >= warmup {
+			times = append(times, time.Since(start))
+		}
+	}
+	return median(times), nil
 }
 
 // stepper is one training step of a model on a fixed random batch.
@@ -145,8 +199,10 @@ func newStepper(variant string, batch, classes int) (*stepper, error) {
 	return st, nil
 }
 
-func (st *stepper) step() error {
-	if _, err := st.net.Gradient(st.images, st.labels, st.batch, st.rng, st.grad); err != nil {
+func (st *stepper) step() error { return st.stepOn(st.images, st.labels, st.batch) }
+
+func (st *stepper) stepOn(images []float32, labels []int, count int) error {
+	if _, err := st.net.Gradient(images, labels, count, st.rng, st.grad); err != nil {
 		return err
 	}
 	if st.reduce != nil {

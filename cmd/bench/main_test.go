@@ -24,6 +24,13 @@ func TestStepAndLoaderPrintResults(t *testing.T) {
 		t.Fatal(err)
 	}
 	out.Reset()
+	if code := run([]string{"step", "--variant", "tiny", "--batch", "4", "--steps", "2", "--warmup", "1", "--data", dir + "/train"}, &out, &errb); code != 0 {
+		t.Fatalf("bench step --data: exit %d: %s", code, errb.String())
+	}
+	if !regexp.MustCompile(`(?m)^RESULT bench=step variant=tiny batch=4 .* with_loader_img_per_s=[0-9.]+ loader_overhead_pct=-?[0-9.]+$`).MatchString(out.String()) {
+		t.Errorf("bench step --data printed:\n%s", out.String())
+	}
+	out.Reset()
 	if code := run([]string{"loader", "--data", dir + "/train", "--images", "20", "--goroutines", "2", "--side", "32"}, &out, &errb); code != 0 {
 		t.Fatalf("bench loader: exit %d: %s", code, errb.String())
 	}
