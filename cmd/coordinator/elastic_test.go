@@ -263,7 +263,7 @@ func TestCoordinatorRestartedWithResume(t *testing.T) {
 	first.waitFor(t, "Epoch 2/5", time.Minute)
 	first.cmd.Process.Signal(syscall.SIGKILL)
 	<-first.done
-	second := startProc(t, ctx, "coordinator", append(coordArgs, "--resume")...)
+	second := startProc(t, ctx, "coordinator", append(coordArgs, "--auto-resume")...) // as a restarted pod runs it: --resume, since --out holds the state
 	if err := <-second.done; err != nil {
 		o, e := second.output()
 		t.Fatalf("resumed coordinator: %v\n%s\n%s", err, o, e)

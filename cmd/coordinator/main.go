@@ -10,6 +10,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"path/filepath"
 	"os/signal"
 	"syscall"
 	"time"
@@ -42,6 +43,7 @@ func run() int {
 	fs.IntVar(&c.MinWorkers, "min-workers", 1, "the smallest ring the job goes on with when workers are lost (below it, the job fails)")
 	fs.DurationVar(&c.ReformTimeout, "reform-timeout", time.Minute, "how long re-forming the ring waits for a worker still in the cluster to answer")
 	fs.BoolVar(&c.Resume, "resume", false, "continue the job in --out (a restarted coordinator): its state.safetensors, job id and curves; the workers that waited rejoin")
+	autoResume := fs.Bool("auto-resume", false, "--resume when --out holds a job's state.safetensors, else start fresh (for a coordinator that a scheduler restarts)")
 	local := fs.Bool("local", false, "also start the workers as child processes on this machine")
 	fs.StringVar(&c.JobID, "job-id", "", "this job's id; workers started with another --job are refused (default: a random id)")
 	var sec security.Config
@@ -90,6 +92,11 @@ func run() int {
 		job.Data = ""
 	}
 	c.Local = *local
+	if *autoResume {
+		if _, err := os.Stat(filepath.Join(job.Out, worker.StateFile)); err == nil {
+			c.Resume = true
+		}
+	}
 	if c.Security, err = security.Setup(sec, []string{c.Bind, c.Control}, log); err != nil {
 		fmt.Fprintln(os.Stderr, "coordinator:", err)
 		return 2
