@@ -135,6 +135,7 @@ func benchScalingRank(args []string, out io.Writer) error {
 	defer st.net.Close()
 	ctx := context.Background()
 	var ring *allreduce.Ring
+	var reduceTimes []time.Duration
 	if len(addrs) > 1 {
 		node, err := allreduce.Listen(addrs[*rank], nil, zap.NewNop())
 		if err != nil {
@@ -147,7 +148,12 @@ func benchScalingRank(args []string, out io.Writer) error {
 			return err
 		}
 		defer ring.Close()
-		st.reduce = func(g []float32) error { return ring.AllReduceAvg(ctx, g) }
+		st.reduce = func(g []float32) error {
+			start := time.Now()
+			err := ring.AllReduceAvg(ctx, g)
+			reduceTimes = append(reduceTimes, time.Since(start))
+			return err
+		}
 	}
 	var times []time.Duration
 	for i := 0; i < s.warmup+s.steps; i++ {
@@ -163,6 +169,10 @@ func benchScalingRank(args []string, out io.Writer) error {
 		if err := ring.Barrier(ctx); err != nil {
 			return err
 		}
+	}
+	if len(reduceTimes) > 0 {
+		fmt.Fprintf(os.Stderr, "rank %d: median step %.0f ms, of which the all-reduce %.0f ms\n", *rank,
+			float64(median(times).Milliseconds()), float64(median(reduceTimes).Milliseconds()))
 	}
 	fmt.Fprintf(out, "rank %d img_per_s=%.1f\n", *rank, float64(s.batch)/median(times).Seconds())
 	return nil
