@@ -25,6 +25,7 @@ func BenchmarkStep(b *testing.B) {
 	}
 	labels := make([]int, batch)
 	grad := make([]float32, len(p.Flat))
+	net.BindGrad(grad)
 	b.ResetTimer()
 	for range b.N {
 		if _, err := net.Gradient(x, labels, batch, rng, grad); err != nil {
