@@ -77,25 +77,36 @@ func benchAllReduce(args []string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
-	defer cancel()
-	var wg sync.WaitGroup
-	errs := make([]error, a.world)
-	for r := 0; r < a.world; r++ {
+	return runRanks(a.world, func(ctx context.Context, r int) *exec.Cmd {
 		cmd := exec.CommandContext(ctx, self, append([]string{"allreduce-rank", "--rank", strconv.Itoa(r), "--peers", strings.Join(peers, ",")}, args...)...)
 		cmd.Stderr = os.Stderr
 		if r == 0 {
 			cmd.Stdout = out
 		}
+		return cmd
+	})
+}
+
+// runRanks starts the world's ranks as processes (cmdFor makes rank r's) and
+// waits for them all; one failing ends the others.
+func runRanks(world int, cmdFor func(ctx context.Context, rank int) *exec.Cmd) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	var wg sync.WaitGroup
+	errs := make([]error, world)
+	for r := range world {
+		cmd := cmdFor(ctx, r)
 		if err := cmd.Start(); err != nil {
-			return err
+			cancel()
+			wg.Wait()
+			return fmt.Errorf("rank %d: %w", r, err)
 		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			if err := cmd.Wait(); err != nil {
 				errs[r] = fmt.Errorf("rank %d: %w", r, err)
-				cancel() // one rank failing ends the others
+				cancel()
 			}
 		}()
 	}

@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -12,7 +11,6 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"go.uber.org/zap"
@@ -81,30 +79,15 @@ func runScaling(taskset string, world int, args []string) ([]float64, error) {
 	if err != nil {
 		return nil, err
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
-	defer cancel()
 	outs := make([]bytes.Buffer, world)
-	errs := make([]error, world)
-	var wg sync.WaitGroup
-	for r := range world {
+	err = runRanks(world, func(ctx context.Context, r int) *exec.Cmd {
 		cmd := exec.CommandContext(ctx, taskset, append([]string{"-c", strconv.Itoa(r), self, "scaling-rank",
 			"--rank", strconv.Itoa(r), "--peers", strings.Join(peers, ",")}, args...)...)
 		cmd.Env = append(os.Environ(), "GOMAXPROCS=1", "OPENBLAS_NUM_THREADS=1")
 		cmd.Stdout, cmd.Stderr = &outs[r], os.Stderr
-		if err := cmd.Start(); err != nil {
-			return nil, err
-		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := cmd.Wait(); err != nil {
-				errs[r] = fmt.Errorf("rank %d: %w", r, err)
-				cancel()
-			}
-		}()
-	}
-	wg.Wait()
-	if err := errors.Join(errs...); err != nil {
+		return cmd
+	})
+	if err != nil {
 		return nil, err
 	}
 	ips := make([]float64, world)
