@@ -226,6 +226,10 @@ func TestKillAndReplaceWorkersRepeatedly(t *testing.T) {
 			t.Fatalf("%s: %v\n%s", name, err, e)
 		}
 		sums[name] = lastChecksum(t, name, p, 12)
+		_, stderr := p.output()
+		for _, r := range logLines(stderr, "ring re-formed; training resumes") {
+			t.Logf("%s: ring %v, world %v: waited %.2f s from its ring breaking to training", name, r["generation"], r["world"], r["stalled"])
+		}
 	}
 	for _, sum := range sums {
 		if sum != sums["w2"] {
