@@ -93,7 +93,7 @@ func TestRanksFollowSortedNames(t *testing.T) {
 	if _, err := s.Register(ctx, &controlpb.RegisterRequest{Name: "late", RingAddr: "x"}); !errors.Is(err, context.DeadlineExceeded) || c.joiners["late"] {
 		t.Errorf("late worker: %v (still waiting: %v)", err, c.joiners["late"])
 	}
-	if _, err := s.Register(context.Background(), &controlpb.RegisterRequest{Name: "w-a", RingAddr: "x"}); err == nil || !strings.Contains(err.Error(), "already in job") {
+	if _, err := s.Register(context.Background(), &controlpb.RegisterRequest{Name: "w-a", RingAddr: "127.0.0.1:1a"}); err == nil || !strings.Contains(err.Error(), "already in job") {
 		t.Errorf("a second w-a: %v", err)
 	}
 	var cfg worker.Config

@@ -215,8 +215,8 @@ func (s *controlService) Reform(ctx context.Context, req *controlpb.ReformReques
 // join registers a worker after the job started: it enters the ring at the
 // next epoch boundary (or at once when a re-formation is waiting for workers),
 // taking the current parameters and Adam state from the ring. A name that is
-// in the ring and alive is refused; a dead member's name may come back (a
-// restarted pod keeps its name).
+// in the ring and alive at the same address is refused; a member's name at a
+// new address is that member restarted, and replaces it.
 func (s *controlService) join(ctx context.Context, req *controlpb.RegisterRequest) (*controlpb.JobPlan, error) {
 	c := s.c
 	c.mu.Lock()
@@ -224,7 +224,17 @@ func (s *controlService) join(ctx context.Context, req *controlpb.RegisterReques
 	if c.finished || c.failed != nil {
 		return nil, status.Errorf(codes.FailedPrecondition, "job %s is over; %s cannot join it", c.jobID, req.Name)
 	}
-	if _, member := c.ring.ranks[req.Name]; (member && c.alive[req.Name]) || c.joiners[req.Name] {
+	_, member := c.ring.ranks[req.Name]
+	if member && c.alive[req.Name] && c.workers[req.Name].RingAddr != req.RingAddr {
+		// The same name at a new address is a restarted worker (a Kubernetes
+		// pod keeps its name): its old process is gone, whatever the gossip
+		// says yet.
+		c.log.Warn("worker came back at a new address; its old process is gone", zap.String("name", req.Name),
+			zap.String("was", c.workers[req.Name].RingAddr), zap.String("now", req.RingAddr))
+		c.alive[req.Name] = false
+		c.cfg.Metrics.workerLost()
+		c.beginReform(fmt.Sprintf("worker %s (rank %d) restarted", req.Name, c.ring.ranks[req.Name]))
+	} else if (member && c.alive[req.Name]) || c.joiners[req.Name] {
 		return nil, status.Errorf(codes.AlreadyExists, "a worker named %s is already in job %s", req.Name, c.jobID)
 	}
 	c.workers[req.Name] = req

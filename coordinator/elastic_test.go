@@ -33,6 +33,24 @@ func reformAll(t *testing.T, s *controlService, reqs ...*controlpb.ReformRequest
 	return plans, errs
 }
 
+// waitUntil polls cond under the coordinator's lock.
+func waitUntil(t *testing.T, c *Coordinator, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		c.mu.Lock()
+		ok := cond()
+		c.mu.Unlock()
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("condition not reached in 10 s")
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
 func TestReformKeepsTheSurvivorsAndTheFurthestState(t *testing.T) {
 	c, s, _ := newTestCoordinator(t, 3)
 	plans := register(t, c, s, "w-a", "w-b", "w-c")
@@ -145,15 +163,7 @@ func TestLateWorkerEntersAtTheEpochBoundary(t *testing.T) {
 		}
 		joined <- p
 	}()
-	for {
-		c.mu.Lock()
-		waiting := c.joiners["w-a"]
-		c.mu.Unlock()
-		if waiting {
-			break
-		}
-		time.Sleep(time.Millisecond)
-	}
+	waitUntil(t, c, func() bool { return c.joiners["w-a"] })
 	var wg sync.WaitGroup
 	for r := range 2 {
 		wg.Add(1)
@@ -184,5 +194,42 @@ func TestLateWorkerEntersAtTheEpochBoundary(t *testing.T) {
 	shard, err := s.EpochShard(context.Background(), &controlpb.EpochRequest{JobId: job, Epoch: 1, Generation: 2})
 	if err != nil || shard.World != 3 || len(shard.Prior) != 0 {
 		t.Errorf("epoch 2 in the grown ring: %+v %v", shard, err)
+	}
+}
+
+// A worker that comes back under its name at a new address (a restarted pod)
+// replaces its old self at once, without waiting for the gossip.
+func TestRestartedWorkerReplacesItsOldSelf(t *testing.T) {
+	c, s, _ := newTestCoordinator(t, 2)
+	plans := register(t, c, s, "w-a", "w-b")
+	job := plans["w-a"].JobId
+	joined := make(chan *controlpb.JobPlan, 1)
+	go func() {
+		p, err := s.Register(context.Background(), &controlpb.RegisterRequest{JobId: job, Name: "w-b", RingAddr: "127.0.0.1:2b"})
+		if err != nil {
+			t.Error(err)
+		}
+		joined <- p
+	}()
+	waitUntil(t, c, func() bool { return c.joiners["w-b"] })
+	// w-a's ring broke when the old w-b died; it asks, as a survivor.
+	next, errs := reformAll(t, s, &controlpb.ReformRequest{JobId: job, Name: "w-a", Generation: 1, Epoch: 0, Steps: 2, LostRank: 1})
+	if errs["w-a"] != nil {
+		t.Fatal(errs["w-a"])
+	}
+	var b *controlpb.JobPlan
+	select {
+	case b = <-joined:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the restarted w-b got no plan")
+	}
+	if b == nil || next["w-a"].World != 2 || b.Rank != 1 || b.Peers[1] != "127.0.0.1:2b" || b.StateRoot != 0 || b.Generation != 2 {
+		t.Errorf("after w-b's restart: w-a %+v, w-b %+v", next["w-a"], b)
+	}
+	// The same name at the same address is a duplicate.
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	if _, err := s.Register(ctx, &controlpb.RegisterRequest{JobId: job, Name: "w-b", RingAddr: "127.0.0.1:2b"}); err == nil || !strings.Contains(err.Error(), "already in job") {
+		t.Errorf("a second w-b at the same address: %v", err)
 	}
 }
