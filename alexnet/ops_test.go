@@ -12,26 +12,40 @@ func dense(shape tensor.Shape, v []float32) *tensor.Dense {
 	return tensor.New(tensor.WithShape(shape...), tensor.WithBacking(v))
 }
 
-// ReLU and its gradient as PyTorch has them: zero gradient at 0, NaN through.
+// ReLU and its gradient as PyTorch has them: zero gradient at 0, NaN (of
+// either sign bit) through, infinities kept or zeroed by their sign.
 func TestReLUEdges(t *testing.T) {
-	nan := float32(math.NaN())
-	shape := tensor.Shape{1, 5}
+	negNaN := math.Float32frombits(0xffc00000) // x86's default NaN has the sign bit set
+	inf := float32(math.Inf(1))
+	x := []float32{-1, 0, 2, float32(math.NaN()), -0.5, float32(math.Copysign(0, -1)), inf, -inf, negNaN, 1e-45}
+	shape := tensor.Shape{1, len(x)}
 	fwd := reluOp{shape: shape, scratch: &opScratch{}}
-	y, err := fwd.Do(dense(shape, []float32{-1, 0, 2, nan, -0.5}))
+	y, err := fwd.Do(dense(shape, x))
 	if err != nil {
 		t.Fatal(err)
 	}
 	got := y.Data().([]float32)
-	if got[0] != 0 || got[1] != 0 || got[2] != 2 || got[3] == got[3] || got[4] != 0 {
-		t.Errorf("relu: %v", got)
+	want := []float32{0, 0, 2, 0, 0, 0, inf, 0, 0, 1e-45}
+	for i := range x {
+		isNaN := x[i] != x[i]
+		if isNaN != (got[i] != got[i]) || (!isNaN && (got[i] != want[i] || math.Signbit(float64(got[i])))) {
+			t.Errorf("relu(%v) = %v", x[i], got[i])
+		}
 	}
 	back := reluOp{shape: shape, grad: true, scratch: &opScratch{}}
-	dx, err := back.Do(y, dense(shape, []float32{1, 1, 1, 1, 1}))
+	ones := make([]float32, len(x))
+	for i := range ones {
+		ones[i] = 1
+	}
+	dx, err := back.Do(y, dense(shape, ones))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if d := dx.Data().([]float32); d[0] != 0 || d[1] != 0 || d[2] != 1 || d[3] != 1 || d[4] != 0 {
-		t.Errorf("relu gradient: %v", d)
+	wantGrad := []float32{0, 0, 1, 1, 0, 0, 1, 0, 1, 1}
+	for i, g := range dx.Data().([]float32) {
+		if g != wantGrad[i] {
+			t.Errorf("relu gradient at x = %v: %v, want %v", x[i], g, wantGrad[i])
+		}
 	}
 }
 
