@@ -73,7 +73,7 @@ func (op reluOp) Do(in ...G.Value) (G.Value, error) {
 // reluBits is max(x, 0) on a float32's bits: negatives (and -0) become +0;
 // NaNs, whatever their sign bit, stay NaN as in PyTorch.
 func reluBits(b uint32) uint32 {
-	negative := uint32(int32(b) >> 31)                     // all ones if the sign bit is set
+	negative := uint32(int32(b) >> 31)                    // all ones if the sign bit is set
 	nan := uint32(int32(0x7f800000-(b&0x7fffffff)) >> 31) // all ones if NaN
 	return b &^ (negative &^ nan)
 }
