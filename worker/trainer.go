@@ -81,6 +81,7 @@ func culprits(flags []float32) []int {
 type epochSums struct {
 	epoch, taken, skipped, images int
 	lossSum                       float64
+	started                       time.Time // the epoch's first step, before any re-formation
 }
 
 // Trainer trains one rank: its shard of each epoch, forward/backward, the
@@ -292,8 +293,8 @@ func (t *Trainer) runEpoch(ctx context.Context, epoch int) (EpochResult, error) 
 	plan := sharding.Plan{Seed: t.cfg.Seed, Epoch: epoch, World: t.coll.World(), Size: len(t.train.Samples),
 		Dataset: t.train.Fingerprint(), Shuffle: true}
 	t.pos.epoch, t.pos.steps = epoch, 0
-	if t.acc.epoch != epoch {
-		t.acc = epochSums{epoch: epoch}
+	if t.acc.started.IsZero() || t.acc.epoch != epoch {
+		t.acc = epochSums{epoch: epoch, started: start}
 	}
 	if t.EpochPlan != nil {
 		given, err := t.EpochPlan(ctx, epoch)
@@ -404,9 +405,11 @@ func (t *Trainer) runEpoch(ctx context.Context, epoch int) (EpochResult, error) 
 			}
 		}
 	}
-	res.Duration = time.Since(start)
+	// The whole epoch, counting the rings before a re-formation and the stall,
+	// so that images per second stay true.
+	res.Duration = time.Since(t.acc.started)
 	res.Checksum = Checksum(t.params.Flat)
-	t.Telemetry.observeEpoch(res, start)
+	t.Telemetry.observeEpoch(res, t.acc.started)
 	return res, nil
 }
 
