@@ -86,6 +86,13 @@ func TestMaxPoolTiesAndOverlap(t *testing.T) {
 	if d := dx.Data().([]float32); d[0] != 1 || d[2] != 1 || d[10] != 1 || d[12] != 1 || d[1] != 0 {
 		t.Errorf("ties: gradient %v, want it on each window's first element", d)
 	}
+	// NaN wins over any number, and the pooled value is NaN.
+	withNaN := make([]float32, 25)
+	withNaN[6], withNaN[0] = float32(math.NaN()), 100
+	y, _ = fwd.Do(dense(tensor.Shape{1, 1, 5, 5}, withNaN))
+	if got := y.Data().([]float32); got[0] == got[0] || (*fwd.argmax)[0] != 6 {
+		t.Errorf("a NaN in the window: pooled %v at %d", got[0], (*fwd.argmax)[0])
+	}
 }
 
 // The gradient through the dropout masks (and everything else) against

@@ -3,7 +3,6 @@ package alexnet
 import (
 	"fmt"
 	"hash"
-	"math"
 
 	"github.com/chewxy/hm"
 	G "gorgonia.org/gorgonia"
@@ -12,9 +11,9 @@ import (
 
 // poolOp is PyTorch's MaxPool2d (no padding, floor mode) as a gorgonia op
 // that remembers where each maximum was, and the gradient op that sends dy
-// back there. Ties go to the first maximum in the window, a NaN wins, as in
-// PyTorch's CPU kernel. Planes (sample, channel) are independent, so the work
-// splits over them.
+// back there. Ties go to the first maximum in the window and a NaN wins (the
+// last NaN, when there are several), as in PyTorch's CPU kernel. Planes
+// (sample, channel) are independent, so the work splits over them.
 type poolOp struct {
 	batch, channels, side, outSide, kernel, stride int
 	grad                                           bool // dy -> dx; otherwise x -> y
@@ -113,11 +112,8 @@ func (op poolOp) UsePreallocDo(prealloc G.Value, in ...G.Value) (G.Value, error)
 					for ky := 0; ky < k; ky++ {
 						row := (oy*st+ky)*s + ox*st
 						for kx := 0; kx < k; kx++ {
-							if v := plane[row+kx]; v > top || math.IsNaN(float64(v)) {
+							if v := plane[row+kx]; v > top || v != v {
 								top, best = v, int32(row+kx)
-								if v != v {
-									ky, kx = k, k // a NaN is the result
-								}
 							}
 						}
 					}
