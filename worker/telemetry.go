@@ -42,6 +42,7 @@ type stepRecord struct {
 	n              int
 	allreduceBytes int
 	world          int
+	skipped        bool // the optimiser step was skipped (non-finite gradient)
 }
 
 func (s *stepRecord) phase(name string, start time.Time, took time.Duration) {
@@ -110,6 +111,9 @@ func (tel Telemetry) observeStep(s *stepRecord) {
 		m.imagesPerS.Set(float64(s.images) / s.took().Seconds())
 		m.loss.Set(float64(s.loss))
 		m.steps.Inc()
+		if s.skipped {
+			m.skipped.Inc()
+		}
 	}
 	if w := tel.Timeline; w != nil {
 		w.Span(fmt.Sprintf("step %d", s.step), "step", tidSteps, s.start, s.took(),
@@ -156,7 +160,6 @@ func (tel Telemetry) observeValidation(start time.Time, acc float64) {
 // observeEpoch records an epoch's end.
 func (tel Telemetry) observeEpoch(r EpochResult, start time.Time) {
 	if m := tel.Metrics; m != nil {
-		m.skipped.Add(float64(r.Skipped))
 		m.badFiles.Set(float64(r.BadFiles))
 	}
 	tel.Timeline.Span(fmt.Sprintf("epoch %d", r.Epoch), "epoch", tidEpochs, start, r.Duration,

@@ -105,10 +105,10 @@ type Trainer struct {
 	epoch   int // epochs completed
 	bestAcc float64
 	batch   int // this rank's batch (the ring's plan may change it)
-	// pos is where training is: the epoch under way and the steps this ring
-	// took in it (a re-formation resumes from the survivors' furthest pos).
-	pos struct{ epoch, steps int }
-	acc epochSums
+	// ringSteps are the steps this ring took in the epoch under way (acc's); a
+	// re-formation resumes from the survivors' furthest Position.
+	ringSteps int
+	acc       epochSums
 
 	// OnEpoch, when set, is called after every epoch (after validation on rank
 	// 0); an error stops the training.
@@ -250,8 +250,13 @@ func (t *Trainer) SyncState(ctx context.Context, root int) error {
 }
 
 // Position is the epoch under way (0-based) and the steps this ring has taken
-// in it.
-func (t *Trainer) Position() (epoch, steps int) { return t.pos.epoch, t.pos.steps }
+// in it; before any epoch ran, the epoch about to start.
+func (t *Trainer) Position() (epoch, steps int) {
+	if t.acc.started.IsZero() {
+		return t.epoch, 0
+	}
+	return t.acc.epoch, t.ringSteps
+}
 
 // Params is the rank's parameter vector (shared, not copied).
 func (t *Trainer) Params() *alexnet.Params { return t.params }
@@ -292,7 +297,7 @@ func (t *Trainer) runEpoch(ctx context.Context, epoch int) (EpochResult, error) 
 	res := EpochResult{Epoch: epoch + 1, Epochs: t.cfg.Epochs}
 	plan := sharding.Plan{Seed: t.cfg.Seed, Epoch: epoch, World: t.coll.World(), Size: len(t.train.Samples),
 		Dataset: t.train.Fingerprint(), Shuffle: true}
-	t.pos.epoch, t.pos.steps = epoch, 0
+	t.ringSteps = 0
 	if t.acc.started.IsZero() || t.acc.epoch != epoch {
 		t.acc = epochSums{epoch: epoch, started: start}
 	}
@@ -357,13 +362,14 @@ func (t *Trainer) runEpoch(ctx context.Context, epoch int) (EpochResult, error) 
 		}
 		rec.phase(PhaseAllReduce, reduceStart, time.Since(reduceStart))
 		steps++
-		t.pos.steps = steps
+		t.ringSteps = steps
 		t.acc.images += rec.images
 		if bad := culprits(flags); len(bad) > 0 || !allFinite(grad) {
 			if !t.cfg.SkipNonFinite {
 				return res, fmt.Errorf("worker: epoch %d step %d: non-finite loss or gradient from rank %v; stopped before the optimiser step (skip_nonfinite: true skips such steps)", epoch+1, steps, bad)
 			}
 			t.acc.skipped++
+			rec.skipped = true
 			t.Telemetry.observeStep(&rec)
 			bar.Add(1, "step skipped")
 			continue
