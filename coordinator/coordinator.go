@@ -319,7 +319,7 @@ func (c *Coordinator) start() {
 		names = append(names, name)
 		c.alive[name] = true
 	}
-	c.formRing(names, 0, 0)
+	c.formRing(names, 0, "")
 	c.started = true
 	c.startedAt = time.Now()
 	c.notify()
@@ -337,9 +337,9 @@ type ringState struct {
 func (r ringState) world() int { return len(r.members) }
 
 // formRing makes the next ring of names (in sorted order: ranks follow the
-// names), starting in epoch with every rank taking root's state, and each
-// member's plan. Called with c.mu held.
-func (c *Coordinator) formRing(names []string, epoch, root int) {
+// names), starting in epoch with every rank taking root's state (rank 0's when
+// root is empty), and each member's plan. Called with c.mu held.
+func (c *Coordinator) formRing(names []string, epoch int, root string) {
 	sort.Strings(names)
 	world := len(names)
 	batch := c.cfg.Job.WorkerBatch(world)
@@ -354,13 +354,14 @@ func (c *Coordinator) formRing(names []string, epoch, root int) {
 		c.ring.ranks[name] = r
 		peers[r] = c.workers[name].RingAddr
 	}
+	rootRank := c.ring.ranks[root] // 0 when root is empty
 	cfgJSON, _ := json.Marshal(c.cfg.Job)
 	c.plans = map[string]*controlpb.JobPlan{}
 	for r, name := range names {
 		c.plans[name] = &controlpb.JobPlan{
 			JobId: c.jobID, Rank: int32(r), World: int32(world), Peers: peers, RingId: fmt.Sprintf("%s-%s-ring-%d", c.jobID, c.incarnation, c.ring.gen),
 			ConfigJson: cfgJSON, Classes: c.train.Classes, Dataset: c.train.Fingerprint(),
-			Generation: int32(c.ring.gen), BatchPerRank: int32(batch), Epoch: int32(epoch), StateRoot: int32(root),
+			Generation: int32(c.ring.gen), BatchPerRank: int32(batch), Epoch: int32(epoch), StateRoot: int32(rootRank),
 		}
 		c.log.Info("rank assigned", zap.String("worker", name), zap.Int("rank", r), zap.Int("generation", c.ring.gen),
 			zap.String("ring_addr", peers[r]), zap.String("device", c.workers[name].Device))

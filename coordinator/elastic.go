@@ -55,12 +55,20 @@ func (c *Coordinator) beginReform(reason string) {
 	if timeout <= 0 {
 		timeout = time.Minute
 	}
-	time.AfterFunc(timeout, func() {
+	c.later(r, timeout, func() {
+		r.expired = true
+		c.completeReform()
+	})
+}
+
+// later runs fn, with c.mu held, after d if r is still the re-formation under
+// way, then wakes whoever waits on the coordinator's state.
+func (c *Coordinator) later(r *reformation, d time.Duration, fn func()) {
+	time.AfterFunc(d, func() {
 		c.mu.Lock()
 		defer c.mu.Unlock()
 		if c.reform == r {
-			r.expired = true
-			c.completeReform()
+			fn()
 			c.notify()
 		}
 	})
@@ -97,13 +105,10 @@ func (c *Coordinator) completeReform() {
 			r.short = true
 			c.log.Warn("fewer workers than --min-workers: waiting for more to join", zap.Int("workers", len(survivors)+len(c.joiners)),
 				zap.Int("min_workers", minWorkers), zap.Duration("timeout", c.cfg.WaitTimeout))
-			time.AfterFunc(c.cfg.WaitTimeout, func() {
-				c.mu.Lock()
-				defer c.mu.Unlock()
-				if c.reform == r && c.failed == nil {
+			c.later(r, c.cfg.WaitTimeout, func() {
+				if c.failed == nil {
 					c.failed = fmt.Errorf("coordinator: %s; %d workers left (%s), fewer than --min-workers %d, and none joined within %v",
 						r.reason, len(survivors), strings.Join(survivors, ", "), minWorkers, c.cfg.WaitTimeout)
-					c.notify()
 				}
 			})
 		}
@@ -147,11 +152,7 @@ func (c *Coordinator) completeReform() {
 		joined = append(joined, name)
 	}
 	clear(c.joiners)
-	c.formRing(append(survivors, joined...), epoch, 0)
-	root := c.ring.ranks[rootName]
-	for _, p := range c.plans {
-		p.StateRoot = int32(root)
-	}
+	c.formRing(append(survivors, joined...), epoch, rootName)
 	c.log.Info("ring re-formed", zap.Int("generation", c.ring.gen), zap.Int("world", c.ring.world()), zap.Int("was", old.world()),
 		zap.Strings("members", c.ring.members), zap.Strings("joined", joined), zap.Int("epoch", epoch+1), zap.Int("steps_done_in_epoch", int(lead.Steps)),
 		zap.String("state_from", rootName), zap.Int("batch_per_rank", c.ring.batch), zap.Duration("took", time.Since(r.began)))
@@ -186,14 +187,7 @@ func (s *controlService) Reform(ctx context.Context, req *controlpb.ReformReques
 	if lost := int(req.LostRank); lost >= 0 && lost < c.ring.world() && c.ring.members[lost] != req.Name {
 		if name := c.ring.members[lost]; !r.blamed[name] {
 			r.blamed[name] = true
-			time.AfterFunc(blameGrace-time.Since(r.began), func() {
-				c.mu.Lock()
-				defer c.mu.Unlock()
-				if c.reform == r {
-					c.completeReform()
-					c.notify()
-				}
-			})
+			c.later(r, blameGrace-time.Since(r.began), c.completeReform)
 		}
 	}
 	c.log.Info("survivor reporting", zap.String("worker", req.Name), zap.Int("epoch", int(req.Epoch)+1), zap.Int("steps", int(req.Steps)), zap.String("reason", req.Reason))
