@@ -145,6 +145,9 @@ func runJob(ctx context.Context, jc *JoinConfig, node *allreduce.Node, member *m
 	if jc.Data != "" {
 		cfg.Data = jc.Data
 	}
+	// The ring's batch per rank, which a re-formed ring may have changed (its
+	// world need not divide the global batch).
+	cfg.WorkerBatchSize = int(plan.BatchPerRank)
 	log.Info("job plan received", zap.Int("rank", int(plan.Rank)), zap.String("job", plan.JobId), zap.Int("world", int(plan.World)), zap.String("ring", plan.RingId))
 
 	openRing := func(plan *controlpb.JobPlan) (*allreduce.Ring, error) {
@@ -189,12 +192,10 @@ func runJob(ctx context.Context, jc *JoinConfig, node *allreduce.Node, member *m
 	if fp := t.train.Fingerprint(); fp != plan.Dataset {
 		return true, fmt.Errorf("worker: %s lists different files than the coordinator's (fingerprint %016x, coordinator %016x)", cfg.Data, fp, plan.Dataset)
 	}
-	start := t.epoch // from the config's resume file, or 0
-	if plan.Generation > 1 {
-		start = int(plan.Epoch) // joining a running job
-	}
-	if err := t.Reconfigure(ring, int(plan.BatchPerRank), start); err != nil {
-		return true, err
+	if plan.Generation > 1 { // joining a running job: its epoch, not the config's resume file's
+		if err := t.Reconfigure(ring, int(plan.BatchPerRank), int(plan.Epoch)); err != nil {
+			return true, err
+		}
 	}
 	t.EpochPlan = func(ctx context.Context, epoch int) (sharding.Plan, error) {
 		s, err := control.EpochShard(ctx, &controlpb.EpochRequest{JobId: plan.JobId, Rank: plan.Rank, Epoch: int32(epoch), Generation: plan.Generation})

@@ -199,7 +199,9 @@ func (t *Trainer) Reconfigure(coll Collective, batch, epoch int) error {
 	t.coll, t.epoch = coll, epoch
 	// The gradient travels with one flag per rank after it, so that the
 	// all-reduce that averages it also tells every rank who produced a NaN.
-	t.grad = make([]float32, len(t.params.Flat)+coll.World())
+	if n := len(t.params.Flat) + coll.World(); len(t.grad) != n {
+		t.grad = make([]float32, n)
+	}
 	var err error
 	if t.net == nil || t.batch != batch {
 		if t.net != nil {
