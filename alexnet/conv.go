@@ -152,11 +152,13 @@ func (s *opScratch) output(shape tensor.Shape) *tensor.Dense {
 	return s.out
 }
 
-func grow(buf *[]float32, n int) []float32 {
-	if len(*buf) < n {
-		*buf = make([]float32, n)
+// grow returns *buf cut to n, reallocated when too short.
+func grow[T any](buf *[]T, n int) []T {
+	if cap(*buf) < n {
+		*buf = make([]T, n)
 	}
-	return (*buf)[:n]
+	*buf = (*buf)[:n]
+	return *buf
 }
 
 // conv2d applies the fused convolution and bias.

@@ -28,12 +28,6 @@ type softmaxCE struct {
 	computed *time.Time
 }
 
-// SoftmaxCrossEntropy returns the scalar loss node for logits [B,K] and target
-// weights [B,K].
-func SoftmaxCrossEntropy(logits, targets *G.Node) (*G.Node, error) {
-	return G.ApplyOp(softmaxCE{}, logits, targets)
-}
-
 func (softmaxCE) Arity() int { return 2 }
 func (softmaxCE) Type() hm.Type {
 	a := hm.TypeVariable('a')

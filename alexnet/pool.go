@@ -99,7 +99,7 @@ func (op poolOp) UsePreallocDo(prealloc G.Value, in ...G.Value) (G.Value, error)
 		return out, nil
 	}
 	x := args[0]
-	argmax := grow32(op.argmax, planes*o*o)
+	argmax := grow(op.argmax, planes*o*o)
 	k, st := op.kernel, op.stride
 	parallel(parts, func(p int) {
 		lo, hi := span(planes, parts, p)
@@ -124,12 +124,4 @@ func (op poolOp) UsePreallocDo(prealloc G.Value, in ...G.Value) (G.Value, error)
 		}
 	})
 	return out, nil
-}
-
-func grow32(buf *[]int32, n int) []int32 {
-	if len(*buf) < n {
-		*buf = make([]int32, n)
-	}
-	*buf = (*buf)[:n]
-	return *buf
 }
