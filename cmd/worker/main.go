@@ -83,13 +83,13 @@ func run() int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	tel, closeTelemetry, err := telemetry(ctx, *progressMode, *logFormat, *metricsAddr, *timelinePath, jc.Name, log)
+	tel, err := telemetry(ctx, *progressMode, *logFormat, *metricsAddr, *timelinePath, jc.Name, log)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "worker:", err)
 		return 2
 	}
 	defer func() {
-		if err := closeTelemetry(); err != nil {
+		if err := tel.Timeline.Close(); err != nil { // nil-safe: no timeline, no error
 			log.Warn("timeline", zap.Error(err))
 		}
 	}()
@@ -112,9 +112,8 @@ func run() int {
 	return 0
 }
 
-// telemetry sets up what the flags ask for; finish ends the timeline.
-func telemetry(ctx context.Context, progressMode, logFormat, metricsAddr, timelinePath, name string, log *zap.Logger) (tel worker.Telemetry, finish func() error, err error) {
-	finish = func() error { return nil }
+// telemetry sets up what the flags ask for.
+func telemetry(ctx context.Context, progressMode, logFormat, metricsAddr, timelinePath, name string, log *zap.Logger) (tel worker.Telemetry, err error) {
 	switch progressMode {
 	case "always":
 		tel.Progress = os.Stderr
@@ -124,20 +123,19 @@ func telemetry(ctx context.Context, progressMode, logFormat, metricsAddr, timeli
 		}
 	case "never":
 	default:
-		return tel, finish, fmt.Errorf("--progress %q: want auto, always or never", progressMode)
+		return tel, fmt.Errorf("--progress %q: want auto, always or never", progressMode)
 	}
 	if metricsAddr != "" {
 		reg := metrics.NewRegistry()
 		tel.Metrics = worker.NewMetrics(reg)
 		if _, err := metrics.Serve(ctx, metricsAddr, reg, log); err != nil {
-			return tel, finish, err
+			return tel, err
 		}
 	}
 	if timelinePath != "" {
 		if tel.Timeline, err = timeline.Create(timelinePath, os.Getpid(), name); err != nil {
-			return tel, finish, fmt.Errorf("--timeline: %w", err)
+			return tel, fmt.Errorf("--timeline: %w", err)
 		}
-		finish = tel.Timeline.Close
 	}
-	return tel, finish, nil
+	return tel, nil
 }
