@@ -56,35 +56,31 @@ func decode(t *testing.T, file string, doc []byte, objs *objects) {
 	if err := yaml.Unmarshal(doc, &tm); err != nil {
 		t.Fatalf("%s: %v", file, err)
 	}
-	strict := func(into any) {
-		if err := yaml.UnmarshalStrict(doc, into); err != nil {
-			t.Errorf("%s: %s: %v", file, tm.Kind, err)
-		}
-	}
+	where := file + ": " + tm.Kind
 	switch tm.APIVersion + " " + tm.Kind {
 	case "v1 Namespace":
-		var o corev1.Namespace
-		strict(&o)
-		objs.namespaces = append(objs.namespaces, o)
+		decodeInto(t, where, doc, &objs.namespaces)
 	case "v1 PersistentVolumeClaim":
-		var o corev1.PersistentVolumeClaim
-		strict(&o)
-		objs.pvcs = append(objs.pvcs, o)
+		decodeInto(t, where, doc, &objs.pvcs)
 	case "v1 Service":
-		var o corev1.Service
-		strict(&o)
-		objs.services = append(objs.services, o)
+		decodeInto(t, where, doc, &objs.services)
 	case "apps/v1 Deployment":
-		var o appsv1.Deployment
-		strict(&o)
-		objs.deployments = append(objs.deployments, o)
+		decodeInto(t, where, doc, &objs.deployments)
 	case "apps/v1 StatefulSet":
-		var o appsv1.StatefulSet
-		strict(&o)
-		objs.statefulSets = append(objs.statefulSets, o)
+		decodeInto(t, where, doc, &objs.statefulSets)
 	default:
 		t.Errorf("%s: unexpected %q %q", file, tm.APIVersion, tm.Kind)
 	}
+}
+
+// decodeInto decodes doc strictly as a T and appends it to list.
+func decodeInto[T any](t *testing.T, where string, doc []byte, list *[]T) {
+	t.Helper()
+	var o T
+	if err := yaml.UnmarshalStrict(doc, &o); err != nil {
+		t.Errorf("%s: %v", where, err)
+	}
+	*list = append(*list, o)
 }
 
 func load(t *testing.T) (kustomization, objects) {
