@@ -1,6 +1,8 @@
 package allreduce
 
 import (
+	"encoding/binary"
+	"math"
 	"testing"
 
 	"google.golang.org/grpc/mem"
@@ -53,6 +55,47 @@ func TestCodecIsProtobuf(t *testing.T) {
 		var f ringpb.Frame
 		if err := c.Unmarshal(mem.BufferSlice{mem.SliceBuffer(bad)}, &f); err == nil {
 			t.Errorf("malformed %x accepted", bad)
+		}
+	}
+}
+
+// A received payload arrives in gRPC's buffers cut anywhere, not on value
+// boundaries: accumulate must read each value whole, added or copied.
+func TestAccumulateAcrossAnySplit(t *testing.T) {
+	vals := []float32{1.5, -2.25, 3e-8, 4096, -0.0, 7.125, 1e30}
+	for _, width := range []int{4, 2} {
+		raw := make([]byte, 0, 4*len(vals))
+		want := make([]float32, len(vals))
+		for i, x := range vals {
+			if width == 4 {
+				raw = binary.LittleEndian.AppendUint32(raw, math.Float32bits(x))
+				want[i] = x
+			} else {
+				h := toHalf(x)
+				raw = binary.LittleEndian.AppendUint16(raw, h)
+				want[i] = fromHalf(h)
+			}
+		}
+		// Every way of cutting the bytes into views of 1 to 5 bytes, starting
+		// the views at every offset of a larger buffer (so most are unaligned).
+		for piece := 1; piece <= 5; piece++ {
+			for shift := 0; shift < 4; shift++ {
+				backing := make([]byte, shift+len(raw))
+				copy(backing[shift:], raw)
+				var views [][]byte
+				for i := shift; i < len(backing); i += piece {
+					views = append(views, backing[i:min(i+piece, len(backing))])
+				}
+				got := make([]float32, len(vals))
+				accumulate(got, views, width, false)
+				sum := []float32{1, 1, 1, 1, 1, 1, 1}
+				accumulate(sum, views, width, true)
+				for i := range vals {
+					if math.Float32bits(got[i]) != math.Float32bits(want[i]) || sum[i] != 1+want[i] {
+						t.Fatalf("width %d, pieces of %d at offset %d: value %d copied %v added %v, want %v", width, piece, shift, i, got[i], sum[i], want[i])
+					}
+				}
+			}
 		}
 	}
 }

@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/experimental"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/status"
 
@@ -113,7 +114,6 @@ type Ring struct {
 	// sending counts the chunks gRPC has not yet written out: their payloads
 	// alias the caller's vector, which must not change until they are.
 	sending sync.WaitGroup
-	scratch []float32 // aligned copy of a received payload (executor only)
 }
 
 type inbound struct {
@@ -190,7 +190,7 @@ func (r *Ring) connect(ctx context.Context) error {
 	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(creds),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 10 * time.Second, Timeout: 5 * time.Second, PermitWithoutStream: true}),
 		grpc.WithInitialWindowSize(32<<20), grpc.WithInitialConnWindowSize(64<<20),
-		grpc.WithWriteBufferSize(4<<20), grpc.WithReadBufferSize(4<<20))
+		grpc.WithWriteBufferSize(4<<20), grpc.WithReadBufferSize(4<<20), experimental.WithBufferPool(reusedBuffers))
 	if err != nil {
 		return fmt.Errorf("allreduce: rank %d address %q: %w", r.succ, addr, err)
 	}
@@ -592,7 +592,7 @@ func (r *Ring) receiveInto(ctx context.Context, p *Pending, step, index int, dst
 	if len(ch.Data) > 0 {
 		views = [][]byte{ch.Data}
 	}
-	accumulate(dst, views, width, reduce, &r.scratch)
+	accumulate(dst, views, width, reduce)
 	return nil
 }
 
@@ -605,22 +605,41 @@ func describe(f *ringpb.Frame) string {
 
 // accumulate adds (or copies) the little-endian values held in views (in
 // order; a value may straddle two views) into dst. width is 4 (float32) or 2
-// (half floats). gRPC's buffers have no alignment, so each view is first
-// copied into an aligned scratch vector (a memmove is far cheaper than
-// decoding value by value).
-func accumulate(dst []float32, views [][]byte, width int, reduce bool, scratch *[]float32) {
-	if cap(*scratch) < len(dst) {
-		*scratch = make([]float32, len(dst))
-	}
-	vals := (*scratch)[:len(dst)]
-	raw := leBytes32(vals)[:width*len(dst)]
-	at := 0
+// (half floats). The values are read in place from gRPC's receive buffers:
+// each view's whole values directly, a straddling value through a few bytes of
+// carry.
+func accumulate(dst []float32, views [][]byte, width int, reduce bool) {
+	var carry [4]byte
+	held, at := 0, 0 // bytes in carry; values of dst done
 	for _, b := range views {
-		at += copy(raw[at:], b)
+		if held > 0 {
+			n := copy(carry[held:width], b)
+			held += n
+			b = b[n:]
+			if held < width {
+				continue
+			}
+			combine(dst[at:at+1], carry[:width], width, reduce)
+			at++
+			held = 0
+		}
+		whole := len(b) / width
+		combine(dst[at:at+whole], b[:whole*width], width, reduce)
+		at += whole
+		held = copy(carry[:], b[whole*width:])
+	}
+}
+
+// combine adds (or copies) the len(dst) values in b into dst. The float32 case
+// reads b as []float32 where it lies: it may be unaligned, which amd64 and
+// arm64 load without fault and Go allows for pointer-free types.
+func combine(dst []float32, b []byte, width int, reduce bool) {
+	if len(dst) == 0 {
+		return
 	}
 	if width == 2 {
 		for i := range dst {
-			x := fromHalf(binary.LittleEndian.Uint16(raw[2*i:]))
+			x := fromHalf(binary.LittleEndian.Uint16(b[2*i:]))
 			if reduce {
 				dst[i] += x
 			} else {
@@ -629,11 +648,12 @@ func accumulate(dst []float32, views [][]byte, width int, reduce bool, scratch *
 		}
 		return
 	}
+	src := unsafe.Slice((*float32)(unsafe.Pointer(unsafe.SliceData(b))), len(dst))
 	if !reduce {
-		copy(dst, vals)
+		copy(dst, src)
 		return
 	}
-	for i, x := range vals {
+	for i, x := range src {
 		dst[i] += x
 	}
 }

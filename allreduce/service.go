@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/experimental"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
@@ -163,7 +164,7 @@ func Listen(addr string, creds credentials.TransportCredentials, log *zap.Logger
 	}
 	opts := []grpc.ServerOption{
 		grpc.InitialWindowSize(32 << 20), grpc.InitialConnWindowSize(64 << 20),
-		grpc.WriteBufferSize(4 << 20), grpc.ReadBufferSize(4 << 20),
+		grpc.WriteBufferSize(4 << 20), grpc.ReadBufferSize(4 << 20), experimental.BufferPool(reusedBuffers),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
 	}
 	if creds != nil {

@@ -9,6 +9,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
+	"strconv"
 	"sync"
 	"syscall"
 	"time"
@@ -41,10 +43,19 @@ func WorkerBinary() (string, error) {
 func StartLocal(ctx context.Context, binary string, n int, gossip string, extra []string, stderr io.Writer) (*LocalWorkers, error) {
 	lw := &LocalWorkers{errs: make([]error, n)}
 	var outMu sync.Mutex
+	// The workers share this machine's cores unless told otherwise: a Go
+	// process per worker, each with every core, spends CPU waking idle threads
+	// of its own, in the all-reduce most of all (a quarter more CPU per
+	// all-reduce measured with 2 workers on 2 cores).
+	env := os.Environ()
+	if os.Getenv("GOMAXPROCS") == "" {
+		env = append(env, "GOMAXPROCS="+strconv.Itoa(max(1, runtime.NumCPU()/n)))
+	}
 	for k := range n {
 		name := fmt.Sprintf("worker-%02d", k)
 		args := append([]string{"--join", gossip, "--name", name, "--gpu", "-1"}, extra...)
 		cmd := exec.CommandContext(ctx, binary, args...)
+		cmd.Env = env
 		cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
 		cmd.WaitDelay = 10 * time.Second
 		pipe, err := cmd.StderrPipe()

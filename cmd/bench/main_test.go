@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime"
+	"strconv"
 	"testing"
 
 	"github.com/alexring/alexring/sharding"
@@ -42,9 +43,9 @@ func TestStepAndLoaderPrintResults(t *testing.T) {
 	}
 }
 
-// bench scaling runs its ranks as copies of the bench binary, so it is tested
-// on the built binary.
-func TestScalingPrintsSpeedup(t *testing.T) {
+// bench scaling and bench allreduce run their ranks as copies of the bench
+// binary, so they are tested on the built binary.
+func TestMultiProcessBenchesPrintResults(t *testing.T) {
 	if runtime.NumCPU() < 2 {
 		t.Skip("bench scaling pins a worker to each of 2 cores")
 	}
@@ -55,5 +56,16 @@ func TestScalingPrintsSpeedup(t *testing.T) {
 	out, err := exec.Command(bin, "scaling", "--variant", "tiny", "--batch", "4", "--steps", "2", "--warmup", "1").CombinedOutput()
 	if err != nil || !regexp.MustCompile(`(?m)^RESULT bench=scaling variant=tiny batch=4 one_worker_img_per_s=[0-9.]+ two_workers_img_per_s=[0-9.]+ speedup=[0-9.]+$`).Match(out) {
 		t.Errorf("bench scaling: %v\n%s", err, out)
+	}
+	// The ranks share the cores unless --procs says otherwise.
+	out, err = exec.Command(bin, "allreduce", "--world", "2", "--bytes", "12,40000", "--iters", "2", "--warmup", "1").CombinedOutput()
+	share := runtime.NumCPU() / 2
+	if err != nil || !regexp.MustCompile(`(?m)^# alexring ring all-reduce over gRPC, world 2, .*GOMAXPROCS `+strconv.Itoa(share)+` per rank`).Match(out) ||
+		!regexp.MustCompile(`(?m)^RESULT bench=allreduce world=2 bytes=40000 fp16=false busbw_gbps=[0-9.]+$`).Match(out) {
+		t.Errorf("bench allreduce: %v\n%s", err, out)
+	}
+	out, err = exec.Command(bin, "allreduce", "--world", "3", "--bytes", "10").CombinedOutput()
+	if err == nil || !bytes.Contains(out, []byte(`--bytes "10": want positive multiples of 4`)) {
+		t.Errorf("bench allreduce --bytes 10: %v\n%s", err, out)
 	}
 }

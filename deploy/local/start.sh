@@ -10,7 +10,8 @@
 # in ALEXRING_* environment variables, which every command reads.
 # Environment: ALEXRING_BIN (prebuilt binaries; default: build into ./bin),
 # GOSSIP (default 127.0.0.1:7946), LOG_DIR (default ./alexring-logs),
-# WORKER_FLAGS (extra worker flags, e.g. "--timeline rank.json").
+# WORKER_FLAGS (extra worker flags, e.g. "--timeline rank.json"), GOMAXPROCS
+# (each worker's; default: the cores divided among the workers).
 set -euo pipefail
 n=${1:?usage: bash deploy/local/start.sh N [coordinator flags...]}
 shift
@@ -26,6 +27,11 @@ gossip=${GOSSIP:-127.0.0.1:7946}
 logs=${LOG_DIR:-alexring-logs}
 mkdir -p "$logs"
 
+# The workers share the cores: a Go process per worker, each with every core,
+# spends CPU waking idle threads of its own (coordinator --local does the same).
+cores=$(nproc)
+worker_procs=${GOMAXPROCS:-$((cores / n > 0 ? cores / n : 1))}
+
 pids=()
 stop_all() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
@@ -39,7 +45,7 @@ coordinator=$!
 pids+=("$coordinator")
 for ((k = 0; k < n; k++)); do
   # shellcheck disable=SC2086 # WORKER_FLAGS is a list of flags
-  "$bin/worker" --join "$gossip" --name "worker-$k" --log-format json ${WORKER_FLAGS:-} >"$logs/worker-$k.log" 2>&1 &
+  GOMAXPROCS=$worker_procs "$bin/worker" --join "$gossip" --name "worker-$k" --log-format json ${WORKER_FLAGS:-} >"$logs/worker-$k.log" 2>&1 &
   pids+=("$!")
 done
 
