@@ -26,6 +26,19 @@ type convGeom struct {
 func (g convGeom) colRows() int { return g.in * g.kernel * g.kernel }
 func (g convGeom) hw() int      { return g.outSide * g.outSide }
 
+// valid is the range [lo, hi) of output positions whose input position
+// o*stride - pad + k, for kernel offset k, falls inside the image.
+func (g convGeom) valid(k int) (lo, hi int) {
+	if k < g.pad {
+		lo = min(g.outSide, (g.pad-k+g.stride-1)/g.stride)
+	}
+	last := g.side - 1 + g.pad - k // o*stride may reach this; negative: none does
+	if last < 0 {
+		return lo, lo
+	}
+	return lo, max(lo, min(g.outSide, last/g.stride+1))
+}
+
 // im2col writes image x [in, side, side] as patches [in*K*K, outSide*outSide].
 func (g convGeom) im2col(x, col []float32) {
 	hw := g.hw()
@@ -34,37 +47,26 @@ func (g convGeom) im2col(x, col []float32) {
 		for ky := 0; ky < g.kernel; ky++ {
 			for kx := 0; kx < g.kernel; kx++ {
 				row := col[((c*g.kernel+ky)*g.kernel+kx)*hw:][:hw]
-				i := 0
+				lo, hi := g.valid(kx) // the same columns are inside on every row
 				for oy := 0; oy < g.outSide; oy++ {
+					out := row[oy*g.outSide : (oy+1)*g.outSide]
 					iy := oy*g.stride - g.pad + ky
 					if iy < 0 || iy >= g.side {
-						clear(row[i : i+g.outSide])
-						i += g.outSide
+						clear(out)
 						continue
 					}
-					src := plane[iy*g.side : (iy+1)*g.side]
-					out := row[i : i+g.outSide]
-					i += g.outSide
+					clear(out[:lo])
+					clear(out[hi:])
+					if lo == hi {
+						continue
+					}
+					src := plane[iy*g.side+lo*g.stride-g.pad+kx:]
 					if g.stride == 1 {
-						// ix = ox - pad + kx: one contiguous run of the row, zeros around it.
-						lo := min(max(0, g.pad-kx), g.outSide)
-						hi := min(g.outSide, g.side+g.pad-kx)
-						clear(out[:lo])
-						if hi > lo {
-							copy(out[lo:hi], src[lo-g.pad+kx:])
-						} else {
-							hi = lo
-						}
-						clear(out[hi:])
+						copy(out[lo:hi], src)
 						continue
 					}
-					for ox := range out {
-						ix := ox*g.stride - g.pad + kx
-						if ix >= 0 && ix < g.side {
-							out[ox] = src[ix]
-						} else {
-							out[ox] = 0
-						}
+					for j, ox := 0, lo; ox < hi; j, ox = j+g.stride, ox+1 {
+						out[ox] = src[j]
 					}
 				}
 			}
@@ -80,20 +82,26 @@ func (g convGeom) col2im(col, dx []float32) {
 		for ky := 0; ky < g.kernel; ky++ {
 			for kx := 0; kx < g.kernel; kx++ {
 				row := col[((c*g.kernel+ky)*g.kernel+kx)*hw:][:hw]
-				i := 0
+				lo, hi := g.valid(kx)
+				if lo == hi {
+					continue
+				}
 				for oy := 0; oy < g.outSide; oy++ {
 					iy := oy*g.stride - g.pad + ky
 					if iy < 0 || iy >= g.side {
-						i += g.outSide
 						continue
 					}
-					dst := plane[iy*g.side : (iy+1)*g.side]
-					for ox := 0; ox < g.outSide; ox++ {
-						ix := ox*g.stride - g.pad + kx
-						if ix >= 0 && ix < g.side {
-							dst[ix] += row[i]
+					in := row[oy*g.outSide+lo : oy*g.outSide+hi]
+					dst := plane[iy*g.side+lo*g.stride-g.pad+kx:]
+					if g.stride == 1 {
+						dst = dst[:len(in)]
+						for j, v := range in {
+							dst[j] += v
 						}
-						i++
+						continue
+					}
+					for j, k := 0, 0; j < len(in); j, k = j+1, k+g.stride {
+						dst[k] += in[j]
 					}
 				}
 			}
@@ -132,9 +140,13 @@ const (
 var convKindNames = [...]string{"Conv", "ConvGradInput", "ConvGradWeights", "ConvGradBias"}
 
 type convOp struct {
-	g       convGeom
-	kind    convKind
-	scratch *opScratch
+	g    convGeom
+	kind convKind
+	// dataInput marks a convolution of the images themselves: nothing needs
+	// the gradient of its input, so none is computed (for the first layer that
+	// was an sgemm and col2im as large as its forward pass, 8% of a step).
+	dataInput bool
+	scratch   *opScratch
 }
 
 // opScratch is an op's reused memory: its output (rewritten every step; the
@@ -161,10 +173,11 @@ func grow[T any](buf *[]T, n int) []T {
 	return *buf
 }
 
-// conv2d applies the fused convolution and bias.
+// conv2d applies the fused convolution and bias. An x without an op is the
+// graph's input: the images, which need no gradient.
 func conv2d(x, w, b *G.Node, c Conv, batch int) (*G.Node, error) {
 	g := convGeom{batch: batch, in: c.In, out: c.Out, kernel: c.Kernel, stride: c.Stride, pad: c.Pad, side: c.InSide, outSide: c.OutSide}
-	return G.ApplyOp(convOp{g: g, kind: convForward, scratch: &opScratch{}}, x, w, b)
+	return G.ApplyOp(convOp{g: g, kind: convForward, dataInput: x.Op() == nil, scratch: &opScratch{}}, x, w, b)
 }
 
 func (op convOp) Arity() int {
@@ -216,7 +229,7 @@ func (op convOp) String() string {
 
 func (op convOp) DiffWRT(int) []bool {
 	if op.kind == convForward {
-		return []bool{true, true, true}
+		return []bool{!op.dataInput, true, true}
 	}
 	return nil
 }
@@ -226,9 +239,12 @@ func (op convOp) SymDiff(inputs G.Nodes, output, grad *G.Node) (G.Nodes, error) 
 		return nil, fmt.Errorf("alexnet: %v has no gradient", op)
 	}
 	x, w := inputs[0], inputs[1]
-	dx, err := G.ApplyOp(convOp{g: op.g, kind: convGradInput, scratch: &opScratch{}}, w, grad)
-	if err != nil {
-		return nil, err
+	var dx *G.Node
+	if !op.dataInput {
+		var err error
+		if dx, err = G.ApplyOp(convOp{g: op.g, kind: convGradInput, scratch: &opScratch{}}, w, grad); err != nil {
+			return nil, err
+		}
 	}
 	dw, err := G.ApplyOp(convOp{g: op.g, kind: convGradWeights, scratch: &opScratch{}}, x, grad)
 	if err != nil {

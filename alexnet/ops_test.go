@@ -186,3 +186,93 @@ func TestBindGradGivesTheSameGradient(t *testing.T) {
 		}
 	}
 }
+
+// im2col and col2im against the definition, over geometries where the kernel
+// overhangs the image on either side, strides skip columns, and the padding
+// exceeds the kernel: y = W·im2col(x) is the direct convolution, and col2im is
+// its transpose (<col2im(c), x> = <c, im2col(x)> for any c and x).
+func TestIm2colIsTheConvolution(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 4))
+	for _, g := range []convGeom{
+		{in: 3, kernel: 11, stride: 4, pad: 2, side: 31},
+		{in: 2, kernel: 5, stride: 1, pad: 2, side: 9},
+		{in: 2, kernel: 3, stride: 1, pad: 1, side: 5},
+		{in: 1, kernel: 3, stride: 2, pad: 4, side: 4},
+		{in: 1, kernel: 1, stride: 3, pad: 0, side: 7},
+		{in: 2, kernel: 4, stride: 3, pad: 3, side: 6},
+		{in: 1, kernel: 5, stride: 1, pad: 0, side: 5},
+		{in: 1, kernel: 8, stride: 5, pad: 3, side: 2}, // the last offsets lie past the image
+	} {
+		g.outSide = (g.side+2*g.pad-g.kernel)/g.stride + 1
+		x := make([]float32, g.in*g.side*g.side)
+		for i := range x {
+			x[i] = float32(rng.IntN(9) - 4)
+		}
+		col := make([]float32, g.colRows()*g.hw())
+		for i := range col {
+			col[i] = float32(rng.IntN(9) - 4) // must all be overwritten
+		}
+		g.im2col(x, col)
+		for c := 0; c < g.in; c++ {
+			for ky := 0; ky < g.kernel; ky++ {
+				for kx := 0; kx < g.kernel; kx++ {
+					for oy := 0; oy < g.outSide; oy++ {
+						for ox := 0; ox < g.outSide; ox++ {
+							iy, ix := oy*g.stride-g.pad+ky, ox*g.stride-g.pad+kx
+							var want float32
+							if iy >= 0 && iy < g.side && ix >= 0 && ix < g.side {
+								want = x[(c*g.side+iy)*g.side+ix]
+							}
+							if got := col[((c*g.kernel+ky)*g.kernel+kx)*g.hw()+oy*g.outSide+ox]; got != want {
+								t.Fatalf("%+v: patch (c %d, ky %d, kx %d) at (%d, %d) = %v, want %v", g, c, ky, kx, oy, ox, got, want)
+							}
+						}
+					}
+				}
+			}
+		}
+		// The adjoint: integers, so the sums are exact.
+		c := make([]float32, len(col))
+		for i := range c {
+			c[i] = float32(rng.IntN(9) - 4)
+		}
+		back := make([]float32, len(x))
+		g.col2im(c, back)
+		var lhs, rhs float32
+		for i := range x {
+			lhs += back[i] * x[i]
+		}
+		for i := range c {
+			rhs += c[i] * col[i]
+		}
+		if lhs != rhs {
+			t.Errorf("%+v: <col2im(c), x> = %v, <c, im2col(x)> = %v", g, lhs, rhs)
+		}
+	}
+}
+
+// Nothing needs the gradient of the images, so the first convolution has no
+// input-gradient op; every later one does.
+func TestNoGradientForTheImages(t *testing.T) {
+	p := tinyParams(t, 5)
+	net, err := NewNet(p, NetOptions{Batch: 2, Train: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer net.Close()
+	inputGrads := map[int]bool{}
+	for _, n := range net.g.AllNodes() {
+		if op, ok := n.Op().(convOp); ok && op.kind == convGradInput {
+			inputGrads[op.g.in] = true
+		}
+	}
+	convs := p.Spec.Convs()
+	if inputGrads[convs[0].In] {
+		t.Error("the first convolution computes a gradient for the images")
+	}
+	for _, c := range convs[1:] {
+		if !inputGrads[c.In] {
+			t.Errorf("no input gradient for the convolution of %s", c.WeightName)
+		}
+	}
+}
