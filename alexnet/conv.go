@@ -155,6 +155,9 @@ type opScratch struct {
 	out     *tensor.Dense
 	cols    [parts][]float32 // patches, one buffer per piece of the batch
 	partial [parts][]float32 // weight-gradient sums per piece
+	// computed, when set, runs each time the op has written its output (the
+	// Net's OnClassifierGradient hook).
+	computed func()
 }
 
 func (s *opScratch) output(shape tensor.Shape) *tensor.Dense {

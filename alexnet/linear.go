@@ -161,5 +161,8 @@ func (op linearOp) UsePreallocDo(prealloc G.Value, in ...G.Value) (G.Value, erro
 			}
 		}
 	}
+	if op.scratch.computed != nil {
+		op.scratch.computed()
+	}
 	return out, nil
 }

@@ -36,6 +36,12 @@ type Net struct {
 	logits  *G.Node
 	loss    *G.Node
 	grads   G.Nodes // in Layout order
+	bound   []float32 // the gradient vector of BindGrad
+
+	// OnClassifierGradient's hook: the classifier's gradient ops, those still
+	// to run in this Gradient call, and what to call when none is left.
+	classifierOps, classifierLeft int
+	classifierReady               func()
 
 	// The last Gradient call's phases: lossAt splits forward from backward.
 	started, lossAt, finished time.Time
@@ -183,7 +189,54 @@ func (n *Net) BindGrad(grad []float32) bool {
 		}
 		s.out = tensor.New(tensor.WithShape(n.grads[i].Shape().Clone()...), tensor.WithBacking(grad[t.Offset:t.Offset+t.Size:t.Offset+t.Size]))
 	}
+	n.bound = nil
+	if all {
+		n.bound = grad
+	}
 	return all
+}
+
+// OnClassifierGradient makes every later Gradient call ready as soon as the
+// classifier's gradients are final in the bound gradient vector, and returns
+// where they start in it. The backward pass computes them first, before the
+// convolutions', so a caller can all-reduce grad[from:] (93% of the seed
+// model's gradient) while the convolutions' backward runs. ready runs once per
+// Gradient that succeeds, at the latest as it returns; it must not touch the
+// convolutions' gradients, which are still being written. It needs BindGrad;
+// a nil ready removes the hook.
+func (n *Net) OnClassifierGradient(ready func()) (from int, err error) {
+	if n.bound == nil {
+		return 0, errors.New("alexnet: OnClassifierGradient needs the gradient bound with BindGrad")
+	}
+	first := -1
+	for i, t := range n.params.Layout {
+		if t.Name == n.Spec.Linears()[0].WeightName {
+			first = i
+		}
+	}
+	if first < 0 {
+		return 0, fmt.Errorf("alexnet: no %s in the parameter layout", n.Spec.Linears()[0].WeightName)
+	}
+	var scratches []*opScratch
+	for _, g := range n.grads[first:] {
+		op, ok := g.Op().(linearOp)
+		if !ok {
+			return 0, fmt.Errorf("alexnet: the classifier's gradient %v is not a linear op", g.Op())
+		}
+		scratches = append(scratches, op.scratch)
+	}
+	n.classifierReady, n.classifierOps = ready, len(scratches)
+	for _, s := range scratches {
+		s.computed = nil
+		if ready != nil {
+			s.computed = func() {
+				if n.classifierLeft--; n.classifierLeft == 0 {
+					n.classifierReady()
+				}
+			}
+		}
+	}
+	return n.params.Layout[first].Offset, nil
 }
 
 // Phases are the durations of the last Gradient call's forward pass (from
@@ -258,6 +311,9 @@ func (n *Net) Gradient(images []float32, labels []int, count int, rng *rand.Rand
 	if len(labels) < count || len(grad) != len(n.params.Flat) {
 		return 0, fmt.Errorf("%w: %d labels for %d images, gradient of %d for %d parameters", ErrBatch, len(labels), count, len(grad), len(n.params.Flat))
 	}
+	if n.classifierReady != nil && (n.bound == nil || &grad[0] != &n.bound[0]) {
+		return 0, errors.New("alexnet: with OnClassifierGradient, Gradient must write into the bound gradient vector")
+	}
 	k := n.Spec.Classes
 	clear(n.targets)
 	for i, y := range labels[:count] {
@@ -281,6 +337,7 @@ func (n *Net) Gradient(images []float32, labels []int, count int, rng *rand.Rand
 			}
 		}
 	}
+	n.classifierLeft = n.classifierOps
 	if err := n.run(); err != nil {
 		return 0, fmt.Errorf("alexnet: forward/backward: %w", err)
 	}
@@ -296,6 +353,10 @@ func (n *Net) Gradient(images []float32, labels []int, count int, rng *rand.Rand
 		if dst := grad[t.Offset : t.Offset+t.Size]; &dst[0] != &d[0] {
 			copy(dst, d) // not bound (BindGrad), or bound to another vector
 		}
+	}
+	if n.classifierReady != nil && n.classifierLeft > 0 { // an op of the classifier did not run
+		n.classifierLeft = 0
+		n.classifierReady()
 	}
 	loss, err := scalarF32(n.loss.Value())
 	if err != nil {

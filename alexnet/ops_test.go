@@ -276,3 +276,75 @@ func TestNoGradientForTheImages(t *testing.T) {
 		}
 	}
 }
+
+// The classifier's gradients are final, in the bound vector, before the
+// convolutions' backward starts, and the hook says so once per Gradient.
+func TestClassifierGradientIsReadyFirst(t *testing.T) {
+	p := tinyParams(t, 5)
+	const batch = 2
+	net, err := NewNet(p, NetOptions{Batch: batch, Train: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer net.Close()
+	grad := make([]float32, len(p.Flat))
+	if _, err := net.OnClassifierGradient(func() {}); err == nil {
+		t.Error("OnClassifierGradient accepted a net without a bound gradient")
+	}
+	if !net.BindGrad(grad) {
+		t.Fatal("BindGrad failed")
+	}
+	var calls int
+	var early []float32
+	var headUntouched bool
+	var from int
+	from, err = net.OnClassifierGradient(func() {
+		calls++
+		early = append(early[:0], grad[from:]...)
+		headUntouched = true
+		for _, g := range grad[:from] {
+			if !math.IsNaN(float64(g)) {
+				headUntouched = false
+			}
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, _ := p.View(p.Spec.Linears()[0].WeightName)
+	if from <= 0 || &p.Flat[from] != &first[0] {
+		t.Fatalf("classifier starts at %d, not at %s", from, p.Spec.Linears()[0].WeightName)
+	}
+	x := make([]float32, batch*3*p.Spec.Input*p.Spec.Input)
+	for i := range x {
+		x[i] = float32(i%13) * 0.1
+	}
+	for step := 1; step <= 2; step++ {
+		for i := range grad {
+			grad[i] = float32(math.NaN())
+		}
+		if _, err := net.Gradient(x, []int{1, 3}, batch, nil, grad); err != nil {
+			t.Fatal(err)
+		}
+		if calls != step {
+			t.Fatalf("after %d Gradient calls the hook ran %d times", step, calls)
+		}
+		if !headUntouched {
+			t.Error("the convolutions' gradients were written before the hook ran")
+		}
+		for i, g := range grad[from:] {
+			if math.IsNaN(float64(g)) || math.Float32bits(g) != math.Float32bits(early[i]) {
+				t.Fatalf("classifier gradient %d: %v when the hook ran, %v at the end", i, early[i], g)
+			}
+		}
+	}
+	if _, err := net.Gradient(x, []int{1, 3}, batch, nil, make([]float32, len(p.Flat))); err == nil {
+		t.Error("Gradient into another vector than the bound one was accepted with the hook set")
+	}
+	if _, err := net.OnClassifierGradient(nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := net.Gradient(x, []int{1, 3}, batch, nil, grad); err != nil || calls != 2 {
+		t.Errorf("after removing the hook: %v, %d calls", err, calls)
+	}
+}

@@ -257,6 +257,12 @@ func (r *Ring) AllReduceAvg(ctx context.Context, v []float32) error {
 	return r.AllReduce(ctx, v, Avg)
 }
 
+// StartAllReduceAvg is Start with Avg, returning the Wait (the worker's
+// Collective).
+func (r *Ring) StartAllReduceAvg(ctx context.Context, v []float32) func() error {
+	return r.Start(ctx, v, Avg).Wait
+}
+
 // Broadcast replaces v on every rank by root's v, bit for bit (in float32 even
 // with FP16: what is broadcast is state, such as parameters and Adam moments).
 func (r *Ring) Broadcast(ctx context.Context, v []float32, root int) error {

@@ -29,6 +29,10 @@ type Collective interface {
 	// AllReduceAvg replaces v, on every rank, by the element-wise mean of all
 	// ranks' v, bit-identical on every rank.
 	AllReduceAvg(ctx context.Context, v []float32) error
+	// StartAllReduceAvg begins AllReduceAvg of v and returns at once; wait
+	// returns its result, and v must not be touched until then. Collectives
+	// run in the order started, which is the same on every rank.
+	StartAllReduceAvg(ctx context.Context, v []float32) (wait func() error)
 	// Broadcast replaces v on every rank by root's v.
 	Broadcast(ctx context.Context, v []float32, root int) error
 }
@@ -39,6 +43,9 @@ type Solo struct{}
 func (Solo) Rank() int                                       { return 0 }
 func (Solo) World() int                                      { return 1 }
 func (Solo) AllReduceAvg(context.Context, []float32) error   { return nil }
+func (Solo) StartAllReduceAvg(context.Context, []float32) func() error {
+	return func() error { return nil }
+}
 func (Solo) Broadcast(context.Context, []float32, int) error { return nil }
 
 // EpochResult is what one epoch did, as rank 0 saw it.
@@ -197,9 +204,10 @@ func (t *Trainer) Reconfigure(coll Collective, batch, epoch int) error {
 		return fmt.Errorf("worker: batch per rank %d", batch)
 	}
 	t.coll, t.epoch = coll, epoch
-	// The gradient travels with one flag per rank after it, so that the
-	// all-reduce that averages it also tells every rank who produced a NaN.
-	if n := len(t.params.Flat) + coll.World(); len(t.grad) != n {
+	// The gradient travels with one flag per rank before it, so that the
+	// all-reduce that averages the convolutions' part also tells every rank
+	// who produced a NaN (the classifier's part goes first, on its own).
+	if n := coll.World() + len(t.params.Flat); len(t.grad) != n {
 		t.grad = make([]float32, n)
 	}
 	var err error
@@ -212,7 +220,9 @@ func (t *Trainer) Reconfigure(coll Collective, batch, epoch int) error {
 			return err
 		}
 	}
-	t.net.BindGrad(t.grad[:len(t.params.Flat)])
+	if !t.net.BindGrad(t.grad[coll.World():]) {
+		return errors.New("worker: the training graph's gradient could not be bound to the flat vector")
+	}
 	if coll.Rank() == 0 && t.eval == nil {
 		if t.eval, err = alexnet.NewNet(t.params, alexnet.NetOptions{Batch: t.cfg.EvalBatch}); err != nil {
 			return err
@@ -342,8 +352,21 @@ func (t *Trainer) runEpoch(ctx context.Context, epoch int) (EpochResult, error) 
 			return res, fmt.Errorf("worker: epoch %d: %w", epoch+1, err)
 		}
 		rec.phase(PhaseDataWait, rec.start, time.Since(rec.start))
-		n := len(t.params.Flat)
-		grad, flags := t.grad[:n], t.grad[n:]
+		world := t.coll.World()
+		flags, grad := t.grad[:world], t.grad[world:]
+		// The classifier's gradients are final early in the backward pass: their
+		// all-reduce (most of the bytes) runs while the convolutions' backward
+		// does, then the rest, with the flags, after it.
+		var from int
+		var classifierFinite bool
+		var classifierWait func() error
+		from, err = t.net.OnClassifierGradient(func() {
+			classifierFinite = allFinite(grad[from:])
+			classifierWait = t.coll.StartAllReduceAvg(ctx, grad[from:])
+		})
+		if err != nil {
+			return res, err
+		}
 		loss, err := t.net.Gradient(b.Images, b.Labels, b.Count, t.rng, grad)
 		fwd, bwd := t.net.Phases()
 		rec.phase(PhaseForward, rec.start.Add(rec.phases[0].took), fwd)
@@ -351,15 +374,22 @@ func (t *Trainer) runEpoch(ctx context.Context, epoch int) (EpochResult, error) 
 		rec.images, rec.loss = b.Count, loss
 		loader.Release(b)
 		if err != nil {
+			if classifierWait != nil {
+				classifierWait() // it reads and writes grad: let it end first
+			}
 			return res, fmt.Errorf("worker: epoch %d step %d: %w", epoch+1, steps+1, err)
 		}
 		clear(flags)
-		if !finite(float64(loss)) || !allFinite(grad) {
+		if !finite(float64(loss)) || !classifierFinite || !allFinite(grad[:from]) {
 			flags[t.coll.Rank()] = 1
 			t.log.Warn("non-finite loss or gradient", zap.Int("epoch", epoch+1), zap.Int("step", steps+1), zap.Int("rank", t.coll.Rank()), zap.Float32("loss", loss))
 		}
 		reduceStart := time.Now()
-		if err := t.coll.AllReduceAvg(ctx, t.grad); err != nil {
+		err = t.coll.AllReduceAvg(ctx, t.grad[:world+from])
+		if werr := classifierWait(); err == nil {
+			err = werr
+		}
+		if err != nil {
 			return res, fmt.Errorf("worker: epoch %d step %d: gradient all-reduce: %w", epoch+1, steps+1, err)
 		}
 		rec.phase(PhaseAllReduce, reduceStart, time.Since(reduceStart))

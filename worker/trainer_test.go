@@ -140,17 +140,18 @@ func TestTrainerErrors(t *testing.T) {
 	}
 	cfg := tinyConfig(data, t.TempDir())
 	cfg.Batch = 15
-	if _, err := NewTrainer(cfg, fakeWorld{2}, zap.NewNop()); err == nil || !strings.Contains(err.Error(), "not divisible") {
+	if _, err := NewTrainer(cfg, fakeWorld{n: 2}, zap.NewNop()); err == nil || !strings.Contains(err.Error(), "not divisible") {
 		t.Errorf("batch 15 over 2 ranks: %v", err)
 	}
 }
 
-type fakeWorld struct{ n int }
+// fakeWorld is a world of n in which this rank does all the work.
+type fakeWorld struct {
+	Solo
+	n int
+}
 
-func (f fakeWorld) Rank() int                                     { return 0 }
-func (f fakeWorld) World() int                                    { return f.n }
-func (fakeWorld) AllReduceAvg(context.Context, []float32) error   { return nil }
-func (fakeWorld) Broadcast(context.Context, []float32, int) error { return nil }
+func (f fakeWorld) World() int { return f.n }
 
 func TestWorkerBatchOption(t *testing.T) {
 	cfg := DefaultConfig()

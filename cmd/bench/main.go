@@ -9,6 +9,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"flag"
@@ -24,6 +25,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/alexring/alexring/alexnet"
+	"github.com/alexring/alexring/allreduce"
 	"github.com/alexring/alexring/sharding"
 )
 
@@ -60,8 +62,9 @@ func peakRSSMB() float64 {
 	return float64(ru.Maxrss) / 1024
 }
 
-func median(d []time.Duration) time.Duration {
-	s := slices.Clone(d)
+// median is the middle value of v (the upper middle for an even count).
+func median[T cmp.Ordered](v []T) T {
+	s := slices.Clone(v)
 	slices.Sort(s)
 	return s[len(s)/2]
 }
@@ -169,8 +172,13 @@ type stepper struct {
 	labels []int
 	grad   []float32
 	batch  int
-	// reduce, when set, averages the gradient with other ranks before Adam.
-	reduce func([]float32) error
+	// ring, when set, averages the gradient with the other ranks before Adam,
+	// as the worker does: with overlap, the classifier's part while the
+	// convolutions' backward runs. reduceWaits are the steps' waits for it
+	// after the backward pass.
+	ring        *allreduce.Ring
+	overlap     bool
+	reduceWaits []time.Duration
 }
 
 func newStepper(variant string, batch, classes int) (*stepper, error) {
@@ -202,13 +210,31 @@ func newStepper(variant string, batch, classes int) (*stepper, error) {
 func (st *stepper) step() error { return st.stepOn(st.images, st.labels, st.batch) }
 
 func (st *stepper) stepOn(images []float32, labels []int, count int) error {
+	ctx := context.Background()
+	from := len(st.grad) // the part all-reduced early: none
+	var classifierWait func() error
+	if st.ring != nil && st.overlap {
+		var err error
+		if from, err = st.net.OnClassifierGradient(func() {
+			classifierWait = st.ring.StartAllReduceAvg(ctx, st.grad[from:])
+		}); err != nil {
+			return err
+		}
+	}
 	if _, err := st.net.Gradient(images, labels, count, st.rng, st.grad); err != nil {
 		return err
 	}
-	if st.reduce != nil {
-		if err := st.reduce(st.grad); err != nil {
+	if st.ring != nil {
+		start := time.Now()
+		if err := st.ring.AllReduceAvg(ctx, st.grad[:from]); err != nil {
 			return err
 		}
+		if classifierWait != nil {
+			if err := classifierWait(); err != nil {
+				return err
+			}
+		}
+		st.reduceWaits = append(st.reduceWaits, time.Since(start))
 	}
 	return st.adam.Update(st.params.Flat, st.grad)
 }

@@ -53,8 +53,9 @@ func TestMultiProcessBenchesPrintResults(t *testing.T) {
 	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}
-	out, err := exec.Command(bin, "scaling", "--variant", "tiny", "--batch", "4", "--steps", "2", "--warmup", "1").CombinedOutput()
-	if err != nil || !regexp.MustCompile(`(?m)^RESULT bench=scaling variant=tiny batch=4 one_worker_img_per_s=[0-9.]+ two_workers_img_per_s=[0-9.]+ speedup=[0-9.]+$`).Match(out) {
+	out, err := exec.Command(bin, "scaling", "--variant", "tiny", "--batch", "4", "--steps", "2", "--warmup", "1", "--rounds", "2").CombinedOutput()
+	if err != nil || !regexp.MustCompile(`(?m)^round 2: .* speedup [0-9.]+$`).Match(out) ||
+		!regexp.MustCompile(`(?m)^RESULT bench=scaling variant=tiny batch=4 rounds=2 one_worker_img_per_s=[0-9.]+ two_workers_img_per_s=[0-9.]+ speedup=[0-9.]+$`).Match(out) {
 		t.Errorf("bench scaling: %v\n%s", err, out)
 	}
 	// The ranks share the cores unless --procs says otherwise.
