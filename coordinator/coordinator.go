@@ -114,6 +114,7 @@ type Coordinator struct {
 	}
 	startedAt time.Time
 	wallSoFar float64 // seconds the job ran before a --resume
+	resumedAt int     // epochs trained before a --resume
 	curves    []epochRow
 	control   *grpc.Server
 }
@@ -177,7 +178,12 @@ func (c *Coordinator) resume() error {
 	if c.curves, err = readCurves(c.cfg.Job.Out, st.Epoch); err != nil {
 		return fmt.Errorf("coordinator: --resume: %w", err)
 	}
+	if len(c.curves) < st.Epoch {
+		// The coordinator died between the workers' report and its row.
+		c.log.Warn("metrics.csv lacks epochs the state has trained; their rows are lost", zap.Int("rows", len(c.curves)), zap.Int("epochs_done", st.Epoch))
+	}
 	c.cfg.Job.Resume = path
+	c.resumedAt = st.Epoch
 	c.summary.bestAcc = st.BestAcc
 	if n := len(c.curves); n > 0 {
 		c.wallSoFar = c.curves[n-1].WallSeconds
@@ -319,7 +325,7 @@ func (c *Coordinator) start() {
 		names = append(names, name)
 		c.alive[name] = true
 	}
-	c.formRing(names, 0, "")
+	c.formRing(names, c.resumedAt, "")
 	c.started = true
 	c.startedAt = time.Now()
 	c.notify()
@@ -419,6 +425,12 @@ func (c *Coordinator) report(ctx context.Context, rep *controlpb.EpochReport) (*
 		return &controlpb.ReportReply{Reform: true}, nil
 	}
 	e := int(rep.Epoch)
+	if c.verdicts[e] == nil && e <= c.recorded() {
+		// A report that found its coordinator gone, sent again to this
+		// resumed one, of an epoch the earlier coordinator had recorded.
+		c.mu.Unlock()
+		return &controlpb.ReportReply{}, nil
+	}
 	if c.reports[e] == nil {
 		c.reports[e] = make([]*controlpb.EpochReport, c.ring.world())
 	}
@@ -463,6 +475,14 @@ func (c *Coordinator) waitLocked(ctx context.Context, done func() bool) error {
 	return nil
 }
 
+// recorded is the last epoch with a row in the curves. Called with c.mu held.
+func (c *Coordinator) recorded() int {
+	if len(c.curves) == 0 {
+		return 0
+	}
+	return c.curves[len(c.curves)-1].Epoch
+}
+
 // decide checks that the ranks hold the same parameters and prints the epoch.
 // Called with c.mu held.
 func (c *Coordinator) decide(epoch int) *controlpb.ReportReply {
@@ -491,14 +511,16 @@ func (c *Coordinator) decide(epoch int) *controlpb.ReportReply {
 	if reps[0].Best {
 		c.summary.bestAcc, c.summary.bestEpoch = acc, epoch
 	}
-	fmt.Fprintf(c.out, "Epoch %d/%d - Train loss: %.4f - Val Accuracy: %.4f\n", epoch, c.cfg.Job.Epochs, loss, acc)
 	row := epochRow{Epoch: epoch, TrainLoss: loss, ValAccuracy: acc, ImagesPerS: ips,
 		WallSeconds: c.wallSoFar + time.Since(c.startedAt).Seconds(), World: len(reps)}
 	c.curves = append(c.curves, row)
 	c.cfg.Metrics.epochDone(row)
+	// On disk before it is announced: a coordinator killed after the line
+	// still leaves the row for its --resume.
 	if err := writeCurves(c.cfg.Job.Out, c.curves); err != nil {
 		c.log.Warn("could not write the training curves", zap.Error(err))
 	}
+	fmt.Fprintf(c.out, "Epoch %d/%d - Train loss: %.4f - Val Accuracy: %.4f\n", epoch, c.cfg.Job.Epochs, loss, acc)
 	c.log.Info("epoch", zap.Int("epoch", epoch), zap.Float64("train_loss", loss), zap.Float64("val_accuracy", acc),
 		zap.Float64("img_per_s", ips), zap.Uint64("checksum", reps[0].Checksum))
 	if epoch >= c.cfg.Job.Epochs {

@@ -233,3 +233,46 @@ func TestRestartedWorkerReplacesItsOldSelf(t *testing.T) {
 		t.Errorf("a second w-b at the same address: %v", err)
 	}
 }
+
+// A resumed coordinator takes again the reports of the epoch its predecessor
+// died in: with no row for it, once every rank has sent its report (the line
+// and the row are made then); with a row already written, at once and without
+// a second row.
+func TestResumedCoordinatorTakesTheLostEpochsReports(t *testing.T) {
+	c, s, out := newTestCoordinator(t, 2)
+	c.cfg.Job.Epochs = 5
+	c.curves = []epochRow{{Epoch: 1, TrainLoss: 1.5, World: 2}}
+	c.resumedAt = 2
+	plans := register(t, c, s, "w-a", "w-b")
+	job := plans["w-a"].JobId
+	if p := plans["w-b"]; p.Epoch != 2 {
+		t.Fatalf("the resumed job's plan starts at epoch %d, want 2", p.Epoch)
+	}
+	var wg sync.WaitGroup
+	for r := range 2 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			rep, err := s.Report(context.Background(), &controlpb.EpochReport{JobId: job, Rank: int32(r), Epoch: 2, TrainLoss: 1.25, Checksum: 9, Images: 6, Generation: 1})
+			if err != nil || rep.Stop || rep.Reform {
+				t.Errorf("rank %d's report of epoch 2 again: %+v %v", r, rep, err)
+			}
+		}()
+	}
+	wg.Wait()
+	if got := out.String(); strings.Count(got, "Epoch 2/5 - Train loss: 1.2500") != 1 {
+		t.Errorf("the coordinator printed:\n%s", got)
+	}
+	// Epoch 2 is now recorded: a report of it (from a rank whose verdict was
+	// lost with the coordinator) is answered at once and adds nothing.
+	c.verdicts = map[int]*controlpb.ReportReply{}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	rep, err := s.Report(ctx, &controlpb.EpochReport{JobId: job, Rank: 1, Epoch: 2, Checksum: 9, Generation: 1})
+	if err != nil || rep.Stop || rep.Reform {
+		t.Errorf("a report of a recorded epoch: %+v %v", rep, err)
+	}
+	if len(c.curves) != 2 || c.curves[1].Epoch != 2 || strings.Count(out.String(), "Epoch 2/5") != 1 {
+		t.Errorf("rows %+v after the repeated report; printed:\n%s", c.curves, out.String())
+	}
+}

@@ -64,8 +64,9 @@ func RunJoined(ctx context.Context, jc JoinConfig, log *zap.Logger) error {
 	}
 	defer member.Leave(time.Second)
 	var lostAt time.Time
+	var unsent unsentReport
 	for {
-		registered, err := runJob(ctx, &jc, node, member, log)
+		registered, err := runJob(ctx, &jc, node, member, &unsent, log)
 		if registered {
 			lostAt = time.Time{}
 		}
@@ -115,7 +116,40 @@ func waitForCoordinator(ctx context.Context, member *membership.Member, addr str
 
 // runJob finds the coordinator, registers and trains until the job ends;
 // registered says whether the coordinator took this worker.
-func runJob(ctx context.Context, jc *JoinConfig, node *allreduce.Node, member *membership.Member, log *zap.Logger) (registered bool, err error) {
+// unsentReport is an epoch's report that found no coordinator. The workers
+// train to the end of the epoch that the coordinator died in; the one that
+// resumes the job starts after that epoch and takes the report again, so the
+// epoch keeps its line and its row in metrics.csv.
+type unsentReport struct {
+	report *controlpb.EpochReport
+	world  int32
+}
+
+// resend gives a coordinator that resumed at the report's epoch, in a ring of
+// the same size, the report the last one did not take.
+func (u *unsentReport) resend(ctx context.Context, control controlpb.ControlClient, plan *controlpb.JobPlan, log *zap.Logger) error {
+	rep := u.report
+	u.report = nil
+	if rep == nil {
+		return nil
+	}
+	if rep.JobId != plan.JobId || rep.Epoch != plan.Epoch || u.world != plan.World {
+		log.Warn("dropping the report the lost coordinator did not take: the new one starts elsewhere",
+			zap.Int32("report_epoch", rep.Epoch), zap.Int32("plan_epoch", plan.Epoch), zap.Int32("world", u.world), zap.Int32("plan_world", plan.World))
+		return nil
+	}
+	rep.Generation = plan.Generation
+	reply, err := control.Report(ctx, rep)
+	if err != nil {
+		return controlErr(fmt.Sprintf("report epoch %d again", rep.Epoch), err)
+	}
+	if reply.Stop {
+		return fmt.Errorf("worker: the coordinator stopped the job: %s", reply.Reason)
+	}
+	return nil
+}
+
+func runJob(ctx context.Context, jc *JoinConfig, node *allreduce.Node, member *membership.Member, unsent *unsentReport, log *zap.Logger) (registered bool, err error) {
 	coord, err := member.Coordinator(10 * time.Second)
 	if err != nil {
 		return false, fmt.Errorf("worker: %w (joined through %s)", err, jc.Join)
@@ -149,6 +183,9 @@ func runJob(ctx context.Context, jc *JoinConfig, node *allreduce.Node, member *m
 	// world need not divide the global batch).
 	cfg.WorkerBatchSize = int(plan.BatchPerRank)
 	log.Info("job plan received", zap.Int("rank", int(plan.Rank)), zap.String("job", plan.JobId), zap.Int("world", int(plan.World)), zap.String("ring", plan.RingId))
+	if err := unsent.resend(ctx, control, plan, log); err != nil {
+		return true, err
+	}
 
 	openRing := func(plan *controlpb.JobPlan) (*allreduce.Ring, error) {
 		rcfg := allreduce.DefaultConfig()
@@ -215,13 +252,18 @@ func runJob(ctx context.Context, jc *JoinConfig, node *allreduce.Node, member *m
 	t.OnEpoch = func(r EpochResult) error {
 		log.Info("epoch done", zap.Int("rank", int(plan.Rank)), zap.Int("epoch", r.Epoch), zap.Float64("train_loss", r.TrainLoss),
 			zap.Float64("img_per_s", float64(r.Images)/r.Duration.Seconds()), zap.Uint64("checksum", r.Checksum), zap.Int("bad_files", r.BadFiles), zap.Int("skipped_steps", r.Skipped))
-		reply, err := control.Report(ctx, &controlpb.EpochReport{
+		rep := &controlpb.EpochReport{
 			JobId: plan.JobId, Rank: plan.Rank, Epoch: int32(r.Epoch), TrainLoss: r.TrainLoss, ValAccuracy: r.ValAccuracy,
 			ImagesPerS: float64(r.Images) / r.Duration.Seconds(), Checksum: r.Checksum, Best: r.Best,
 			Images: int32(r.Images), Seconds: r.Duration.Seconds(), Generation: plan.Generation,
-		})
+		}
+		reply, err := control.Report(ctx, rep)
 		if err != nil {
-			return controlErr(fmt.Sprintf("report epoch %d", r.Epoch), err)
+			err = controlErr(fmt.Sprintf("report epoch %d", r.Epoch), err)
+			if errors.Is(err, errCoordinatorLost) {
+				unsent.report, unsent.world = rep, plan.World
+			}
+			return err
 		}
 		if reply.Stop {
 			return fmt.Errorf("worker: the coordinator stopped the job: %s", reply.Reason)
