@@ -40,9 +40,9 @@ type Collective interface {
 // Solo is the collective of a world of one.
 type Solo struct{}
 
-func (Solo) Rank() int                                       { return 0 }
-func (Solo) World() int                                      { return 1 }
-func (Solo) AllReduceAvg(context.Context, []float32) error   { return nil }
+func (Solo) Rank() int                                     { return 0 }
+func (Solo) World() int                                    { return 1 }
+func (Solo) AllReduceAvg(context.Context, []float32) error { return nil }
 func (Solo) StartAllReduceAvg(context.Context, []float32) func() error {
 	return func() error { return nil }
 }
