@@ -35,7 +35,7 @@ type Net struct {
 	masks   [][]float32
 	logits  *G.Node
 	loss    *G.Node
-	grads   G.Nodes // in Layout order
+	grads   G.Nodes   // in Layout order
 	bound   []float32 // the gradient vector of BindGrad
 
 	// OnClassifierGradient's hook: the classifier's gradient ops, those still
@@ -212,6 +212,7 @@ func (n *Net) OnClassifierGradient(ready func()) (from int, err error) {
 	for i, t := range n.params.Layout {
 		if t.Name == n.Spec.Linears()[0].WeightName {
 			first = i
+			break
 		}
 	}
 	if first < 0 {

@@ -114,8 +114,6 @@ func waitForCoordinator(ctx context.Context, member *membership.Member, addr str
 	}
 }
 
-// runJob finds the coordinator, registers and trains until the job ends;
-// registered says whether the coordinator took this worker.
 // unsentReport is an epoch's report that found no coordinator. The workers
 // train to the end of the epoch that the coordinator died in; the one that
 // resumes the job starts after that epoch and takes the report again, so the
@@ -149,6 +147,8 @@ func (u *unsentReport) resend(ctx context.Context, control controlpb.ControlClie
 	return nil
 }
 
+// runJob finds the coordinator, registers and trains until the job ends;
+// registered says whether the coordinator took this worker.
 func runJob(ctx context.Context, jc *JoinConfig, node *allreduce.Node, member *membership.Member, unsent *unsentReport, log *zap.Logger) (registered bool, err error) {
 	coord, err := member.Coordinator(10 * time.Second)
 	if err != nil {
