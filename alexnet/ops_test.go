@@ -348,3 +348,48 @@ func TestClassifierGradientIsReadyFirst(t *testing.T) {
 		t.Errorf("after removing the hook: %v, %d calls", err, calls)
 	}
 }
+
+// The pool against PyTorch's CPU rule, written plainly, on values full of
+// ties, signed zeros, infinities and NaNs: the same maximum, bit for bit, at
+// the same offset.
+func TestMaxPoolIsPyTorchsRule(t *testing.T) {
+	rng := rand.New(rand.NewPCG(5, 6))
+	inf := float32(math.Inf(1))
+	values := []float32{-inf, -3, -1, float32(math.Copysign(0, -1)), 0, 1, 1, 2, inf}
+	const side, k, st, planes = 11, 3, 2, 40
+	o := (side-k)/st + 1
+	x := make([]float32, planes*side*side)
+	for i := range x {
+		x[i] = values[rng.IntN(len(values))]
+		if rng.IntN(60) == 0 {
+			x[i] = float32(math.NaN())
+		}
+	}
+	op := poolOp{batch: planes, channels: 1, side: side, outSide: o, kernel: k, stride: st, scratch: &opScratch{}, argmax: new([]int32)}
+	y, err := op.Do(dense(tensor.Shape{planes, 1, side, side}, x))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := y.Data().([]float32)
+	for q := range planes {
+		plane := x[q*side*side : (q+1)*side*side]
+		for oy := range o {
+			for ox := range o {
+				// aten/src/ATen/native/cpu/MaxPoolKernel.cpp
+				at, top := oy*st*side+ox*st, float32(math.Inf(-1))
+				for ky := range k {
+					for kx := range k {
+						i := (oy*st+ky)*side + ox*st + kx
+						if v := plane[i]; v > top || v != v {
+							at, top = i, v
+						}
+					}
+				}
+				i := q*o*o + oy*o + ox
+				if math.Float32bits(got[i]) != math.Float32bits(top) || (*op.argmax)[i] != int32(at) {
+					t.Fatalf("plane %d window (%d, %d): pooled %v at %d, PyTorch's rule gives %v at %d", q, oy, ox, got[i], (*op.argmax)[i], top, at)
+				}
+			}
+		}
+	}
+}
