@@ -49,6 +49,11 @@ type RingConfig struct {
 	ChunkBytes int           `yaml:"chunk_bytes" json:"chunk_bytes"` // bytes per message
 	FP16       bool          `yaml:"fp16" json:"fp16"`               // half floats on the wire
 	OpTimeout  time.Duration `yaml:"op_timeout" json:"op_timeout"`   // a collective's deadline: a peer silent that long is lost
+	// Overlap all-reduces the classifier's gradient (93% of the seed's bytes)
+	// while the convolutions' backward runs. It pays where the backward leaves
+	// the CPU free; with one core per CPU worker the two only take turns, and
+	// bench scaling measured 1.52-1.71x with it against 1.76-1.84x without.
+	Overlap bool `yaml:"overlap" json:"overlap"`
 }
 
 // DefaultConfig is the seed's training.

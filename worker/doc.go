@@ -6,10 +6,10 @@
 //	sharding.Plan.Shard(rank)        this epoch's sample indices (the coordinator's plan, checked)
 //	sharding.Loader.Next()           decoded, augmented float32 batch (prefetched by goroutines)
 //	alexnet.Net.Gradient(...)        forward, softmax cross-entropy, backward: the flat gradient
-//	  Collective.StartAllReduceAvg   as soon as the classifier's gradient is final (most of the
-//	                                 bytes), the ring all-reduce (allreduce.Ring) averages it over
-//	                                 the ranks while the convolutions' backward runs
-//	Collective.AllReduceAvg(rest)    then the convolutions' gradient, with a NaN flag per rank
+//	Collective.AllReduceAvg(grad)    the ring all-reduce (allreduce.Ring) averages it over the
+//	                                 ranks, with a NaN flag per rank; with ring.overlap the
+//	                                 classifier's part starts during the backward pass
+//	                                 (Collective.StartAllReduceAvg), as soon as it is final
 //	alexnet.Adam.Update(params, grad) identical on every rank, so the replicas stay bit-identical
 //
 // After each epoch every rank reports a checksum of its parameters; rank 0 also

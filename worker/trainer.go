@@ -205,8 +205,8 @@ func (t *Trainer) Reconfigure(coll Collective, batch, epoch int) error {
 	}
 	t.coll, t.epoch = coll, epoch
 	// The gradient travels with one flag per rank before it, so that the
-	// all-reduce that averages the convolutions' part also tells every rank
-	// who produced a NaN (the classifier's part goes first, on its own).
+	// all-reduce that averages it (with ring.overlap, the convolutions' part
+	// after the classifier's) also tells every rank who produced a NaN.
 	if n := coll.World() + len(t.params.Flat); len(t.grad) != n {
 		t.grad = make([]float32, n)
 	}
@@ -354,18 +354,18 @@ func (t *Trainer) runEpoch(ctx context.Context, epoch int) (EpochResult, error) 
 		rec.phase(PhaseDataWait, rec.start, time.Since(rec.start))
 		world := t.coll.World()
 		flags, grad := t.grad[:world], t.grad[world:]
-		// The classifier's gradients are final early in the backward pass: their
-		// all-reduce (most of the bytes) runs while the convolutions' backward
-		// does, then the rest, with the flags, after it.
-		var from int
-		var classifierFinite bool
+		// With ring.overlap the classifier's gradients, final early in the
+		// backward pass, are all-reduced while the convolutions' backward runs,
+		// and the rest with the flags after it; otherwise all of it after.
+		from, classifierFinite := len(grad), true
 		var classifierWait func() error
-		from, err = t.net.OnClassifierGradient(func() {
-			classifierFinite = allFinite(grad[from:])
-			classifierWait = t.coll.StartAllReduceAvg(ctx, grad[from:])
-		})
-		if err != nil {
-			return res, err
+		if t.cfg.Ring.Overlap {
+			if from, err = t.net.OnClassifierGradient(func() {
+				classifierFinite = allFinite(grad[from:])
+				classifierWait = t.coll.StartAllReduceAvg(ctx, grad[from:])
+			}); err != nil {
+				return res, err
+			}
 		}
 		loss, err := t.net.Gradient(b.Images, b.Labels, b.Count, t.rng, grad)
 		fwd, bwd := t.net.Phases()
@@ -386,8 +386,10 @@ func (t *Trainer) runEpoch(ctx context.Context, epoch int) (EpochResult, error) 
 		}
 		reduceStart := time.Now()
 		err = t.coll.AllReduceAvg(ctx, t.grad[:world+from])
-		if werr := classifierWait(); err == nil {
-			err = werr
+		if classifierWait != nil {
+			if werr := classifierWait(); err == nil {
+				err = werr
+			}
 		}
 		if err != nil {
 			return res, fmt.Errorf("worker: epoch %d step %d: gradient all-reduce: %w", epoch+1, steps+1, err)

@@ -2,6 +2,7 @@ package worker
 
 import (
 	"context"
+	"fmt"
 	"math"
 	"os"
 	"path/filepath"
@@ -168,9 +169,10 @@ func TestWorkerBatchOption(t *testing.T) {
 // skip_nonfinite the step is skipped and the parameters stay as they were.
 func TestNonFiniteGradient(t *testing.T) {
 	data := synthData(t, 4)
-	for _, skip := range []bool{false, true} {
+	for _, c := range []struct{ skip, overlap bool }{{false, false}, {true, false}, {false, true}, {true, true}} {
+		skip := c.skip
 		cfg := tinyConfig(data, t.TempDir())
-		cfg.Epochs, cfg.SkipNonFinite = 1, skip
+		cfg.Epochs, cfg.SkipNonFinite, cfg.Ring.Overlap = 1, skip, c.overlap
 		tr, err := NewTrainer(cfg, Solo{}, zap.NewNop())
 		if err != nil {
 			t.Fatal(err)
@@ -198,6 +200,58 @@ func TestNonFiniteGradient(t *testing.T) {
 			if math.Float32bits(before[i]) != math.Float32bits(tr.Params().Flat[i]) {
 				t.Fatalf("skip=%v: parameter %d changed", skip, i)
 			}
+		}
+	}
+}
+
+// recordingWorld is a world of one that records the lengths its gradient
+// all-reduces were given, started early ("start") or after the backward pass.
+type recordingWorld struct {
+	Solo
+	calls *[]string
+}
+
+func (w recordingWorld) AllReduceAvg(_ context.Context, v []float32) error {
+	*w.calls = append(*w.calls, fmt.Sprintf("after %d", len(v)))
+	return nil
+}
+
+func (w recordingWorld) StartAllReduceAvg(_ context.Context, v []float32) func() error {
+	*w.calls = append(*w.calls, fmt.Sprintf("start %d", len(v)))
+	return func() error { return nil }
+}
+
+// With ring.overlap each step starts the classifier's all-reduce during the
+// backward pass and the rest (with the flags) after it; without, the whole
+// gradient goes after it.
+func TestOverlapSplitsTheAllReduce(t *testing.T) {
+	data := synthData(t, 4) // 20 images: 2 steps of 16
+	for _, overlap := range []bool{false, true} {
+		var calls []string
+		cfg := tinyConfig(data, t.TempDir())
+		cfg.Epochs, cfg.Ring.Overlap = 1, overlap
+		tr, err := NewTrainer(cfg, recordingWorld{calls: &calls}, zap.NewNop())
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = tr.Run(context.Background())
+		tr.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		n, from := len(tr.Params().Flat), 0
+		for _, l := range tr.Params().Layout {
+			if l.Name == "classifier.1.weight" {
+				from = l.Offset
+			}
+		}
+		step := []string{fmt.Sprintf("after %d", 1+n)}
+		if overlap {
+			step = []string{fmt.Sprintf("start %d", n-from), fmt.Sprintf("after %d", 1+from)}
+		}
+		want := strings.Join(append(step, step...), ", ")
+		if got := strings.Join(calls, ", "); got != want {
+			t.Errorf("overlap %v: all-reduces %s, want %s", overlap, got, want)
 		}
 	}
 }

@@ -36,7 +36,7 @@ func (s *scalingFlags) define(fs *flag.FlagSet) {
 	fs.IntVar(&s.steps, "steps", 10, "timed steps")
 	fs.IntVar(&s.warmup, "warmup", 2, "untimed steps first")
 	fs.IntVar(&s.rounds, "rounds", 1, "rounds of one and then two workers; the result is the median")
-	fs.BoolVar(&s.overlap, "overlap", true, "all-reduce the classifier's gradient during the convolutions' backward, as the worker does")
+	fs.BoolVar(&s.overlap, "overlap", false, "all-reduce the classifier's gradient during the convolutions' backward (the worker's ring.overlap)")
 }
 
 // benchScaling compares one worker on one core with two workers on a core

@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/http"
 	"os"
@@ -92,7 +93,9 @@ func TestTwoWorkersEqualOneWithTheWholeBatch(t *testing.T) {
 	data := dataset(t, 8, 2) // 40 images: 5 steps of 8
 	cfg := filepath.Join(t.TempDir(), "job.yaml")
 	os.WriteFile(cfg, []byte("variant: tiny\nepochs: 1\nbatch: 8\nlr: 0.001\nseed: 5\ndropout: 0\naugment: false\neval_batch: 8\nloader_goroutines: 1\nring:\n  chunk_bytes: 4096\n  op_timeout: 20s\n"), 0o644)
-	params := func(workers int) *alexnet.TrainState {
+	overlapCfg := filepath.Join(t.TempDir(), "overlap.yaml")
+	os.WriteFile(overlapCfg, []byte("variant: tiny\nepochs: 1\nbatch: 8\nlr: 0.001\nseed: 5\ndropout: 0\naugment: false\neval_batch: 8\nloader_goroutines: 1\nring:\n  chunk_bytes: 4096\n  op_timeout: 20s\n  overlap: true\n"), 0o644)
+	params := func(workers int, cfg string) *alexnet.TrainState {
 		out := t.TempDir()
 		r := runBin(t, 3*time.Minute, "coordinator", "--workers", strconv.Itoa(workers), "--local", "--config", cfg,
 			"--data", data, "--out", out, "--bind", freePort(t), "--log-format", "json")
@@ -108,7 +111,15 @@ func TestTwoWorkersEqualOneWithTheWholeBatch(t *testing.T) {
 		}
 		return st
 	}
-	one, two := params(1), params(2)
+	one, two := params(1, cfg), params(2, cfg)
+	// ring.overlap all-reduces the classifier's part first, during the
+	// backward pass: with two ranks every sum is the same, so every bit is.
+	overlapped := params(2, overlapCfg)
+	for i := range two.Params.Flat {
+		if math.Float32bits(two.Params.Flat[i]) != math.Float32bits(overlapped.Params.Flat[i]) {
+			t.Fatalf("parameter %d: %v with ring.overlap, %v without", i, overlapped.Params.Flat[i], two.Params.Flat[i])
+		}
+	}
 	worst := 0.0
 	for i := range one.Params.Flat {
 		d := float64(one.Params.Flat[i] - two.Params.Flat[i])
