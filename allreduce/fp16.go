@@ -1,11 +1,64 @@
 package allreduce
 
-import "math"
+import (
+	"math"
+	"sync"
+)
 
 // toHalf converts a float32 to IEEE 754 binary16, rounding to nearest even,
 // with overflow to infinity and gradual underflow, as a GPU's conversion does.
+// The hot loops (putHalves, roundToHalves) take the common case, a normal
+// half, inline.
 func toHalf(f float32) uint16 {
-	b := math.Float32bits(f)
+	if b := math.Float32bits(f); isNormalHalf(b) {
+		return normalHalf(b)
+	}
+	return toHalfRare(math.Float32bits(f))
+}
+
+// isNormalHalf says whether the float32 with bits b rounds to a normal half
+// (or just past the largest, to infinity): its exponent is within a half's.
+func isNormalHalf(b uint32) bool { return (b>>23)&0xff-113 < 30 } // unsigned: smaller exponents wrap above 30
+
+// normalHalf is toHalf for bits b with isNormalHalf: re-bias the exponent,
+// then round the 13 dropped bits to nearest even by adding just under half of
+// them plus the kept lowest bit; a carry runs into the exponent, up to
+// infinity, as it should.
+func normalHalf(b uint32) uint16 {
+	x := b&0x7fffffff - 112<<23
+	return uint16(b>>16)&0x8000 | uint16((x+0xfff+((x>>13)&1))>>13)
+}
+
+// putHalves writes src into dst as little-endian half floats.
+func putHalves(dst []byte, src []float32) {
+	dst = dst[:2*len(src)]
+	for i, f := range src {
+		b := math.Float32bits(f)
+		var h uint16
+		if isNormalHalf(b) {
+			h = normalHalf(b)
+		} else {
+			h = toHalfRare(b)
+		}
+		dst[2*i], dst[2*i+1] = byte(h), byte(h>>8)
+	}
+}
+
+// roundToHalves rounds every value of v to the nearest half float's value.
+func roundToHalves(v []float32) {
+	table := halfTable()
+	for i, f := range v {
+		if b := math.Float32bits(f); isNormalHalf(b) {
+			v[i] = table[normalHalf(b)]
+		} else {
+			v[i] = table[toHalfRare(b)]
+		}
+	}
+}
+
+// toHalfRare converts the float32 with bits b that are no normal half:
+// zeros, subnormals, overflows, infinities and NaNs.
+func toHalfRare(b uint32) uint16 {
 	sign := uint16(b>>16) & 0x8000
 	exp := int((b >> 23) & 0xff)
 	mant := b & 0x7fffff
@@ -41,8 +94,21 @@ func toHalf(f float32) uint16 {
 	return sign | uint16(half)
 }
 
-// fromHalf converts IEEE 754 binary16 to float32 (exactly).
-func fromHalf(h uint16) float32 {
+// fromHalf converts IEEE 754 binary16 to float32 (exactly), by table: every
+// received half float of an fp16 ring goes through it.
+func fromHalf(h uint16) float32 { return halfTable()[h] }
+
+// halfTable holds every half float's value, built on first use (256 KiB).
+var halfTable = sync.OnceValue(func() *[1 << 16]float32 {
+	var t [1 << 16]float32
+	for h := range t {
+		t[h] = decodeHalf(uint16(h))
+	}
+	return &t
+})
+
+// decodeHalf converts IEEE 754 binary16 to float32 (exactly).
+func decodeHalf(h uint16) float32 {
 	sign := uint32(h&0x8000) << 16
 	exp := uint32(h>>10) & 0x1f
 	mant := uint32(h & 0x3ff)

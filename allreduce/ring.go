@@ -487,9 +487,7 @@ func finish(v []float32, op Op, world int, fp16 bool) {
 		}
 	}
 	if fp16 {
-		for i := range v {
-			v[i] = fromHalf(toHalf(v[i]))
-		}
+		roundToHalves(v)
 	}
 }
 
@@ -520,11 +518,13 @@ func (r *Ring) sendChunk(p *Pending, step, index int, v []float32) error {
 	}}
 	r.sending.Add(1)
 	if p.fp16 {
-		half := make([]byte, 2*len(v))
-		for i, x := range v {
-			binary.LittleEndian.PutUint16(half[2*i:], toHalf(x))
+		buf := reusedBuffers.Get(2 * len(v))
+		half := *buf
+		putHalves(half, v)
+		out.data, out.release = half, func() {
+			reusedBuffers.Put(buf)
+			r.sending.Done()
 		}
-		out.data, out.release = half, r.sending.Done
 	} else {
 		out.data, out.release = leBytes32(v), r.sending.Done
 	}
@@ -644,8 +644,9 @@ func combine(dst []float32, b []byte, width int, reduce bool) {
 		return
 	}
 	if width == 2 {
+		table := halfTable()
 		for i := range dst {
-			x := fromHalf(binary.LittleEndian.Uint16(b[2*i:]))
+			x := table[binary.LittleEndian.Uint16(b[2*i:])]
 			if reduce {
 				dst[i] += x
 			} else {

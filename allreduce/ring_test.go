@@ -246,6 +246,42 @@ func TestHalfConversion(t *testing.T) {
 	}
 }
 
+// toHalf against the definition, over a sweep of float32 bit patterns of
+// both signs: the nearest half float, ties to the even one, infinity past the
+// largest; and fromHalf's table against the plain decoding.
+func TestHalfRoundingEverywhere(t *testing.T) {
+	for b := uint32(0); b < 0x7f800000; b += 997 {
+		for _, sign := range []float64{1, -1} {
+			f := float32(sign) * math.Float32frombits(b)
+			h := toHalf(f)
+			got := float64(fromHalf(h))
+			if math.Abs(float64(f)) >= 65520 { // halfway past 65504 and beyond
+				if !math.IsInf(got, int(sign)) {
+					t.Fatalf("toHalf(%g) = %#04x, want infinity", f, h)
+				}
+				continue
+			}
+			// The neighbours of the result, one step each way in magnitude.
+			for _, n := range []uint16{h&0x8000 | (h&0x7fff - 1), h + 1} {
+				if h&0x7fff == 0 && n&0x7fff == 0x7fff {
+					continue // below zero's magnitude: no neighbour
+				}
+				other := float64(fromHalf(n))
+				d, dn := math.Abs(got-float64(f)), math.Abs(other-float64(f))
+				if dn < d || (dn == d && h&1 == 1) {
+					t.Fatalf("toHalf(%g) = %#04x (%g), but %#04x (%g) is nearer or the even one of a tie", f, h, got, n, other)
+				}
+			}
+		}
+	}
+	for h := range 1 << 16 {
+		want, got := decodeHalf(uint16(h)), fromHalf(uint16(h))
+		if math.Float32bits(want) != math.Float32bits(got) {
+			t.Fatalf("fromHalf(%#04x) = %v, decoding gives %v", h, got, want)
+		}
+	}
+}
+
 func TestAsyncBuckets(t *testing.T) {
 	c := startCluster(t, 3, nil)
 	n := 30000
