@@ -178,8 +178,13 @@ func (c *Coordinator) resume() error {
 	if c.curves, err = readCurves(c.cfg.Job.Out, st.Epoch); err != nil {
 		return fmt.Errorf("coordinator: --resume: %w", err)
 	}
-	if len(c.curves) < st.Epoch {
-		// The coordinator died between the workers' report and its row.
+	// Workers go past an epoch only on the coordinator's verdict, so only the
+	// last epoch can lack its row: the coordinator died between the workers'
+	// report and the row, and the workers report it again.
+	switch missing := st.Epoch - len(c.curves); {
+	case missing == 1:
+		c.log.Info("metrics.csv lacks the last trained epoch; the workers report it again", zap.Int("epoch", st.Epoch))
+	case missing > 1:
 		c.log.Warn("metrics.csv lacks epochs the state has trained; their rows are lost", zap.Int("rows", len(c.curves)), zap.Int("epochs_done", st.Epoch))
 	}
 	c.cfg.Job.Resume = path
