@@ -10,10 +10,11 @@ import (
 // The hot loops (putHalves, roundToHalves) take the common case, a normal
 // half, inline.
 func toHalf(f float32) uint16 {
-	if b := math.Float32bits(f); isNormalHalf(b) {
+	b := math.Float32bits(f)
+	if isNormalHalf(b) {
 		return normalHalf(b)
 	}
-	return toHalfRare(math.Float32bits(f))
+	return toHalfRare(b)
 }
 
 // isNormalHalf says whether the float32 with bits b rounds to a normal half
