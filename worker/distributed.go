@@ -123,17 +123,18 @@ type unsentReport struct {
 	world  int32
 }
 
-// resend gives a coordinator that resumed at the report's epoch, in a ring of
-// the same size, the report the last one did not take.
-func (u *unsentReport) resend(ctx context.Context, control controlpb.ControlClient, plan *controlpb.JobPlan, log *zap.Logger) error {
+// resend gives the coordinator of plan the report the last one did not take,
+// when this rank goes on from the state of the reported epoch (start epochs
+// done) in a ring of the same size.
+func (u *unsentReport) resend(ctx context.Context, control controlpb.ControlClient, plan *controlpb.JobPlan, start int, log *zap.Logger) error {
 	rep := u.report
 	u.report = nil
 	if rep == nil {
 		return nil
 	}
-	if rep.JobId != plan.JobId || rep.Epoch != plan.Epoch || u.world != plan.World {
-		log.Warn("dropping the report the lost coordinator did not take: the new one starts elsewhere",
-			zap.Int32("report_epoch", rep.Epoch), zap.Int32("plan_epoch", plan.Epoch), zap.Int32("world", u.world), zap.Int32("plan_world", plan.World))
+	if rep.JobId != plan.JobId || int(rep.Epoch) != start || u.world != plan.World {
+		log.Warn("dropping the report the lost coordinator did not take: the job goes on from elsewhere",
+			zap.Int32("report_epoch", rep.Epoch), zap.Int("start_epoch", start), zap.Int32("world", u.world), zap.Int32("plan_world", plan.World))
 		return nil
 	}
 	rep.Generation = plan.Generation
@@ -183,9 +184,6 @@ func runJob(ctx context.Context, jc *JoinConfig, node *allreduce.Node, member *m
 	// world need not divide the global batch).
 	cfg.WorkerBatchSize = int(plan.BatchPerRank)
 	log.Info("job plan received", zap.Int("rank", int(plan.Rank)), zap.String("job", plan.JobId), zap.Int("world", int(plan.World)), zap.String("ring", plan.RingId))
-	if err := unsent.resend(ctx, control, plan, log); err != nil {
-		return true, err
-	}
 
 	openRing := func(plan *controlpb.JobPlan) (*allreduce.Ring, error) {
 		rcfg := allreduce.DefaultConfig()
@@ -233,6 +231,12 @@ func runJob(ctx context.Context, jc *JoinConfig, node *allreduce.Node, member *m
 		if err := t.Reconfigure(ring, int(plan.BatchPerRank), int(plan.Epoch)); err != nil {
 			return true, err
 		}
+	}
+	// The state loaded (the file as it is now, which may be newer than what
+	// the coordinator read when it resumed) says where this rank starts.
+	start, _ := t.Position()
+	if err := unsent.resend(ctx, control, plan, start, log); err != nil {
+		return true, err
 	}
 	t.EpochPlan = func(ctx context.Context, epoch int) (sharding.Plan, error) {
 		s, err := control.EpochShard(ctx, &controlpb.EpochRequest{JobId: plan.JobId, Rank: plan.Rank, Epoch: int32(epoch), Generation: plan.Generation})
