@@ -7,7 +7,9 @@
 // own and passes it on, in N-1 all-gather steps the finished segments go round.
 // Segments travel in chunks so that sending, receiving and adding overlap
 // (schedule.go is the schedule without I/O). Every segment is summed once in a
-// fixed order, so every rank ends with the same bits.
+// fixed order, so every rank ends with the same bits. The loops that add
+// received values and convert half floats run in AVX and F16C assembly on amd64
+// (vector_amd64.s), with the portable loops' bits.
 //
 // Every frame carries the ring's id and the collective's sequence number; a
 // collective that outlives its deadline, or whose peer's stream breaks, fails

@@ -7,8 +7,9 @@ import (
 
 // toHalf converts a float32 to IEEE 754 binary16, rounding to nearest even,
 // with overflow to infinity and gradual underflow, as a GPU's conversion does.
-// The hot loops (putHalves, roundToHalves) take the common case, a normal
-// half, inline.
+// On amd64 the whole-vector loops run in F16C assembly (vector_amd64.s), which
+// gives these bits; the portable loops (putHalves, roundToHalves) take the
+// common case, a normal half, inline.
 func toHalf(f float32) uint16 {
 	b := math.Float32bits(f)
 	if isNormalHalf(b) {
@@ -33,8 +34,8 @@ func normalHalf(b uint32) uint16 {
 // putHalves writes src into dst as little-endian half floats.
 func putHalves(dst []byte, src []float32) {
 	dst = dst[:2*len(src)]
-	for i, f := range src {
-		b := math.Float32bits(f)
+	for i := putHalvesSIMD(dst, src); i < len(src); i++ {
+		b := math.Float32bits(src[i])
 		var h uint16
 		if isNormalHalf(b) {
 			h = normalHalf(b)
@@ -48,8 +49,8 @@ func putHalves(dst []byte, src []float32) {
 // roundToHalves rounds every value of v to the nearest half float's value.
 func roundToHalves(v []float32) {
 	table := halfTable()
-	for i, f := range v {
-		if b := math.Float32bits(f); isNormalHalf(b) {
+	for i := roundToHalvesSIMD(v); i < len(v); i++ {
+		if b := math.Float32bits(v[i]); isNormalHalf(b) {
 			v[i] = table[normalHalf(b)]
 		} else {
 			v[i] = table[toHalfRare(b)]
@@ -65,7 +66,8 @@ func toHalfRare(b uint32) uint16 {
 	mant := b & 0x7fffff
 	if exp == 0xff { // Inf or NaN
 		if mant != 0 {
-			return sign | 0x7e00
+			// A quiet NaN with the payload's top bits, as F16C and GPUs make it.
+			return sign | 0x7e00 | uint16(mant>>13)
 		}
 		return sign | 0x7c00
 	}
@@ -95,8 +97,8 @@ func toHalfRare(b uint32) uint16 {
 	return sign | uint16(half)
 }
 
-// fromHalf converts IEEE 754 binary16 to float32 (exactly), by table: every
-// received half float of an fp16 ring goes through it.
+// fromHalf converts IEEE 754 binary16 to float32 (exactly), by table, as the
+// portable loops do.
 func fromHalf(h uint16) float32 { return halfTable()[h] }
 
 // halfTable holds every half float's value, built on first use (256 KiB).
@@ -114,8 +116,10 @@ func decodeHalf(h uint16) float32 {
 	exp := uint32(h>>10) & 0x1f
 	mant := uint32(h & 0x3ff)
 	switch {
-	case exp == 0x1f:
-		return math.Float32frombits(sign | 0x7f800000 | mant<<13)
+	case exp == 0x1f && mant == 0:
+		return math.Float32frombits(sign | 0x7f800000)
+	case exp == 0x1f: // a NaN, made quiet as F16C does
+		return math.Float32frombits(sign | 0x7fc00000 | mant<<13)
 	case exp == 0:
 		if mant == 0 {
 			return math.Float32frombits(sign)

@@ -645,7 +645,7 @@ func combine(dst []float32, b []byte, width int, reduce bool) {
 	}
 	if width == 2 {
 		table := halfTable()
-		for i := range dst {
+		for i := halvesIntoSIMD(dst, b, reduce); i < len(dst); i++ {
 			x := table[binary.LittleEndian.Uint16(b[2*i:])]
 			if reduce {
 				dst[i] += x
@@ -660,8 +660,8 @@ func combine(dst []float32, b []byte, width int, reduce bool) {
 		copy(dst, src)
 		return
 	}
-	for i, x := range src {
-		dst[i] += x
+	for i := addFloatsSIMD(dst, src); i < len(src); i++ {
+		dst[i] += src[i]
 	}
 }
 
