@@ -190,7 +190,8 @@ func (r *Ring) connect(ctx context.Context) error {
 	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(creds),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 10 * time.Second, Timeout: 5 * time.Second, PermitWithoutStream: true}),
 		grpc.WithInitialWindowSize(32<<20), grpc.WithInitialConnWindowSize(64<<20),
-		grpc.WithWriteBufferSize(4<<20), grpc.WithReadBufferSize(4<<20), experimental.WithBufferPool(reusedBuffers))
+		grpc.WithWriteBufferSize(4<<20), grpc.WithReadBufferSize(4<<20), experimental.WithBufferPool(reusedBuffers),
+		grpc.WithContextDialer(dialRing))
 	if err != nil {
 		return fmt.Errorf("allreduce: rank %d address %q: %w", r.succ, addr, err)
 	}

@@ -172,7 +172,7 @@ func Listen(addr string, creds credentials.TransportCredentials, log *zap.Logger
 	}
 	n := &Node{Service: NewService(log), Server: grpc.NewServer(opts...), Addr: lis.Addr().String(), lis: lis, served: make(chan error, 1)}
 	n.Service.Register(n.Server)
-	go func() { n.served <- n.Server.Serve(lis) }()
+	go func() { n.served <- n.Server.Serve(ringListener{lis}) }()
 	return n, nil
 }
 
