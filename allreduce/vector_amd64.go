@@ -28,46 +28,48 @@ func copyHalves8(dst *float32, src *byte, n int)
 //go:noescape
 func roundToHalves8(v *float32, n int)
 
-// Each wrapper handles the leading whole groups of 8 values, when it may, and
+// Each wrapper does the leading whole groups of 8 values, when it may, and
 // says how many it did; the caller's portable loop does the rest.
 
-func addFloatsSIMD(dst, src []float32) int {
-	n := len(src) &^ 7
-	if !useSIMD || n == 0 {
+// simdPart is how many of n values the assembly does.
+func simdPart(n int) int {
+	if !useSIMD {
 		return 0
 	}
-	addFloats8(unsafe.SliceData(dst[:n]), unsafe.SliceData(src), n)
+	return n &^ 7
+}
+
+func addFloatsSIMD(dst, src []float32) int {
+	n := simdPart(len(src))
+	if n > 0 {
+		addFloats8(unsafe.SliceData(dst[:n]), unsafe.SliceData(src), n)
+	}
 	return n
 }
 
 func putHalvesSIMD(dst []byte, src []float32) int {
-	n := len(src) &^ 7
-	if !useSIMD || n == 0 {
-		return 0
+	n := simdPart(len(src))
+	if n > 0 {
+		putHalves8(unsafe.SliceData(dst[:2*n]), unsafe.SliceData(src), n)
 	}
-	putHalves8(unsafe.SliceData(dst[:2*n]), unsafe.SliceData(src), n)
 	return n
 }
 
 func halvesIntoSIMD(dst []float32, src []byte, reduce bool) int {
-	n := len(dst) &^ 7
-	if !useSIMD || n == 0 {
-		return 0
-	}
-	d, s := unsafe.SliceData(dst), unsafe.SliceData(src[:2*n])
-	if reduce {
-		addHalves8(d, s, n)
-	} else {
-		copyHalves8(d, s, n)
+	n := simdPart(len(dst))
+	switch {
+	case n > 0 && reduce:
+		addHalves8(unsafe.SliceData(dst), unsafe.SliceData(src[:2*n]), n)
+	case n > 0:
+		copyHalves8(unsafe.SliceData(dst), unsafe.SliceData(src[:2*n]), n)
 	}
 	return n
 }
 
 func roundToHalvesSIMD(v []float32) int {
-	n := len(v) &^ 7
-	if !useSIMD || n == 0 {
-		return 0
+	n := simdPart(len(v))
+	if n > 0 {
+		roundToHalves8(unsafe.SliceData(v), n)
 	}
-	roundToHalves8(unsafe.SliceData(v), n)
 	return n
 }
