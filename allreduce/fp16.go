@@ -97,10 +97,6 @@ func toHalfRare(b uint32) uint16 {
 	return sign | uint16(half)
 }
 
-// fromHalf converts IEEE 754 binary16 to float32 (exactly), by table, as the
-// portable loops do.
-func fromHalf(h uint16) float32 { return halfTable()[h] }
-
 // halfTable holds every half float's value, built on first use (256 KiB).
 var halfTable = sync.OnceValue(func() *[1 << 16]float32 {
 	var t [1 << 16]float32

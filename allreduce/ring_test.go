@@ -223,6 +223,10 @@ func TestFP16OnTheWire(t *testing.T) {
 	}
 }
 
+// fromHalf converts IEEE 754 binary16 to float32 by the table the portable
+// loops read.
+func fromHalf(h uint16) float32 { return halfTable()[h] }
+
 func TestHalfConversion(t *testing.T) {
 	for _, c := range []struct {
 		f    float32
