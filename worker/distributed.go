@@ -151,134 +151,34 @@ func (u *unsentReport) resend(ctx context.Context, control controlpb.ControlClie
 // runJob finds the coordinator, registers and trains until the job ends;
 // registered says whether the coordinator took this worker.
 func runJob(ctx context.Context, jc *JoinConfig, node *allreduce.Node, member *membership.Member, unsent *unsentReport, log *zap.Logger) (registered bool, err error) {
-	coord, err := member.Coordinator(10 * time.Second)
+	j := &job{jc: jc, node: node, unsent: unsent, log: log}
+	conn, err := j.register(ctx, member)
+	if conn != nil {
+		defer conn.Close()
+	}
 	if err != nil {
-		return false, fmt.Errorf("worker: %w (joined through %s)", err, jc.Join)
+		return false, err
 	}
-	creds := jc.Security.ClientCreds()
-	if creds == nil {
-		creds = insecure.NewCredentials()
+	if err := j.configure(); err != nil {
+		return true, err
 	}
-	conn, err := grpc.NewClient(coord.Meta.GRPC, grpc.WithTransportCredentials(creds))
-	if err != nil {
-		return false, fmt.Errorf("worker: coordinator control address %q: %w", coord.Meta.GRPC, err)
-	}
-	defer conn.Close()
-	control := controlpb.NewControlClient(conn)
-	log.Info("registering with the coordinator", zap.String("coordinator", coord.Meta.GRPC), zap.String("name", jc.Name))
-	regCtx, cancel := context.WithTimeout(ctx, jc.StartTimeout)
-	plan, err := control.Register(regCtx, &controlpb.RegisterRequest{JobId: jc.Job, Name: jc.Name, RingAddr: node.Addr, Device: jc.Device})
-	cancel()
-	if err != nil {
-		return false, controlErr("register with the coordinator at "+coord.Meta.GRPC, err)
-	}
-	jc.Job = plan.JobId // a coordinator that comes back must run the same job
-	cfg := DefaultConfig()
-	if err := json.Unmarshal(plan.ConfigJson, &cfg); err != nil {
-		return true, fmt.Errorf("worker: the coordinator's job config: %w", err)
-	}
-	if jc.Data != "" {
-		cfg.Data = jc.Data
-	}
-	// The ring's batch per rank, which a re-formed ring may have changed (its
-	// world need not divide the global batch).
-	cfg.WorkerBatchSize = int(plan.BatchPerRank)
-	log.Info("job plan received", zap.Int("rank", int(plan.Rank)), zap.String("job", plan.JobId), zap.Int("world", int(plan.World)), zap.String("ring", plan.RingId))
-
-	openRing := func(plan *controlpb.JobPlan) (*allreduce.Ring, error) {
-		rcfg := allreduce.DefaultConfig()
-		rcfg.RingID, rcfg.Rank, rcfg.World, rcfg.Peers = plan.RingId, int(plan.Rank), int(plan.World), plan.Peers
-		rcfg.ChunkBytes, rcfg.FP16, rcfg.OpTimeout = cfg.Ring.ChunkBytes, cfg.Ring.FP16, cfg.Ring.OpTimeout
-		rcfg.Creds = jc.Security.ClientCreds()
-		return allreduce.Open(ctx, node.Service, rcfg, log)
-	}
-	ring, err := openRing(plan)
+	ring, err := j.openRing(ctx)
 	if err != nil {
 		return true, err
 	}
-	current := &ringWatch{}
-	current.set(ring, plan.Peers)
-	defer func() { current.ring().Close() }()
-
-	// A peer that leaves the gossip is gone: fail the collective waiting on it
-	// now rather than at its deadline.
+	j.current.set(ring, j.plan.Peers)
+	defer func() { j.current.ring().Close() }()
 	watchCtx, stopWatch := context.WithCancel(ctx)
 	defer stopWatch()
-	go func() {
-		for {
-			select {
-			case <-watchCtx.Done():
-				return
-			case e := <-member.Events():
-				if e.Kind == membership.Left && e.Meta.Role == membership.RoleWorker {
-					current.fail(e.Meta.GRPC, fmt.Sprintf("%s left the cluster", e.Name))
-				}
-			}
-		}
-	}()
+	go j.watchPeers(watchCtx, member)
 
-	t, err := NewTrainer(cfg, ring, log)
+	t, err := j.startTrainer(ctx, ring)
 	if err != nil {
 		return true, err
 	}
 	defer t.Close()
-	t.Telemetry = jc.Telemetry
-	jc.Telemetry.Timeline.NameProcess(fmt.Sprintf("rank %d (%s)", plan.Rank, jc.Name))
-	if fp := t.train.Fingerprint(); fp != plan.Dataset {
-		return true, fmt.Errorf("worker: %s lists different files than the coordinator's (fingerprint %016x, coordinator %016x)", cfg.Data, fp, plan.Dataset)
-	}
-	if plan.Generation > 1 { // joining a running job: its epoch, not the config's resume file's
-		if err := t.Reconfigure(ring, int(plan.BatchPerRank), int(plan.Epoch)); err != nil {
-			return true, err
-		}
-	}
-	// The state loaded (the file as it is now, which may be newer than what
-	// the coordinator read when it resumed) says where this rank starts.
-	start, _ := t.Position()
-	if err := unsent.resend(ctx, control, plan, start, log); err != nil {
-		return true, err
-	}
-	t.EpochPlan = func(ctx context.Context, epoch int) (sharding.Plan, error) {
-		s, err := control.EpochShard(ctx, &controlpb.EpochRequest{JobId: plan.JobId, Rank: plan.Rank, Epoch: int32(epoch), Generation: plan.Generation})
-		if err != nil {
-			return sharding.Plan{}, controlErr("epoch shard", err)
-		}
-		if s.Reform {
-			return sharding.Plan{}, errReform
-		}
-		p := sharding.Plan{Seed: s.Seed, Epoch: int(s.Epoch), World: int(s.World), Size: int(s.Size),
-			Dataset: s.Dataset, DropLast: s.DropLast, Shuffle: s.Shuffle}
-		for _, seg := range s.Prior {
-			p.Prior = append(p.Prior, sharding.Segment{World: int(seg.World), Consumed: int(seg.Consumed)})
-		}
-		return p, nil
-	}
-	t.OnEpoch = func(r EpochResult) error {
-		log.Info("epoch done", zap.Int("rank", int(plan.Rank)), zap.Int("epoch", r.Epoch), zap.Float64("train_loss", r.TrainLoss),
-			zap.Float64("img_per_s", float64(r.Images)/r.Duration.Seconds()), zap.Uint64("checksum", r.Checksum), zap.Int("bad_files", r.BadFiles), zap.Int("skipped_steps", r.Skipped))
-		rep := &controlpb.EpochReport{
-			JobId: plan.JobId, Rank: plan.Rank, Epoch: int32(r.Epoch), TrainLoss: r.TrainLoss, ValAccuracy: r.ValAccuracy,
-			ImagesPerS: float64(r.Images) / r.Duration.Seconds(), Checksum: r.Checksum, Best: r.Best,
-			Images: int32(r.Images), Seconds: r.Duration.Seconds(), Generation: plan.Generation,
-		}
-		reply, err := control.Report(ctx, rep)
-		if err != nil {
-			err = controlErr(fmt.Sprintf("report epoch %d", r.Epoch), err)
-			if errors.Is(err, errCoordinatorLost) {
-				unsent.report, unsent.world = rep, plan.World
-			}
-			return err
-		}
-		if reply.Stop {
-			return fmt.Errorf("worker: the coordinator stopped the job: %s", reply.Reason)
-		}
-		if reply.Reform {
-			return errReform
-		}
-		return nil
-	}
 	for {
-		err := t.SyncState(ctx, int(plan.StateRoot))
+		err := t.SyncState(ctx, int(j.plan.StateRoot))
 		if err == nil {
 			err = t.Run(ctx)
 		}
@@ -288,41 +188,209 @@ func runJob(ctx context.Context, jc *JoinConfig, node *allreduce.Node, member *m
 		if ctx.Err() != nil || !(errors.Is(err, allreduce.ErrPeerLost) || errors.Is(err, errReform)) {
 			return true, err
 		}
-		// The ring broke: a peer died or fell silent. The coordinator forms a
-		// new one of the survivors, who go on from the furthest step.
-		broke := time.Now()
-		epoch, steps := t.Position()
-		log.Warn("ring broken; asking the coordinator for a new one", zap.Int("rank", int(plan.Rank)), zap.Int("generation", int(plan.Generation)),
-			zap.Int("epoch", epoch+1), zap.Int("steps_done", steps), zap.Error(err))
-		lost := int32(-1)
-		if pe := (*allreduce.PeerError)(nil); errors.As(err, &pe) {
-			lost = int32(pe.Rank)
-		}
-		next, rerr := control.Reform(ctx, &controlpb.ReformRequest{JobId: plan.JobId, Name: jc.Name, Generation: plan.Generation,
-			Epoch: int32(epoch), Steps: int32(steps), Reason: err.Error(), LostRank: lost})
-		if rerr != nil {
-			return true, fmt.Errorf("worker: re-forming the ring after %v: %w", err, controlErr("reform", rerr))
-		}
-		current.ring().Close()
-		plan = next
-		if ring, err = openRing(plan); err != nil {
-			return true, fmt.Errorf("worker: joining re-formed ring %d: %w", plan.Generation, err)
-		}
-		current.set(ring, plan.Peers)
-		if err := t.Reconfigure(ring, int(plan.BatchPerRank), int(plan.Epoch)); err != nil {
+		if err := j.reform(ctx, t, err); err != nil {
 			return true, err
 		}
-		jc.Telemetry.Timeline.NameProcess(fmt.Sprintf("rank %d (%s)", plan.Rank, jc.Name))
-		log.Info("ring re-formed; training resumes", zap.Int("rank", int(plan.Rank)), zap.Int("world", int(plan.World)),
-			zap.Int("generation", int(plan.Generation)), zap.Int("epoch", int(plan.Epoch)+1), zap.Int("batch_per_rank", int(plan.BatchPerRank)),
-			zap.Int("state_from_rank", int(plan.StateRoot)), zap.Duration("stalled", time.Since(broke)))
 	}
 	// Leave together: no rank closes its ring while another still sends.
-	if err := current.ring().Barrier(ctx); err != nil && !errors.Is(err, context.Canceled) {
+	if err := j.current.ring().Barrier(ctx); err != nil && !errors.Is(err, context.Canceled) {
 		return true, fmt.Errorf("worker: final barrier: %w", err)
 	}
-	log.Info("job done", zap.Int("rank", int(plan.Rank)))
+	log.Info("job done", zap.Int("rank", int(j.plan.Rank)))
 	return true, nil
+}
+
+// job is this rank's part in one coordinator's job: the control connection,
+// the coordinator's current plan (a re-formed ring brings a new one), the
+// ring it names and the job's config.
+type job struct {
+	jc      *JoinConfig
+	node    *allreduce.Node
+	unsent  *unsentReport
+	log     *zap.Logger
+	control controlpb.ControlClient
+	plan    *controlpb.JobPlan
+	cfg     Config
+	current ringWatch
+}
+
+// register finds the coordinator through the gossip and registers with it,
+// which gives j its plan. The caller closes the connection it returns, with
+// or without an error.
+func (j *job) register(ctx context.Context, member *membership.Member) (*grpc.ClientConn, error) {
+	coord, err := member.Coordinator(10 * time.Second)
+	if err != nil {
+		return nil, fmt.Errorf("worker: %w (joined through %s)", err, j.jc.Join)
+	}
+	creds := j.jc.Security.ClientCreds()
+	if creds == nil {
+		creds = insecure.NewCredentials()
+	}
+	conn, err := grpc.NewClient(coord.Meta.GRPC, grpc.WithTransportCredentials(creds))
+	if err != nil {
+		return nil, fmt.Errorf("worker: coordinator control address %q: %w", coord.Meta.GRPC, err)
+	}
+	j.control = controlpb.NewControlClient(conn)
+	j.log.Info("registering with the coordinator", zap.String("coordinator", coord.Meta.GRPC), zap.String("name", j.jc.Name))
+	regCtx, cancel := context.WithTimeout(ctx, j.jc.StartTimeout)
+	defer cancel()
+	plan, err := j.control.Register(regCtx, &controlpb.RegisterRequest{JobId: j.jc.Job, Name: j.jc.Name, RingAddr: j.node.Addr, Device: j.jc.Device})
+	if err != nil {
+		return conn, controlErr("register with the coordinator at "+coord.Meta.GRPC, err)
+	}
+	j.plan = plan
+	j.jc.Job = plan.JobId // a coordinator that comes back must run the same job
+	j.log.Info("job plan received", zap.Int("rank", int(plan.Rank)), zap.String("job", plan.JobId), zap.Int("world", int(plan.World)), zap.String("ring", plan.RingId))
+	return conn, nil
+}
+
+// configure takes the job's config from the plan.
+func (j *job) configure() error {
+	j.cfg = DefaultConfig()
+	if err := json.Unmarshal(j.plan.ConfigJson, &j.cfg); err != nil {
+		return fmt.Errorf("worker: the coordinator's job config: %w", err)
+	}
+	if j.jc.Data != "" {
+		j.cfg.Data = j.jc.Data
+	}
+	// The ring's batch per rank, which a re-formed ring may have changed (its
+	// world need not divide the global batch).
+	j.cfg.WorkerBatchSize = int(j.plan.BatchPerRank)
+	return nil
+}
+
+// openRing joins the ring of the current plan.
+func (j *job) openRing(ctx context.Context) (*allreduce.Ring, error) {
+	rcfg := allreduce.DefaultConfig()
+	rcfg.RingID, rcfg.Rank, rcfg.World, rcfg.Peers = j.plan.RingId, int(j.plan.Rank), int(j.plan.World), j.plan.Peers
+	rcfg.ChunkBytes, rcfg.FP16, rcfg.OpTimeout = j.cfg.Ring.ChunkBytes, j.cfg.Ring.FP16, j.cfg.Ring.OpTimeout
+	rcfg.Creds = j.jc.Security.ClientCreds()
+	return allreduce.Open(ctx, j.node.Service, rcfg, j.log)
+}
+
+// watchPeers fails the collective waiting on a peer that leaves the gossip now
+// rather than at its deadline.
+func (j *job) watchPeers(ctx context.Context, member *membership.Member) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case e := <-member.Events():
+			if e.Kind == membership.Left && e.Meta.Role == membership.RoleWorker {
+				j.current.fail(e.Meta.GRPC, fmt.Sprintf("%s left the cluster", e.Name))
+			}
+		}
+	}
+}
+
+// startTrainer makes the trainer of the job's config on ring, at the plan's
+// position, and gives the coordinator the report its predecessor lost.
+func (j *job) startTrainer(ctx context.Context, ring *allreduce.Ring) (*Trainer, error) {
+	t, err := NewTrainer(j.cfg, ring, j.log)
+	if err != nil {
+		return nil, err
+	}
+	t.Telemetry = j.jc.Telemetry
+	j.jc.Telemetry.Timeline.NameProcess(fmt.Sprintf("rank %d (%s)", j.plan.Rank, j.jc.Name))
+	if fp := t.train.Fingerprint(); fp != j.plan.Dataset {
+		t.Close()
+		return nil, fmt.Errorf("worker: %s lists different files than the coordinator's (fingerprint %016x, coordinator %016x)", j.cfg.Data, fp, j.plan.Dataset)
+	}
+	if j.plan.Generation > 1 { // joining a running job: its epoch, not the config's resume file's
+		if err := t.Reconfigure(ring, int(j.plan.BatchPerRank), int(j.plan.Epoch)); err != nil {
+			t.Close()
+			return nil, err
+		}
+	}
+	// The state loaded (the file as it is now, which may be newer than what
+	// the coordinator read when it resumed) says where this rank starts.
+	start, _ := t.Position()
+	if err := j.unsent.resend(ctx, j.control, j.plan, start, j.log); err != nil {
+		t.Close()
+		return nil, err
+	}
+	t.EpochPlan = j.epochShard
+	t.OnEpoch = func(r EpochResult) error { return j.report(ctx, r) }
+	return t, nil
+}
+
+// epochShard asks the coordinator for the shard plan of an epoch.
+func (j *job) epochShard(ctx context.Context, epoch int) (sharding.Plan, error) {
+	s, err := j.control.EpochShard(ctx, &controlpb.EpochRequest{JobId: j.plan.JobId, Rank: j.plan.Rank, Epoch: int32(epoch), Generation: j.plan.Generation})
+	if err != nil {
+		return sharding.Plan{}, controlErr("epoch shard", err)
+	}
+	if s.Reform {
+		return sharding.Plan{}, errReform
+	}
+	p := sharding.Plan{Seed: s.Seed, Epoch: int(s.Epoch), World: int(s.World), Size: int(s.Size),
+		Dataset: s.Dataset, DropLast: s.DropLast, Shuffle: s.Shuffle}
+	for _, seg := range s.Prior {
+		p.Prior = append(p.Prior, sharding.Segment{World: int(seg.World), Consumed: int(seg.Consumed)})
+	}
+	return p, nil
+}
+
+// report gives the coordinator an epoch's result; a report that finds no
+// coordinator is kept for the one that resumes the job.
+func (j *job) report(ctx context.Context, r EpochResult) error {
+	plan := j.plan
+	j.log.Info("epoch done", zap.Int("rank", int(plan.Rank)), zap.Int("epoch", r.Epoch), zap.Float64("train_loss", r.TrainLoss),
+		zap.Float64("img_per_s", float64(r.Images)/r.Duration.Seconds()), zap.Uint64("checksum", r.Checksum), zap.Int("bad_files", r.BadFiles), zap.Int("skipped_steps", r.Skipped))
+	rep := &controlpb.EpochReport{
+		JobId: plan.JobId, Rank: plan.Rank, Epoch: int32(r.Epoch), TrainLoss: r.TrainLoss, ValAccuracy: r.ValAccuracy,
+		ImagesPerS: float64(r.Images) / r.Duration.Seconds(), Checksum: r.Checksum, Best: r.Best,
+		Images: int32(r.Images), Seconds: r.Duration.Seconds(), Generation: plan.Generation,
+	}
+	reply, err := j.control.Report(ctx, rep)
+	if err != nil {
+		err = controlErr(fmt.Sprintf("report epoch %d", r.Epoch), err)
+		if errors.Is(err, errCoordinatorLost) {
+			j.unsent.report, j.unsent.world = rep, plan.World
+		}
+		return err
+	}
+	if reply.Stop {
+		return fmt.Errorf("worker: the coordinator stopped the job: %s", reply.Reason)
+	}
+	if reply.Reform {
+		return errReform
+	}
+	return nil
+}
+
+// reform asks the coordinator for a new ring after broke ended the last one (a
+// peer died or fell silent, or the coordinator re-forms it), joins it and
+// moves the trainer there; the survivors go on from the furthest step.
+func (j *job) reform(ctx context.Context, t *Trainer, broke error) error {
+	since := time.Now()
+	epoch, steps := t.Position()
+	j.log.Warn("ring broken; asking the coordinator for a new one", zap.Int("rank", int(j.plan.Rank)), zap.Int("generation", int(j.plan.Generation)),
+		zap.Int("epoch", epoch+1), zap.Int("steps_done", steps), zap.Error(broke))
+	lost := int32(-1)
+	if pe := (*allreduce.PeerError)(nil); errors.As(broke, &pe) {
+		lost = int32(pe.Rank)
+	}
+	next, err := j.control.Reform(ctx, &controlpb.ReformRequest{JobId: j.plan.JobId, Name: j.jc.Name, Generation: j.plan.Generation,
+		Epoch: int32(epoch), Steps: int32(steps), Reason: broke.Error(), LostRank: lost})
+	if err != nil {
+		return fmt.Errorf("worker: re-forming the ring after %v: %w", broke, controlErr("reform", err))
+	}
+	j.current.ring().Close()
+	j.plan = next
+	ring, err := j.openRing(ctx)
+	if err != nil {
+		return fmt.Errorf("worker: joining re-formed ring %d: %w", next.Generation, err)
+	}
+	j.current.set(ring, next.Peers)
+	if err := t.Reconfigure(ring, int(next.BatchPerRank), int(next.Epoch)); err != nil {
+		return err
+	}
+	j.jc.Telemetry.Timeline.NameProcess(fmt.Sprintf("rank %d (%s)", next.Rank, j.jc.Name))
+	j.log.Info("ring re-formed; training resumes", zap.Int("rank", int(next.Rank)), zap.Int("world", int(next.World)),
+		zap.Int("generation", int(next.Generation)), zap.Int("epoch", int(next.Epoch)+1), zap.Int("batch_per_rank", int(next.BatchPerRank)),
+		zap.Int("state_from_rank", int(next.StateRoot)), zap.Duration("stalled", time.Since(since)))
+	return nil
 }
 
 // errReform is the coordinator saying that the ring is being re-formed.
