@@ -62,6 +62,15 @@ func peakRSSMB() float64 {
 	return float64(ru.Maxrss) / 1024
 }
 
+// cpuTime is the CPU time (user and system) the process has used so far.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
 // median is the middle value of v (the upper middle for an even count).
 func median[T cmp.Ordered](v []T) T {
 	s := slices.Clone(v)

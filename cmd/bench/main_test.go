@@ -62,7 +62,7 @@ func TestMultiProcessBenchesPrintResults(t *testing.T) {
 	out, err = exec.Command(bin, "allreduce", "--world", "2", "--bytes", "12,40000", "--iters", "2", "--warmup", "1").CombinedOutput()
 	share := runtime.NumCPU() / 2
 	if err != nil || !regexp.MustCompile(`(?m)^# alexring ring all-reduce over gRPC, world 2, .*GOMAXPROCS `+strconv.Itoa(share)+` per rank`).Match(out) ||
-		!regexp.MustCompile(`(?m)^RESULT bench=allreduce world=2 bytes=40000 fp16=false busbw_gbps=[0-9.]+$`).Match(out) {
+		!regexp.MustCompile(`(?m)^RESULT bench=allreduce world=2 bytes=40000 fp16=false busbw_gbps=[0-9.]+ cpu_ms=[0-9.]+$`).Match(out) {
 		t.Errorf("bench allreduce: %v\n%s", err, out)
 	}
 	out, err = exec.Command(bin, "allreduce", "--world", "3", "--bytes", "10").CombinedOutput()
