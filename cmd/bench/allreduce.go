@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"runtime"
 	"runtime/pprof"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -188,33 +189,16 @@ func benchAllReduceRank(args []string, out io.Writer) error {
 	w := bufio.NewWriter(out)
 	defer w.Flush()
 	fmt.Fprintf(w, "# alexring ring all-reduce over gRPC, world %d, chunk %d B, fp16 %v, GOMAXPROCS %d per rank, %d iterations (median)\n", a.world, a.chunk, a.fp16, runtime.GOMAXPROCS(0), a.iters)
+	// As gloo_allreduce.py: the time of an all-reduce is the slowest rank's.
 	// cpu_ms is this rank's CPU time (user and system, every thread) per
 	// all-reduce: where ranks share cores it, not the wire, sets the time.
 	fmt.Fprintf(w, "%14s %12s %12s %12s %12s\n", "bytes", "time_ms", "algbw_GB/s", "busbw_GB/s", "cpu_ms")
 	var last, lastCPU float64
 	for _, size := range a.sizes {
-		v := make([]float32, size/4)
-		for i := range v {
-			v[i] = float32(i%97) * 0.01
+		times, cpu, err := timeAllReduce(ctx, ring, *rank, size/4, a.warmup, a.iters)
+		if err != nil {
+			return fmt.Errorf("%d bytes: %w", size, err)
 		}
-		var times []time.Duration
-		var cpuStart time.Duration
-		for i := 0; i < a.warmup+a.iters; i++ {
-			if i == a.warmup {
-				cpuStart = cpuTime()
-			}
-			if err := ring.Barrier(ctx); err != nil {
-				return err
-			}
-			start := time.Now()
-			if err := ring.AllReduce(ctx, v, allreduce.Sum); err != nil {
-				return err
-			}
-			if i >= a.warmup {
-				times = append(times, time.Since(start))
-			}
-		}
-		cpu := float64((cpuTime()-cpuStart).Microseconds()) / 1e3 / float64(a.iters)
 		med := median(times)
 		algbw := float64(size) / med.Seconds() / 1e9
 		busbw := algbw * 2 * float64(a.world-1) / float64(a.world)
@@ -227,4 +211,48 @@ func benchAllReduceRank(args []string, out io.Writer) error {
 	}
 	fmt.Fprintf(w, "RESULT bench=allreduce world=%d bytes=%d fp16=%v busbw_gbps=%.3f cpu_ms=%.2f\n", a.world, a.sizes[len(a.sizes)-1], a.fp16, last, lastCPU)
 	return nil
+}
+
+// timeAllReduce sums a vector of n values over the ring warmup+iters times, as
+// gloo_allreduce.py does: each time the vector is refilled with rank+1 and the
+// ranks meet at a barrier first (neither timed), and the result is checked. It
+// returns the slowest rank's time of each timed all-reduce, and this rank's
+// mean CPU time in milliseconds.
+func timeAllReduce(ctx context.Context, ring *allreduce.Ring, rank, n, warmup, iters int) ([]time.Duration, float64, error) {
+	world := ring.World()
+	v := make([]float32, n)
+	// took[i*world+rank] is this rank's time of all-reduce i; the others' are
+	// zero here and filled in by the sum below.
+	took := make([]float32, iters*world)
+	var cpu time.Duration
+	for i := range warmup + iters {
+		for j := range v {
+			v[j] = float32(rank + 1)
+		}
+		if err := ring.Barrier(ctx); err != nil {
+			return nil, 0, err
+		}
+		cpuStart, start := cpuTime(), time.Now()
+		if err := ring.AllReduce(ctx, v, allreduce.Sum); err != nil {
+			return nil, 0, err
+		}
+		if i >= warmup {
+			took[(i-warmup)*world+rank] = float32(time.Since(start).Seconds())
+			cpu += cpuTime() - cpuStart
+		}
+	}
+	want := float32(world * (world + 1) / 2)
+	for j, x := range v {
+		if x != want {
+			return nil, 0, fmt.Errorf("element %d is %v after the last all-reduce, want %v", j, x, want)
+		}
+	}
+	if err := ring.AllReduce(ctx, took, allreduce.Sum); err != nil {
+		return nil, 0, err
+	}
+	times := make([]time.Duration, iters)
+	for i := range times {
+		times[i] = time.Duration(float64(slices.Max(took[i*world:(i+1)*world])) * float64(time.Second))
+	}
+	return times, float64(cpu.Microseconds()) / 1e3 / float64(iters), nil
 }
