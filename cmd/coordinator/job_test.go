@@ -389,3 +389,20 @@ func TestLocalStartScript(t *testing.T) {
 		t.Errorf("start.sh two: exit %d\n%s", code, got)
 	}
 }
+
+// A worker whose --data lists other training files than the coordinator's
+// would train on another dataset under the same shard plan: it stops at once,
+// naming its folder.
+func TestWorkerWithOtherFilesIsRefused(t *testing.T) {
+	data, other := dataset(t, 2, 1), dataset(t, 3, 1)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	bind := freePort(t)
+	startProc(t, ctx, "coordinator", "--workers", "1", "--config", "tiny", "--data", data, "--out", t.TempDir(), "--bind", bind, "--log-format", "json")
+	w := startProc(t, ctx, "worker", "--join", bind, "--name", "w0", "--data", other, "--log-format", "json")
+	err := <-w.done
+	_, stderr := w.output()
+	if err == nil || !strings.Contains(stderr, "\nworker: "+other+" lists different files than the coordinator's") {
+		t.Errorf("worker with other files: %v\n%s", err, stderr)
+	}
+}

@@ -56,7 +56,7 @@ func run() int {
 	}
 	log, err := cli.NewLogger(*logFormat, *debug)
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "coordinator:", err)
+		cli.PrintError(os.Stderr, "coordinator", err)
 		return 2
 	}
 	defer log.Sync()
@@ -98,7 +98,7 @@ func run() int {
 		}
 	}
 	if c.Security, err = security.Setup(sec, []string{c.Bind, c.Control}, log); err != nil {
-		fmt.Fprintln(os.Stderr, "coordinator:", err)
+		cli.PrintError(os.Stderr, "coordinator", err)
 		return 2
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -107,7 +107,7 @@ func run() int {
 		reg := metrics.NewRegistry()
 		c.Metrics = coordinator.NewMetrics(reg)
 		if _, err := metrics.Serve(ctx, *metricsAddr, reg, log); err != nil {
-			fmt.Fprintln(os.Stderr, "coordinator:", err)
+			cli.PrintError(os.Stderr, "coordinator", err)
 			return 2
 		}
 	}
@@ -145,7 +145,7 @@ func run() int {
 		return runErr
 	})
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "coordinator:", err)
+		cli.PrintError(os.Stderr, "coordinator", err)
 		return 1
 	}
 	return 0

@@ -64,7 +64,7 @@ func run() int {
 	}
 	log, err := cli.NewLogger(*logFormat, *debug)
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "worker:", err)
+		cli.PrintError(os.Stderr, "worker", err)
 		return 2
 	}
 	defer log.Sync()
@@ -85,7 +85,7 @@ func run() int {
 	defer stop()
 	tel, err := telemetry(ctx, *progressMode, *logFormat, *metricsAddr, *timelinePath, jc.Name, log)
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "worker:", err)
+		cli.PrintError(os.Stderr, "worker", err)
 		return 2
 	}
 	defer func() {
@@ -100,13 +100,13 @@ func run() int {
 		jc.Data = cfg.Data
 		jc.Local = security.IsLoopback(jc.Join)
 		if jc.Security, err = security.Setup(sec, []string{jc.Join, jc.Bind, jc.RingAddr}, log); err != nil {
-			fmt.Fprintln(os.Stderr, "worker:", err)
+			cli.PrintError(os.Stderr, "worker", err)
 			return 2
 		}
 		err = worker.RunJoined(ctx, jc, log)
 	}
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "worker:", err)
+		cli.PrintError(os.Stderr, "worker", err)
 		return 1
 	}
 	return 0

@@ -3,6 +3,7 @@ package cli
 import (
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"runtime/debug"
 	"strings"
@@ -68,4 +69,10 @@ func Parse(fs *flag.FlagSet, args []string) (done bool, code int) {
 		return true, 2
 	}
 	return false, 0
+}
+
+// PrintError writes "command: err" on w, once: the worker and coordinator
+// packages already start their errors with the command's name.
+func PrintError(w io.Writer, command string, err error) {
+	fmt.Fprintf(w, "%s: %s\n", command, strings.TrimPrefix(err.Error(), command+": "))
 }

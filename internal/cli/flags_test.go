@@ -1,8 +1,10 @@
 package cli
 
 import (
+	"errors"
 	"flag"
 	"io"
+	"strings"
 	"testing"
 )
 
@@ -24,5 +26,14 @@ func TestEnvironmentSetsUnsetFlags(t *testing.T) {
 	fs.Int("wait-timeout", 1, "")
 	if done, code := Parse(fs, nil); !done || code != 2 {
 		t.Errorf("a bad environment value: done %v code %d", done, code)
+	}
+}
+
+func TestPrintErrorNamesTheCommandOnce(t *testing.T) {
+	var b strings.Builder
+	PrintError(&b, "worker", errors.New("worker: the coordinator stopped the job"))
+	PrintError(&b, "worker", errors.New("sharding: open x: no such file"))
+	if want := "worker: the coordinator stopped the job\nworker: sharding: open x: no such file\n"; b.String() != want {
+		t.Errorf("got %q, want %q", b.String(), want)
 	}
 }
