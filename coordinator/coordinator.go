@@ -119,16 +119,24 @@ type Coordinator struct {
 	control   *grpc.Server
 }
 
-// New checks the config and scans the data.
-func New(cfg Config, log *zap.Logger, out io.Writer) (*Coordinator, error) {
+// Validate reports a bad setting, naming its flag.
+func (cfg Config) Validate() error {
 	if cfg.Workers < 1 {
-		return nil, fmt.Errorf("coordinator: --workers %d, want at least 1", cfg.Workers)
+		return fmt.Errorf("coordinator: --workers %d, want at least 1", cfg.Workers)
 	}
 	if err := cfg.Job.Validate(); err != nil {
-		return nil, err
+		return fmt.Errorf("coordinator: %w", err)
 	}
 	if err := cfg.Job.CheckWorld(cfg.Workers); err != nil {
-		return nil, fmt.Errorf("coordinator: %w (set --batch to a multiple of --workers)", err)
+		return fmt.Errorf("coordinator: %w (set --batch to a multiple of --workers)", err)
+	}
+	return nil
+}
+
+// New checks the config and scans the data.
+func New(cfg Config, log *zap.Logger, out io.Writer) (*Coordinator, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
 	}
 	train, _, err := sharding.ScanSplits(cfg.Job.Data)
 	if err != nil {

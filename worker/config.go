@@ -65,33 +65,34 @@ func DefaultConfig() Config {
 	}
 }
 
-// Validate reports what is wrong with the config, naming the setting.
+// Validate reports what is wrong with the config, naming the setting (its
+// flag where it has one); the command that runs it names itself.
 func (c Config) Validate() error {
 	switch {
 	case c.Data == "":
-		return fmt.Errorf("worker: no data folder (--data)")
+		return fmt.Errorf("no data folder (--data)")
 	case c.Out == "":
-		return fmt.Errorf("worker: no output folder (--out)")
+		return fmt.Errorf("no output folder (--out)")
 	case c.Epochs < 1:
-		return fmt.Errorf("worker: --epochs %d, want at least 1", c.Epochs)
+		return fmt.Errorf("--epochs %d, want at least 1", c.Epochs)
 	case c.Batch < 1:
-		return fmt.Errorf("worker: --batch %d, want at least 1", c.Batch)
+		return fmt.Errorf("--batch %d, want at least 1", c.Batch)
 	case c.WorkerBatchSize < 0:
-		return fmt.Errorf("worker: worker_batch %d, want at least 1 (or 0 to split the global batch)", c.WorkerBatchSize)
+		return fmt.Errorf("worker_batch %d, want at least 1 (or 0 to split the global batch)", c.WorkerBatchSize)
 	case c.EvalBatch < 1:
-		return fmt.Errorf("worker: eval batch %d, want at least 1", c.EvalBatch)
+		return fmt.Errorf("eval batch %d, want at least 1", c.EvalBatch)
 	case c.Dropout < 0 || c.Dropout >= 1:
-		return fmt.Errorf("worker: --dropout %g, want [0, 1)", c.Dropout)
+		return fmt.Errorf("--dropout %g, want [0, 1)", c.Dropout)
 	case c.Ring.ChunkBytes < 8 || c.Ring.OpTimeout <= 0:
-		return fmt.Errorf("worker: ring chunk_bytes %d op_timeout %v: want at least 8 bytes and a positive timeout", c.Ring.ChunkBytes, c.Ring.OpTimeout)
+		return fmt.Errorf("ring chunk_bytes %d op_timeout %v: want at least 8 bytes and a positive timeout", c.Ring.ChunkBytes, c.Ring.OpTimeout)
 	case c.LoaderGoroutines < 0:
-		return fmt.Errorf("worker: loader goroutines %d", c.LoaderGoroutines)
+		return fmt.Errorf("loader goroutines %d", c.LoaderGoroutines)
 	}
 	if _, err := alexnet.NewSpec(c.Variant, 1); err != nil {
-		return fmt.Errorf("worker: --variant: %w", err)
+		return fmt.Errorf("--variant: %w", err)
 	}
 	if err := c.Adam().Validate(); err != nil {
-		return fmt.Errorf("worker: --lr: %w", err)
+		return fmt.Errorf("--lr: %w", err)
 	}
 	return nil
 }
@@ -102,7 +103,7 @@ func (c Config) CheckWorld(world int) error {
 		return nil
 	}
 	if world < 1 || c.Batch%world != 0 {
-		return fmt.Errorf("worker: global batch %d is not divisible by the world size %d", c.Batch, world)
+		return fmt.Errorf("global batch %d is not divisible by the world size %d", c.Batch, world)
 	}
 	return nil
 }

@@ -131,10 +131,10 @@ type Trainer struct {
 // graphs. On rank 0 it writes class_indices.json into cfg.Out.
 func NewTrainer(cfg Config, coll Collective, log *zap.Logger) (*Trainer, error) {
 	if err := cfg.Validate(); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("worker: %w", err)
 	}
 	if err := cfg.CheckWorld(coll.World()); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("worker: %w", err)
 	}
 	train, val, err := sharding.ScanSplits(cfg.Data)
 	if err != nil {

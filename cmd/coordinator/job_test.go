@@ -246,6 +246,9 @@ func TestBadInputs(t *testing.T) {
 		{"control port in use", []string{"--data", data, "--control", busy.Addr().String()}, 1, busy.Addr().String()},
 		{"bad config", []string{"--data", data, "--config", "nonesuch"}, 2, "nonesuch"},
 		{"bad flag", []string{"--workers", "two"}, 2, "invalid value"},
+		{"no epochs", []string{"--data", data, "--epochs", "0"}, 2, "coordinator: --epochs 0, want at least 1"},
+		{"batch over the workers", []string{"--data", data, "--workers", "3", "--batch", "4"}, 2, "not divisible by the world size 3"},
+		{"no workers", []string{"--workers", "0"}, 2, "--workers 0"},
 	}
 	for _, c := range cases {
 		args := append([]string{"--workers", "1", "--config", "tiny", "--bind", freePort(t), "--out", t.TempDir(), "--wait-timeout", "2s"}, c.args...)
@@ -257,6 +260,10 @@ func TestBadInputs(t *testing.T) {
 		if code != c.code || !strings.Contains(r.stderr, c.want) {
 			t.Errorf("%s: exit %d, want %d; stderr should name %q:\n%s", c.name, code, c.code, c.want, r.stderr)
 		}
+	}
+	w := runBin(t, time.Minute, "worker", "--standalone", "--dropout", "1", "--log-format", "json")
+	if ee, ok := w.err.(*exec.ExitError); !ok || ee.ExitCode() != 2 || !strings.Contains(w.stderr, "worker: --dropout 1, want [0, 1)") {
+		t.Errorf("worker --standalone --dropout 1: %v, want exit 2 naming the flag:\n%s", w.err, w.stderr)
 	}
 }
 

@@ -92,6 +92,14 @@ func run() int {
 		job.Data = ""
 	}
 	c.Local = *local
+	c.Job = job
+	if c.Job.Data == "" {
+		c.Job.Data = "demo" // generated below (WithDemoData); the other settings are checked now
+	}
+	if err := c.Validate(); err != nil {
+		cli.PrintError(os.Stderr, "coordinator", err)
+		return 2
+	}
 	if *autoResume {
 		if _, err := os.Stat(filepath.Join(job.Out, worker.StateFile)); err == nil {
 			c.Resume = true
