@@ -153,12 +153,10 @@ func (u *unsentReport) resend(ctx context.Context, control controlpb.ControlClie
 func runJob(ctx context.Context, jc *JoinConfig, node *allreduce.Node, member *membership.Member, unsent *unsentReport, log *zap.Logger) (registered bool, err error) {
 	j := &job{jc: jc, node: node, unsent: unsent, log: log}
 	conn, err := j.register(ctx, member)
-	if conn != nil {
-		defer conn.Close()
-	}
 	if err != nil {
 		return false, err
 	}
+	defer conn.Close()
 	if err := j.configure(); err != nil {
 		return true, err
 	}
@@ -215,8 +213,7 @@ type job struct {
 }
 
 // register finds the coordinator through the gossip and registers with it,
-// which gives j its plan. The caller closes the connection it returns, with
-// or without an error.
+// which gives j its plan; the caller closes the control connection.
 func (j *job) register(ctx context.Context, member *membership.Member) (*grpc.ClientConn, error) {
 	coord, err := member.Coordinator(10 * time.Second)
 	if err != nil {
@@ -236,7 +233,8 @@ func (j *job) register(ctx context.Context, member *membership.Member) (*grpc.Cl
 	defer cancel()
 	plan, err := j.control.Register(regCtx, &controlpb.RegisterRequest{JobId: j.jc.Job, Name: j.jc.Name, RingAddr: j.node.Addr, Device: j.jc.Device})
 	if err != nil {
-		return conn, controlErr("register with the coordinator at "+coord.Meta.GRPC, err)
+		conn.Close()
+		return nil, controlErr("register with the coordinator at "+coord.Meta.GRPC, err)
 	}
 	j.plan = plan
 	j.jc.Job = plan.JobId // a coordinator that comes back must run the same job
@@ -285,20 +283,23 @@ func (j *job) watchPeers(ctx context.Context, member *membership.Member) {
 
 // startTrainer makes the trainer of the job's config on ring, at the plan's
 // position, and gives the coordinator the report its predecessor lost.
-func (j *job) startTrainer(ctx context.Context, ring *allreduce.Ring) (*Trainer, error) {
+func (j *job) startTrainer(ctx context.Context, ring *allreduce.Ring) (_ *Trainer, err error) {
 	t, err := NewTrainer(j.cfg, ring, j.log)
 	if err != nil {
 		return nil, err
 	}
+	defer func() {
+		if err != nil {
+			t.Close()
+		}
+	}()
 	t.Telemetry = j.jc.Telemetry
 	j.jc.Telemetry.Timeline.NameProcess(fmt.Sprintf("rank %d (%s)", j.plan.Rank, j.jc.Name))
 	if fp := t.train.Fingerprint(); fp != j.plan.Dataset {
-		t.Close()
 		return nil, fmt.Errorf("worker: %s lists different files than the coordinator's (fingerprint %016x, coordinator %016x)", j.cfg.Data, fp, j.plan.Dataset)
 	}
 	if j.plan.Generation > 1 { // joining a running job: its epoch, not the config's resume file's
 		if err := t.Reconfigure(ring, int(j.plan.BatchPerRank), int(j.plan.Epoch)); err != nil {
-			t.Close()
 			return nil, err
 		}
 	}
@@ -306,7 +307,6 @@ func (j *job) startTrainer(ctx context.Context, ring *allreduce.Ring) (*Trainer,
 	// the coordinator read when it resumed) says where this rank starts.
 	start, _ := t.Position()
 	if err := j.unsent.resend(ctx, j.control, j.plan, start, j.log); err != nil {
-		t.Close()
 		return nil, err
 	}
 	t.EpochPlan = j.epochShard
