@@ -44,34 +44,43 @@ func NewAdam(cfg AdamConfig, n int) (*Adam, error) {
 	return &Adam{Config: cfg, M: make([]float32, n), V: make([]float32, n)}, nil
 }
 
-// Update takes one step: params -= lr/bc1 * m / (sqrt(v)/sqrt(bc2) + eps), with
-// the float32 arithmetic and double-precision bias corrections of PyTorch's
-// single-tensor Adam, so that parameters match it to the last few ulps.
-func (a *Adam) Update(params, grad []float32) error {
-	if len(params) != len(a.M) || len(grad) != len(a.M) {
-		return fmt.Errorf("alexnet: Adam over %d values given %d parameters and %d gradients", len(a.M), len(params), len(grad))
-	}
+// Advance counts one step and returns its coefficients: PyTorch's
+// single-tensor Adam computes the bias corrections in double precision and the
+// rest in float32.
+func (a *Adam) Advance() AdamStep {
 	a.Step++
 	c := a.Config
 	bc1 := 1 - math.Pow(c.Beta1, float64(a.Step))
 	bc2 := 1 - math.Pow(c.Beta2, float64(a.Step))
-	var (
-		b1, b2      = float32(c.Beta1), float32(c.Beta2)
-		g1, g2      = float32(1 - c.Beta1), float32(1 - c.Beta2)
-		stepSize    = float32(c.LR / bc1)
-		bc2Sqrt     = float32(math.Sqrt(bc2))
-		eps         = float32(c.Eps)
-		m, v, p, gr = a.M, a.V, params, grad[:len(params)]
-	)
+	return AdamStep{
+		Beta1: float32(c.Beta1), Beta2: float32(c.Beta2),
+		OneMinusBeta1: float32(1 - c.Beta1), OneMinusBeta2: float32(1 - c.Beta2),
+		StepSize: float32(c.LR / bc1), BiasCorrection2Sqrt: float32(math.Sqrt(bc2)), Eps: float32(c.Eps),
+	}
+}
+
+// AdamElement is one element's update, the formula every backend runs:
+// params -= lr/bc1 * m / (sqrt(v)/sqrt(bc2) + eps), each operation rounded to
+// float32 (no fused multiply-add), so that parameters match PyTorch to the
+// last few ulps and a GPU kernel compiled without contraction to the bit.
+func AdamElement(s AdamStep, p, g, m, v float32) (float32, float32, float32) {
+	m = m*s.Beta1 + g*s.OneMinusBeta1
+	v = v*s.Beta2 + g*g*s.OneMinusBeta2
+	denom := float32(math.Sqrt(float64(v)))/s.BiasCorrection2Sqrt + s.Eps
+	return p - s.StepSize*(m/denom), m, v
+}
+
+// Update takes one step over the flat vectors with AdamElement.
+func (a *Adam) Update(params, grad []float32) error {
+	if len(params) != len(a.M) || len(grad) != len(a.M) {
+		return fmt.Errorf("alexnet: Adam over %d values given %d parameters and %d gradients", len(a.M), len(params), len(grad))
+	}
+	s := a.Advance()
+	m, v, p, gr := a.M, a.V, params, grad[:len(params)]
 	// Element-wise, so splitting the vector over the cores changes no bit.
 	parallelRanges(len(p), func(lo, hi int) {
 		for i := lo; i < hi; i++ {
-			g := gr[i]
-			mi := m[i]*b1 + g*g1
-			vi := v[i]*b2 + g*g*g2
-			m[i], v[i] = mi, vi
-			denom := float32(math.Sqrt(float64(vi)))/bc2Sqrt + eps
-			p[i] -= stepSize * (mi / denom)
+			p[i], m[i], v[i] = AdamElement(s, p[i], gr[i], m[i], v[i])
 		}
 	})
 	return nil

@@ -327,16 +327,7 @@ func (n *Net) Gradient(images []float32, labels []int, count int, rng *rand.Rand
 		if rng == nil {
 			return 0, errors.New("alexnet: dropout needs an RNG")
 		}
-		keep := float32(1 / (1 - n.dropout))
-		for _, m := range n.masks {
-			for i := range m {
-				if rng.Float64() < n.dropout {
-					m[i] = 0
-				} else {
-					m[i] = keep
-				}
-			}
-		}
+		DrawMasks(rng, n.dropout, n.masks)
 	}
 	n.classifierLeft = n.classifierOps
 	if err := n.run(); err != nil {

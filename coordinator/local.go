@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -39,8 +40,33 @@ func WorkerBinary() (string, error) {
 	return path, nil
 }
 
-// StartLocal starts n workers that join gossip; extra flags are passed to each.
-func StartLocal(ctx context.Context, binary string, n int, gossip string, extra []string, stderr io.Writer) (*LocalWorkers, error) {
+// ParseGPUs reads --gpus: one device per local worker ("0,1,2,3"; "0,0" puts
+// two workers on one GPU), or "" for the CPU.
+func ParseGPUs(list string, workers int) ([]int, error) {
+	if list == "" {
+		return nil, nil
+	}
+	parts := strings.Split(list, ",")
+	if len(parts) != workers {
+		return nil, fmt.Errorf("--gpus %s names %d devices for --workers %d: give one per worker", list, len(parts), workers)
+	}
+	gpus := make([]int, len(parts))
+	for i, p := range parts {
+		g, err := strconv.Atoi(strings.TrimSpace(p))
+		if err != nil || g < 0 {
+			return nil, fmt.Errorf("--gpus %s: %q is not a device number", list, p)
+		}
+		gpus[i] = g
+	}
+	return gpus, nil
+}
+
+// StartLocal starts n workers that join gossip; worker k trains on gpus[k]
+// (the CPU when gpus is empty), and extra flags are passed to each.
+func StartLocal(ctx context.Context, binary string, n int, gossip string, gpus []int, extra []string, stderr io.Writer) (*LocalWorkers, error) {
+	if len(gpus) != 0 && len(gpus) != n {
+		return nil, fmt.Errorf("coordinator: %d GPUs for %d local workers", len(gpus), n)
+	}
 	lw := &LocalWorkers{errs: make([]error, n)}
 	var outMu sync.Mutex
 	// The workers share this machine's cores unless told otherwise: a Go
@@ -53,7 +79,11 @@ func StartLocal(ctx context.Context, binary string, n int, gossip string, extra 
 	}
 	for k := range n {
 		name := fmt.Sprintf("worker-%02d", k)
-		args := append([]string{"--join", gossip, "--name", name, "--gpu", "-1"}, extra...)
+		gpu := -1
+		if len(gpus) > 0 {
+			gpu = gpus[k]
+		}
+		args := append([]string{"--join", gossip, "--name", name, "--gpu", strconv.Itoa(gpu)}, extra...)
 		cmd := exec.CommandContext(ctx, binary, args...)
 		cmd.Env = env
 		cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }

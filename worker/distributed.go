@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
+	"github.com/alexring/alexring/alexnet"
 	"github.com/alexring/alexring/allreduce"
 	"github.com/alexring/alexring/coordinator/controlpb"
 	"github.com/alexring/alexring/coordinator/membership"
@@ -24,13 +25,13 @@ import (
 
 // JoinConfig is how a worker finds its job.
 type JoinConfig struct {
-	Join        string        // the coordinator's gossip address
-	Bind        string        // this worker's gossip address (port 0 picks one)
-	RingAddr    string        // where this worker's ring service listens
-	Name        string        // membership name; ranks follow the sorted names
-	Device      string        // "cpu" without CUDA
-	Data        string        // overrides the job's data folder (another mount point)
-	JoinTimeout time.Duration // retries of the first join
+	Join        string          // the coordinator's gossip address
+	Bind        string          // this worker's gossip address (port 0 picks one)
+	RingAddr    string          // where this worker's ring service listens
+	Name        string          // membership name; ranks follow the sorted names
+	Compute     alexnet.Compute // where this rank computes; its Device goes to the coordinator
+	Data        string          // overrides the job's data folder (another mount point)
+	JoinTimeout time.Duration   // retries of the first join
 	// StartTimeout bounds the wait for the job to start once registered.
 	StartTimeout time.Duration
 	Local        bool               // loopback-tuned failure detection
@@ -57,7 +58,7 @@ func RunJoined(ctx context.Context, jc JoinConfig, log *zap.Logger) error {
 	}
 	member, err := membership.Start(membership.Config{
 		Name: jc.Name, Bind: jc.Bind, Join: jc.Join, JoinTimeout: jc.JoinTimeout, Local: jc.Local, SecretKey: key,
-		Meta: membership.Meta{Role: membership.RoleWorker, GRPC: node.Addr, Device: jc.Device},
+		Meta: membership.Meta{Role: membership.RoleWorker, GRPC: node.Addr, Device: jc.Compute.Device},
 	}, log)
 	if err != nil {
 		return err
@@ -231,7 +232,7 @@ func (j *job) register(ctx context.Context, member *membership.Member) (*grpc.Cl
 	j.log.Info("registering with the coordinator", zap.String("coordinator", coord.Meta.GRPC), zap.String("name", j.jc.Name))
 	regCtx, cancel := context.WithTimeout(ctx, j.jc.StartTimeout)
 	defer cancel()
-	plan, err := j.control.Register(regCtx, &controlpb.RegisterRequest{JobId: j.jc.Job, Name: j.jc.Name, RingAddr: j.node.Addr, Device: j.jc.Device})
+	plan, err := j.control.Register(regCtx, &controlpb.RegisterRequest{JobId: j.jc.Job, Name: j.jc.Name, RingAddr: j.node.Addr, Device: j.jc.Compute.Device})
 	if err != nil {
 		conn.Close()
 		return nil, controlErr("register with the coordinator at "+coord.Meta.GRPC, err)
@@ -284,7 +285,7 @@ func (j *job) watchPeers(ctx context.Context, member *membership.Member) {
 // startTrainer makes the trainer of the job's config on ring, at the plan's
 // position, and gives the coordinator the report its predecessor lost.
 func (j *job) startTrainer(ctx context.Context, ring *allreduce.Ring) (_ *Trainer, err error) {
-	t, err := NewTrainer(j.cfg, ring, j.log)
+	t, err := NewTrainer(j.cfg, ring, j.jc.Compute, j.log)
 	if err != nil {
 		return nil, err
 	}
@@ -433,7 +434,7 @@ func DefaultJoinConfig() JoinConfig {
 	host, _ := os.Hostname()
 	return JoinConfig{
 		Join: "127.0.0.1:7946", Bind: "127.0.0.1:0", RingAddr: "127.0.0.1:0",
-		Name: fmt.Sprintf("%s-%d", host, os.Getpid()), Device: "cpu",
+		Name: fmt.Sprintf("%s-%d", host, os.Getpid()), Compute: alexnet.CPUCompute(),
 		JoinTimeout: 30 * time.Second, StartTimeout: 10 * time.Minute, CoordinatorGrace: 2 * time.Minute,
 	}
 }

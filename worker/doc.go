@@ -5,12 +5,19 @@
 //
 //	sharding.Plan.Shard(rank)        this epoch's sample indices (the coordinator's plan, checked)
 //	sharding.Loader.Next()           decoded, augmented float32 batch (prefetched by goroutines)
-//	alexnet.Net.Gradient(...)        forward, softmax cross-entropy, backward: the flat gradient
+//	alexnet.Backend.Gradient(...)    forward, softmax cross-entropy, backward: the flat gradient
+//	                                 (the CPU graphs, alexnet.CPU, or a GPU, alexnet/gpu)
 //	Collective.AllReduceAvg(grad)    the ring all-reduce (allreduce.Ring) averages it over the
-//	                                 ranks, with a NaN flag per rank; with ring.overlap the
-//	                                 classifier's part starts during the backward pass
-//	                                 (Collective.StartAllReduceAvg), as soon as it is final
-//	alexnet.Adam.Update(params, grad) identical on every rank, so the replicas stay bit-identical
+//	                                 ranks, with a NaN flag per rank; with ring.overlap, or on
+//	                                 a GPU, the classifier's part starts during the backward
+//	                                 pass (Collective.StartAllReduceAvg), as soon as it is final
+//	alexnet.Backend.Update(grad)     Adam, identical on every rank, so the replicas stay bit-identical
+//
+// The trainer keeps the host copy of the state (parameters, Adam's moments);
+// a GPU backend keeps its own and the trainer asks for it (Download) at each
+// epoch's end, before the checksum and the checkpoints, and hands it back
+// (Upload) after a state broadcast. A world of one leaves the gradient in the
+// backend: nothing to average.
 //
 // After each epoch every rank reports a checksum of its parameters; rank 0 also
 // validates on the whole val split and writes best.safetensors and the training

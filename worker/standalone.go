@@ -9,6 +9,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/alexring/alexring/alexnet"
 	"github.com/alexring/alexring/sharding"
 )
 
@@ -38,9 +39,9 @@ func WithDemoData(cfg Config, log *zap.Logger, fn func(Config) error) error {
 
 // RunStandalone trains in a world of one, printing the seed's epoch lines to
 // out: the same Trainer that rank 0 of a ring runs.
-func RunStandalone(ctx context.Context, cfg Config, tel Telemetry, log *zap.Logger, out io.Writer) error {
+func RunStandalone(ctx context.Context, cfg Config, compute alexnet.Compute, tel Telemetry, log *zap.Logger, out io.Writer) error {
 	return WithDemoData(cfg, log, func(cfg Config) error {
-		t, err := NewTrainer(cfg, Solo{}, log)
+		t, err := NewTrainer(cfg, Solo{}, compute, log)
 		if err != nil {
 			return err
 		}

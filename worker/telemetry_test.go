@@ -13,6 +13,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/alexring/alexring/alexnet"
 	"github.com/alexring/alexring/internal/metrics"
 	"github.com/alexring/alexring/internal/timeline"
 )
@@ -48,7 +49,7 @@ func TestTelemetryDuringTraining(t *testing.T) {
 		t.Fatal(err)
 	}
 	var bars bytes.Buffer
-	tr, err := NewTrainer(cfg, Solo{}, zap.NewNop())
+	tr, err := NewTrainer(cfg, Solo{}, alexnet.CPUCompute(), zap.NewNop())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -61,8 +61,6 @@ type EpochResult struct {
 	Skipped       int    // optimiser steps skipped for a non-finite gradient
 }
 
-func finite(x float64) bool { return !math.IsNaN(x) && !math.IsInf(x, 0) }
-
 func allFinite(v []float32) bool {
 	for _, x := range v {
 		// x-x is 0 for every finite x, NaN for NaN and the infinities.
@@ -100,14 +98,20 @@ type Trainer struct {
 	train *sharding.Dataset
 	val   *sharding.Dataset
 
-	params *alexnet.Params
-	adam   *alexnet.Adam
-	pcg    *rand.PCG // dropout masks
-	rng    *rand.Rand
-	net    *alexnet.Net
-	eval   *alexnet.Net
-	grad   []float32
-	bad    *sharding.BadFiles
+	params  *alexnet.Params
+	adam    *alexnet.Adam
+	pcg     *rand.PCG // dropout masks
+	rng     *rand.Rand
+	compute alexnet.Compute
+	backend alexnet.Backend
+	// ringVec is what the ring averages each step: one NaN flag per rank,
+	// then the gradient (so that one all-reduce also tells every rank who
+	// produced a NaN), in a vector from the backend with room for flagRoom
+	// flags before the gradient; a world of one keeps its gradient in the
+	// backend instead.
+	ringVec  []float32
+	flagRoom int
+	bad      *sharding.BadFiles
 
 	epoch   int // epochs completed
 	bestAcc float64
@@ -127,9 +131,9 @@ type Trainer struct {
 	EpochPlan func(ctx context.Context, epoch int) (sharding.Plan, error)
 }
 
-// NewTrainer scans the data, builds the model (or restores cfg.Resume) and the
-// graphs. On rank 0 it writes class_indices.json into cfg.Out.
-func NewTrainer(cfg Config, coll Collective, log *zap.Logger) (*Trainer, error) {
+// NewTrainer scans the data, builds the model (or restores cfg.Resume) and its
+// backend from compute. On rank 0 it writes class_indices.json into cfg.Out.
+func NewTrainer(cfg Config, coll Collective, compute alexnet.Compute, log *zap.Logger) (*Trainer, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("worker: %w", err)
 	}
@@ -140,7 +144,7 @@ func NewTrainer(cfg Config, coll Collective, log *zap.Logger) (*Trainer, error) 
 	if err != nil {
 		return nil, err
 	}
-	t := &Trainer{cfg: cfg, log: log, coll: coll, train: train, val: val, bad: sharding.NewBadFiles(log), batch: cfg.WorkerBatch(coll.World())}
+	t := &Trainer{cfg: cfg, log: log, coll: coll, train: train, val: val, bad: sharding.NewBadFiles(log), batch: cfg.WorkerBatch(coll.World()), compute: compute}
 	spec, err := alexnet.NewSpec(cfg.Variant, len(train.Classes))
 	if err != nil {
 		return nil, err
@@ -158,14 +162,18 @@ func NewTrainer(cfg Config, coll Collective, log *zap.Logger) (*Trainer, error) 
 		t.pcg = rand.NewPCG(cfg.Seed, uint64(coll.Rank())+1)
 	}
 	t.rng = rand.New(t.pcg)
+	if t.backend, err = compute.New(alexnet.BackendConfig{Params: t.params, Adam: t.adam, Batch: t.batch, EvalBatch: cfg.EvalBatch, Dropout: cfg.Dropout}); err != nil {
+		return nil, fmt.Errorf("worker: %s: %w", compute.Device, err)
+	}
 	if err := t.Reconfigure(coll, t.batch, t.epoch); err != nil {
+		t.backend.Close()
 		return nil, err
 	}
 	log.Info("model ready",
 		zap.String("variant", spec.Variant), zap.Int("parameters", len(t.params.Flat)),
 		zap.Int("classes", spec.Classes), zap.Int("train_images", len(train.Samples)), zap.Int("val_images", len(val.Samples)),
 		zap.Int("rank", coll.Rank()), zap.Int("world", coll.World()), zap.Int("batch_per_rank", t.batch),
-		zap.String("blas", alexnet.BLAS), zap.Int("start_epoch", t.epoch))
+		zap.String("compute", t.backend.Describe()), zap.Int("start_epoch", t.epoch))
 	return t, nil
 }
 
@@ -204,29 +212,18 @@ func (t *Trainer) Reconfigure(coll Collective, batch, epoch int) error {
 		return fmt.Errorf("worker: batch per rank %d", batch)
 	}
 	t.coll, t.epoch = coll, epoch
-	// The gradient travels with one flag per rank before it, so that the
-	// all-reduce that averages it (with ring.overlap, the convolutions' part
-	// after the classifier's) also tells every rank who produced a NaN.
-	if n := coll.World() + len(t.params.Flat); len(t.grad) != n {
-		t.grad = make([]float32, n)
-	}
-	var err error
-	if t.net == nil || t.batch != batch {
-		if t.net != nil {
-			t.net.Close()
-		}
-		t.batch = batch
-		if t.net, err = alexnet.NewNet(t.params, alexnet.NetOptions{Batch: batch, Train: true, Dropout: t.cfg.Dropout}); err != nil {
-			return err
+	if world := coll.World(); world > 1 && world > t.flagRoom {
+		t.flagRoom = max(world, 16) // room to grow: a late joiner then costs no new vector
+		var err error
+		if t.ringVec, err = t.backend.HostVector(t.flagRoom + len(t.params.Flat)); err != nil {
+			return fmt.Errorf("worker: the gradient's host vector: %w", err)
 		}
 	}
-	if !t.net.BindGrad(t.grad[coll.World():]) {
-		return errors.New("worker: the training graph's gradient could not be bound to the flat vector")
+	if err := t.backend.SetBatch(batch); err != nil {
+		return err
 	}
-	if coll.Rank() == 0 && t.eval == nil {
-		if t.eval, err = alexnet.NewNet(t.params, alexnet.NetOptions{Batch: t.cfg.EvalBatch}); err != nil {
-			return err
-		}
+	t.batch = batch
+	if coll.Rank() == 0 {
 		if err := os.MkdirAll(t.cfg.Out, 0o755); err != nil {
 			return fmt.Errorf("worker: output folder: %w", err)
 		}
@@ -244,6 +241,9 @@ func (t *Trainer) SyncState(ctx context.Context, root int) error {
 	if t.coll.World() == 1 {
 		return nil
 	}
+	if err := t.backend.Download(); err != nil {
+		return fmt.Errorf("worker: state from %s: %w", t.compute.Device, err)
+	}
 	// The step and the best accuracy travel as float32 bit patterns, which a
 	// broadcast copies unchanged.
 	best := math.Float64bits(t.bestAcc)
@@ -258,6 +258,9 @@ func (t *Trainer) SyncState(ctx context.Context, root int) error {
 	}
 	t.adam.Step = int64(math.Float32bits(header[0])) | int64(math.Float32bits(header[1]))<<32
 	t.bestAcc = math.Float64frombits(uint64(math.Float32bits(header[2])) | uint64(math.Float32bits(header[3]))<<32)
+	if err := t.backend.Upload(); err != nil {
+		return fmt.Errorf("worker: state to %s: %w", t.compute.Device, err)
+	}
 	return nil
 }
 
@@ -270,14 +273,14 @@ func (t *Trainer) Position() (epoch, steps int) {
 	return t.acc.epoch, t.ringSteps
 }
 
-// Params is the rank's parameter vector (shared, not copied).
+// Params is the rank's parameter vector (shared, not copied) as of the last
+// epoch's end or state synchronisation (a GPU's are newer during an epoch).
 func (t *Trainer) Params() *alexnet.Params { return t.params }
 
-// Close releases the graphs.
+// Close releases the backend.
 func (t *Trainer) Close() {
-	t.net.Close()
-	if t.eval != nil {
-		t.eval.Close()
+	if err := t.backend.Close(); err != nil {
+		t.log.Warn("closing the backend", zap.String("device", t.compute.Device), zap.Error(err))
 	}
 }
 
@@ -343,7 +346,15 @@ func (t *Trainer) runEpoch(ctx context.Context, epoch int) (EpochResult, error) 
 	defer bar.Done()
 	steps := 0
 	for {
-		rec := stepRecord{epoch: epoch + 1, step: steps + 1, world: t.coll.World(), allreduceBytes: 4 * len(t.grad), start: time.Now()}
+		world := t.coll.World()
+		// A world of one keeps its gradient in the backend (nil): nothing to
+		// average, nothing to copy to the host.
+		var vec, flags, grad []float32
+		if world > 1 {
+			vec = t.ringVec[t.flagRoom-world:]
+			flags, grad = vec[:world], vec[world:]
+		}
+		rec := stepRecord{epoch: epoch + 1, step: steps + 1, world: world, allreduceBytes: 4 * len(vec), start: time.Now()}
 		b, err := loader.Next()
 		if err == io.EOF {
 			break
@@ -352,26 +363,21 @@ func (t *Trainer) runEpoch(ctx context.Context, epoch int) (EpochResult, error) 
 			return res, fmt.Errorf("worker: epoch %d: %w", epoch+1, err)
 		}
 		rec.phase(PhaseDataWait, rec.start, time.Since(rec.start))
-		world := t.coll.World()
-		flags, grad := t.grad[:world], t.grad[world:]
-		// With ring.overlap the classifier's gradients, final early in the
-		// backward pass, are all-reduced while the convolutions' backward runs,
-		// and the rest with the flags after it; otherwise all of it after.
-		from, classifierFinite := len(grad), true
+		// With overlap the classifier's gradients, final early in the
+		// backward pass, are all-reduced while the convolutions' backward
+		// runs, and the rest with the flags after it; otherwise all of it
+		// after.
+		from := len(grad)
+		var classifierReady func()
 		var classifierWait func() error
-		if t.cfg.Ring.Overlap {
-			if from, err = t.net.OnClassifierGradient(func() {
-				classifierFinite = allFinite(grad[from:])
-				classifierWait = t.coll.StartAllReduceAvg(ctx, grad[from:])
-			}); err != nil {
-				return res, err
-			}
+		if world > 1 && (t.cfg.Ring.Overlap || t.compute.FreesCPU) {
+			from = t.params.Spec.ClassifierOffset()
+			classifierReady = func() { classifierWait = t.coll.StartAllReduceAvg(ctx, grad[from:]) }
 		}
-		loss, err := t.net.Gradient(b.Images, b.Labels, b.Count, t.rng, grad)
-		fwd, bwd := t.net.Phases()
-		rec.phase(PhaseForward, rec.start.Add(rec.phases[0].took), fwd)
-		rec.phase(PhaseBackward, rec.start.Add(rec.phases[0].took+fwd), bwd)
-		rec.images, rec.loss = b.Count, loss
+		st, err := t.backend.Gradient(b.Images, b.Labels, b.Count, t.rng, grad, classifierReady)
+		rec.phase(PhaseForward, rec.start.Add(rec.phases[0].took), st.Forward)
+		rec.phase(PhaseBackward, rec.start.Add(rec.phases[0].took+st.Forward), st.Backward)
+		rec.images, rec.loss = b.Count, st.Loss
 		loader.Release(b)
 		if err != nil {
 			if classifierWait != nil {
@@ -379,18 +385,11 @@ func (t *Trainer) runEpoch(ctx context.Context, epoch int) (EpochResult, error) 
 			}
 			return res, fmt.Errorf("worker: epoch %d step %d: %w", epoch+1, steps+1, err)
 		}
-		clear(flags)
-		if !finite(float64(loss)) || !classifierFinite || !allFinite(grad[:from]) {
-			flags[t.coll.Rank()] = 1
-			t.log.Warn("non-finite loss or gradient", zap.Int("epoch", epoch+1), zap.Int("step", steps+1), zap.Int("rank", t.coll.Rank()), zap.Float32("loss", loss))
+		if !st.Finite {
+			t.log.Warn("non-finite loss or gradient", zap.Int("epoch", epoch+1), zap.Int("step", steps+1), zap.Int("rank", t.coll.Rank()), zap.Float32("loss", st.Loss))
 		}
 		reduceStart := time.Now()
-		err = t.coll.AllReduceAvg(ctx, t.grad[:world+from])
-		if classifierWait != nil {
-			if werr := classifierWait(); err == nil {
-				err = werr
-			}
-		}
+		bad, err := t.reduce(ctx, vec, flags, from, st.Finite, classifierWait)
 		if err != nil {
 			return res, fmt.Errorf("worker: epoch %d step %d: gradient all-reduce: %w", epoch+1, steps+1, err)
 		}
@@ -398,7 +397,7 @@ func (t *Trainer) runEpoch(ctx context.Context, epoch int) (EpochResult, error) 
 		steps++
 		t.ringSteps = steps
 		t.acc.images += rec.images
-		if bad := culprits(flags); len(bad) > 0 || !allFinite(grad) {
+		if len(bad) > 0 || !allFinite(grad) {
 			if !t.cfg.SkipNonFinite {
 				return res, fmt.Errorf("worker: epoch %d step %d: non-finite loss or gradient from rank %v; stopped before the optimiser step (skip_nonfinite: true skips such steps)", epoch+1, steps, bad)
 			}
@@ -409,19 +408,24 @@ func (t *Trainer) runEpoch(ctx context.Context, epoch int) (EpochResult, error) 
 			continue
 		}
 		optStart := time.Now()
-		if err := t.adam.Update(t.params.Flat, grad); err != nil {
-			return res, err
+		if err := t.backend.Update(grad); err != nil {
+			return res, fmt.Errorf("worker: epoch %d step %d: Adam on %s: %w", epoch+1, steps, t.compute.Device, err)
 		}
 		rec.phase(PhaseOptimizer, optStart, time.Since(optStart))
 		t.Telemetry.observeStep(&rec)
-		t.acc.lossSum += float64(loss)
+		t.acc.lossSum += float64(st.Loss)
 		t.acc.taken++
-		bar.Add(1, fmt.Sprintf("loss=%.3f, %.1f img/s", loss, float64(rec.images)/rec.took().Seconds()))
+		bar.Add(1, fmt.Sprintf("loss=%.3f, %.1f img/s", st.Loss, float64(rec.images)/rec.took().Seconds()))
 		if t.cfg.StepLog > 0 && steps%t.cfg.StepLog == 0 {
-			t.log.Debug("step", zap.Int("epoch", epoch+1), zap.Int("step", steps), zap.Int("of", loader.Batches()), zap.Float32("loss", loss))
+			t.log.Debug("step", zap.Int("epoch", epoch+1), zap.Int("step", steps), zap.Int("of", loader.Batches()), zap.Float32("loss", st.Loss))
 		}
 	}
 	bar.Done()
+	// The checksum, the checkpoints and the ring's hand-overs read the host
+	// copy of the parameters.
+	if err := t.backend.Download(); err != nil {
+		return res, fmt.Errorf("worker: epoch %d: parameters from %s: %w", epoch+1, t.compute.Device, err)
+	}
 	res.Images, res.Skipped = t.acc.images, t.acc.skipped
 	if t.acc.taken > 0 {
 		res.TrainLoss = t.acc.lossSum / float64(t.acc.taken)
@@ -453,6 +457,30 @@ func (t *Trainer) runEpoch(ctx context.Context, epoch int) (EpochResult, error) 
 	return res, nil
 }
 
+// reduce averages vec, the flags and the gradient, over the ring (the part
+// from the classifier on already under way when classifierWait is set) and
+// returns the ranks whose gradient was not finite. A world of one averages
+// nothing.
+func (t *Trainer) reduce(ctx context.Context, vec, flags []float32, from int, finite bool, classifierWait func() error) (bad []int, err error) {
+	if vec == nil {
+		if !finite {
+			bad = []int{t.coll.Rank()}
+		}
+		return bad, nil
+	}
+	clear(flags)
+	if !finite {
+		flags[t.coll.Rank()] = 1
+	}
+	err = t.coll.AllReduceAvg(ctx, vec[:len(flags)+from])
+	if classifierWait != nil {
+		if werr := classifierWait(); err == nil {
+			err = werr
+		}
+	}
+	return culprits(flags), err
+}
+
 var crcTable = crc64.MakeTable(crc64.ECMA)
 
 // Checksum is a CRC-64 of a parameter vector's bits: ranks compare it after
@@ -474,7 +502,7 @@ func Checksum(v []float32) uint64 {
 // Validate is the accuracy of the current parameters on the whole val split
 // (rank 0 only).
 func (t *Trainer) Validate(ctx context.Context) (float64, error) {
-	if t.eval == nil {
+	if t.coll.Rank() != 0 {
 		return 0, errors.New("worker: only rank 0 validates")
 	}
 	all := make([]int, len(t.val.Samples))
@@ -500,7 +528,7 @@ func (t *Trainer) Validate(ctx context.Context) (float64, error) {
 		if err != nil {
 			return 0, fmt.Errorf("worker: validation: %w", err)
 		}
-		logits, err := t.eval.Logits(b.Images, b.Count)
+		logits, err := t.backend.Logits(b.Images, b.Count)
 		if err != nil {
 			loader.Release(b)
 			return 0, err

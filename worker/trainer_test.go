@@ -33,7 +33,7 @@ func tinyConfig(data, out string) Config {
 
 func train(t *testing.T, cfg Config) (*Trainer, []EpochResult) {
 	t.Helper()
-	tr, err := NewTrainer(cfg, Solo{}, zap.NewNop())
+	tr, err := NewTrainer(cfg, Solo{}, alexnet.CPUCompute(), zap.NewNop())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -134,14 +134,14 @@ func TestTrainerErrors(t *testing.T) {
 	for _, c := range cases {
 		cfg := tinyConfig(data, t.TempDir())
 		c.edit(&cfg)
-		_, err := NewTrainer(cfg, Solo{}, zap.NewNop())
+		_, err := NewTrainer(cfg, Solo{}, alexnet.CPUCompute(), zap.NewNop())
 		if err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%s: error %v, want it to mention %q", c.name, err, c.want)
 		}
 	}
 	cfg := tinyConfig(data, t.TempDir())
 	cfg.Batch = 15
-	if _, err := NewTrainer(cfg, fakeWorld{n: 2}, zap.NewNop()); err == nil || !strings.Contains(err.Error(), "not divisible") {
+	if _, err := NewTrainer(cfg, fakeWorld{n: 2}, alexnet.CPUCompute(), zap.NewNop()); err == nil || !strings.Contains(err.Error(), "not divisible") {
 		t.Errorf("batch 15 over 2 ranks: %v", err)
 	}
 }
@@ -173,7 +173,7 @@ func TestNonFiniteGradient(t *testing.T) {
 		skip := c.skip
 		cfg := tinyConfig(data, t.TempDir())
 		cfg.Epochs, cfg.SkipNonFinite, cfg.Ring.Overlap = 1, skip, c.overlap
-		tr, err := NewTrainer(cfg, Solo{}, zap.NewNop())
+		tr, err := NewTrainer(cfg, Solo{}, alexnet.CPUCompute(), zap.NewNop())
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -204,12 +204,15 @@ func TestNonFiniteGradient(t *testing.T) {
 	}
 }
 
-// recordingWorld is a world of one that records the lengths its gradient
-// all-reduces were given, started early ("start") or after the backward pass.
+// recordingWorld is rank 0 of a world of two whose peer does nothing: it
+// records the lengths its gradient all-reduces were given, started early
+// ("start") or after the backward pass. (A world of one all-reduces nothing.)
 type recordingWorld struct {
 	Solo
 	calls *[]string
 }
+
+func (recordingWorld) World() int { return 2 }
 
 func (w recordingWorld) AllReduceAvg(_ context.Context, v []float32) error {
 	*w.calls = append(*w.calls, fmt.Sprintf("after %d", len(v)))
@@ -225,12 +228,12 @@ func (w recordingWorld) StartAllReduceAvg(_ context.Context, v []float32) func()
 // backward pass and the rest (with the flags) after it; without, the whole
 // gradient goes after it.
 func TestOverlapSplitsTheAllReduce(t *testing.T) {
-	data := synthData(t, 4) // 20 images: 2 steps of 16
+	data := synthData(t, 4) // 20 images: 10 per rank, 2 steps of 8
 	for _, overlap := range []bool{false, true} {
 		var calls []string
 		cfg := tinyConfig(data, t.TempDir())
 		cfg.Epochs, cfg.Ring.Overlap = 1, overlap
-		tr, err := NewTrainer(cfg, recordingWorld{calls: &calls}, zap.NewNop())
+		tr, err := NewTrainer(cfg, recordingWorld{calls: &calls}, alexnet.CPUCompute(), zap.NewNop())
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -245,9 +248,9 @@ func TestOverlapSplitsTheAllReduce(t *testing.T) {
 				from = l.Offset
 			}
 		}
-		step := []string{fmt.Sprintf("after %d", 1+n)}
+		step := []string{fmt.Sprintf("after %d", 2+n)} // a flag per rank, then the gradient
 		if overlap {
-			step = []string{fmt.Sprintf("start %d", n-from), fmt.Sprintf("after %d", 1+from)}
+			step = []string{fmt.Sprintf("start %d", n-from), fmt.Sprintf("after %d", 2+from)}
 		}
 		want := strings.Join(append(step, step...), ", ")
 		if got := strings.Join(calls, ", "); got != want {

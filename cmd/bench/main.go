@@ -2,7 +2,7 @@
 // one line "RESULT bench=NAME key=value ...", to put beside the peer's figure
 // measured in the same run on the same machine.
 //
-//	bench step   [--variant seed] [--batch 32] [--steps 20] [--warmup 3]
+//	bench step   [--variant seed] [--batch 32] [--steps 20] [--warmup 3] [--gpu K --conv auto|cudnn|gemm]
 //	bench loader --data DIR [--goroutines G] [--images N] [--side 224]
 //	bench allreduce --world N --bytes B[,B...] [--fp16]
 //	bench scaling [--variant seed] [--batch 32] [--steps 10]
@@ -26,6 +26,7 @@ import (
 
 	"github.com/alexring/alexring/alexnet"
 	"github.com/alexring/alexring/allreduce"
+	"github.com/alexring/alexring/internal/devices"
 	"github.com/alexring/alexring/sharding"
 )
 
@@ -90,17 +91,23 @@ func benchStep(args []string, out io.Writer) error {
 	warmup := fs.Int("warmup", 3, "untimed steps first")
 	classes := fs.Int("classes", 5, "classes")
 	data := fs.String("data", "", "also time steps fed by the loader from this ImageFolder split (e.g. ../shared/datasets/flowers/train)")
+	gpu := fs.Int("gpu", -1, "GPU to run on (a build with -tags cuda); -1 is the CPU")
+	conv := fs.String("conv", "auto", "the GPU's convolution: auto, cudnn or gemm")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	if *steps < 1 || *warmup < 0 {
 		return fmt.Errorf("--steps %d --warmup %d", *steps, *warmup)
 	}
-	st, err := newStepper(*variant, *batch, *classes)
+	compute, err := devices.Select(*gpu, *conv)
 	if err != nil {
 		return err
 	}
-	defer st.net.Close()
+	st, err := newStepper(*variant, *batch, *classes, compute)
+	if err != nil {
+		return err
+	}
+	defer st.backend.Close()
 	var times []time.Duration
 	for i := 0; i < *warmup+*steps; i++ {
 		start := time.Now()
@@ -113,10 +120,12 @@ func benchStep(args []string, out io.Writer) error {
 	}
 	med := median(times)
 	ips := float64(*batch) / med.Seconds()
-	fmt.Fprintf(out, "alexring %s blas=%s GOMAXPROCS=%d variant=%s batch=%d: median %.1f ms/step, %.1f img/s, peak RSS %.0f MB\n",
-		runtime.Version(), alexnet.BLAS, runtime.GOMAXPROCS(0), *variant, *batch, float64(med.Microseconds())/1e3, ips, peakRSSMB())
-	result := fmt.Sprintf("RESULT bench=step variant=%s batch=%d img_per_s=%.1f ms_per_step=%.1f peak_rss_mb=%.0f",
-		*variant, *batch, ips, float64(med.Microseconds())/1e3, peakRSSMB())
+	fmt.Fprintf(out, "alexring %s on %s GOMAXPROCS=%d variant=%s batch=%d: median %.2f ms/step, %.1f img/s, peak RSS %.0f MB%s\n",
+		runtime.Version(), st.backend.Describe(), runtime.GOMAXPROCS(0), *variant, *batch, float64(med.Microseconds())/1e3, ips, peakRSSMB(), deviceMemory(st.backend, " (device memory %.0f MB)"))
+	// The same line on every device (a GPU's adds its memory), so that it
+	// stands beside the peer's.
+	result := fmt.Sprintf("RESULT bench=step variant=%s batch=%d img_per_s=%.1f ms_per_step=%.2f peak_rss_mb=%.0f%s",
+		*variant, *batch, ips, float64(med.Microseconds())/1e3, peakRSSMB(), deviceMemory(st.backend, " device_mb=%.0f"))
 	if *data != "" {
 		fed, err := st.timeFed(*data, *warmup, *steps)
 		if err != nil {
@@ -171,16 +180,26 @@ func (st *stepper) timeFed(dir string, warmup, steps int) (time.Duration, error)
 	return median(times), nil
 }
 
-// stepper is one training step of a model on a fixed random batch.
+// deviceMemory formats the device memory a backend holds, for those that
+// say (a GPU's); empty for the others.
+func deviceMemory(b alexnet.Backend, format string) string {
+	if d, ok := b.(interface{ DeviceBytes() int64 }); ok {
+		return fmt.Sprintf(format, float64(d.DeviceBytes())/(1<<20))
+	}
+	return ""
+}
+
+// stepper is one training step of a model on a fixed random batch, through
+// the worker's backend seam.
 type stepper struct {
-	params *alexnet.Params
-	net    *alexnet.Net
-	adam   *alexnet.Adam
-	rng    *rand.Rand
-	images []float32
-	labels []int
-	grad   []float32
-	batch  int
+	params  *alexnet.Params
+	backend alexnet.Backend
+	compute alexnet.Compute
+	rng     *rand.Rand
+	images  []float32
+	labels  []int
+	grad    []float32 // the host vector the ring averages
+	batch   int
 	// ring, when set, averages the gradient with the other ranks before Adam,
 	// as the worker does: with overlap, the classifier's part while the
 	// convolutions' backward runs. reduceWaits are the steps' waits for it
@@ -190,17 +209,18 @@ type stepper struct {
 	reduceWaits []time.Duration
 }
 
-func newStepper(variant string, batch, classes int) (*stepper, error) {
+func newStepper(variant string, batch, classes int, compute alexnet.Compute) (*stepper, error) {
 	spec, err := alexnet.NewSpec(variant, classes)
 	if err != nil {
 		return nil, err
 	}
-	st := &stepper{params: alexnet.NewParams(spec), rng: rand.New(rand.NewPCG(0, 1)), batch: batch}
+	st := &stepper{params: alexnet.NewParams(spec), rng: rand.New(rand.NewPCG(0, 1)), batch: batch, compute: compute}
 	st.params.Init(0)
-	if st.net, err = alexnet.NewNet(st.params, alexnet.NetOptions{Batch: batch, Train: true, Dropout: 0.5}); err != nil {
+	adam, err := alexnet.NewAdam(alexnet.DefaultAdam(), len(st.params.Flat))
+	if err != nil {
 		return nil, err
 	}
-	if st.adam, err = alexnet.NewAdam(alexnet.DefaultAdam(), len(st.params.Flat)); err != nil {
+	if st.backend, err = compute.New(alexnet.BackendConfig{Params: st.params, Adam: adam, Batch: batch, Dropout: 0.5}); err != nil {
 		return nil, err
 	}
 	st.images = make([]float32, batch*3*spec.Input*spec.Input)
@@ -211,31 +231,35 @@ func newStepper(variant string, batch, classes int) (*stepper, error) {
 	for i := range st.labels {
 		st.labels[i] = st.rng.IntN(spec.Classes)
 	}
-	st.grad = make([]float32, len(st.params.Flat))
-	st.net.BindGrad(st.grad)
+	if st.grad, err = st.backend.HostVector(len(st.params.Flat)); err != nil {
+		st.backend.Close()
+		return nil, err
+	}
 	return st, nil
 }
 
 func (st *stepper) step() error { return st.stepOn(st.images, st.labels, st.batch) }
 
+// stepOn is the worker's step: alone, the gradient stays in the backend.
 func (st *stepper) stepOn(images []float32, labels []int, count int) error {
 	ctx := context.Background()
-	from := len(st.grad) // the part all-reduced early: none
+	var grad []float32
+	var classifierReady func()
 	var classifierWait func() error
-	if st.ring != nil && st.overlap {
-		var err error
-		if from, err = st.net.OnClassifierGradient(func() {
-			classifierWait = st.ring.StartAllReduceAvg(ctx, st.grad[from:])
-		}); err != nil {
-			return err
+	from := 0
+	if st.ring != nil {
+		grad, from = st.grad, len(st.grad)
+		if st.overlap || st.compute.FreesCPU {
+			from = st.params.Spec.ClassifierOffset()
+			classifierReady = func() { classifierWait = st.ring.StartAllReduceAvg(ctx, grad[from:]) }
 		}
 	}
-	if _, err := st.net.Gradient(images, labels, count, st.rng, st.grad); err != nil {
+	if _, err := st.backend.Gradient(images, labels, count, st.rng, grad, classifierReady); err != nil {
 		return err
 	}
 	if st.ring != nil {
 		start := time.Now()
-		if err := st.ring.AllReduceAvg(ctx, st.grad[:from]); err != nil {
+		if err := st.ring.AllReduceAvg(ctx, grad[:from]); err != nil {
 			return err
 		}
 		if classifierWait != nil {
@@ -245,7 +269,7 @@ func (st *stepper) stepOn(images []float32, labels []int, count int) error {
 		}
 		st.reduceWaits = append(st.reduceWaits, time.Since(start))
 	}
-	return st.adam.Update(st.params.Flat, st.grad)
+	return st.backend.Update(grad)
 }
 
 // benchLoader runs the training loader (decode, RandomResizedCrop, flip,

@@ -15,6 +15,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/alexring/alexring/alexnet"
 	"github.com/alexring/alexring/allreduce"
 )
 
@@ -124,11 +125,11 @@ func benchScalingRank(args []string, out io.Writer) error {
 		return err
 	}
 	addrs := strings.Split(*peers, ",")
-	st, err := newStepper(s.variant, s.batch, 5)
+	st, err := newStepper(s.variant, s.batch, 5, alexnet.CPUCompute())
 	if err != nil {
 		return err
 	}
-	defer st.net.Close()
+	defer st.backend.Close()
 	ctx := context.Background()
 	if len(addrs) > 1 {
 		node, err := allreduce.Listen(addrs[*rank], nil, zap.NewNop())

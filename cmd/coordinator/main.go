@@ -45,6 +45,7 @@ func run() int {
 	fs.BoolVar(&c.Resume, "resume", false, "continue the job in --out (a restarted coordinator): its state.safetensors, job id and curves; the workers that waited rejoin")
 	autoResume := fs.Bool("auto-resume", false, "--resume when --out holds a job's state.safetensors, else start fresh (for a coordinator that a scheduler restarts)")
 	local := fs.Bool("local", false, "also start the workers as child processes on this machine")
+	gpuList := fs.String("gpus", "", "with --local: the GPU of each worker, in order (\"0,1,2,3\"; a worker binary built with -tags cuda); empty: the CPU")
 	fs.StringVar(&c.JobID, "job-id", "", "this job's id; workers started with another --job are refused (default: a random id)")
 	var sec security.Config
 	sec.Flags(fs)
@@ -93,6 +94,14 @@ func run() int {
 	}
 	c.Local = *local
 	c.Job = job
+	gpus, err := coordinator.ParseGPUs(*gpuList, c.Workers)
+	if err == nil && gpus != nil && !*local {
+		err = fmt.Errorf("--gpus %s chooses the devices of --local workers; a worker started by hand takes --gpu", *gpuList)
+	}
+	if err != nil {
+		cli.PrintError(os.Stderr, "coordinator", err)
+		return 2
+	}
 	if c.Job.Data == "" {
 		c.Job.Data = "demo" // generated below (WithDemoData); the other settings are checked now
 	}
@@ -134,7 +143,7 @@ func run() int {
 			}
 			extra := append([]string{"--log-format", *logFormat, "--data", job.Data}, sec.Args()...)
 			ready = func(gossip string) {
-				workers, err = coordinator.StartLocal(ctx, bin, c.Workers, gossip, extra, os.Stderr)
+				workers, err = coordinator.StartLocal(ctx, bin, c.Workers, gossip, gpus, extra, os.Stderr)
 				if err != nil {
 					log.Error("starting local workers", zap.Error(err))
 					stop()

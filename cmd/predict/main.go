@@ -2,7 +2,7 @@
 // the seed's predict.py does: Resize((224, 224)), ToTensor, Normalize(0.5, 0.5),
 // softmax over the logits.
 //
-//	predict [--model best.safetensors] [--class-indices class_indices.json] [--json] [--plot out.png] IMAGE...
+//	predict [--model best.safetensors] [--class-indices class_indices.json] [--json] [--plot out.png] [--gpu K] IMAGE...
 //
 // Exit codes: 0 all images predicted; 1 some image could not be read (the others
 // are still predicted); 2 bad flags, model or class index.
@@ -21,6 +21,7 @@ import (
 
 	"github.com/alexring/alexring/alexnet"
 	"github.com/alexring/alexring/internal/cli"
+	"github.com/alexring/alexring/internal/devices"
 	"github.com/alexring/alexring/sharding"
 )
 
@@ -46,12 +47,19 @@ func run(args []string, stdout, stderr io.Writer) int {
 	indices := fs.String("class-indices", "class_indices.json", "class names ({\"0\": name, ...}); if the default is missing, the model's own names")
 	asJSON := fs.Bool("json", false, "print one JSON object per image")
 	plot := fs.String("plot", "", "write a PNG of each image beside a bar chart of its class probabilities")
+	gpu := fs.Int("gpu", -1, "GPU to predict on (a build with -tags cuda); -1 is the CPU")
+	conv := fs.String("conv", "auto", "the GPU's convolution: auto, cudnn or gemm")
 	if done, code := cli.Parse(fs, args); done {
 		return code
 	}
 	if fs.NArg() == 0 {
 		fmt.Fprintln(stderr, "predict: no images given (usage: predict [flags] IMAGE...)")
 		fs.Usage()
+		return 2
+	}
+	compute, err := devices.Select(*gpu, *conv)
+	if err != nil {
+		fmt.Fprintln(stderr, "predict:", err)
 		return 2
 	}
 	indicesSet := false
@@ -67,9 +75,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "predict:", err)
 		return 2
 	}
-	net, err := alexnet.NewNet(params, alexnet.NetOptions{Batch: 1})
+	net, err := compute.New(alexnet.BackendConfig{Params: params, EvalBatch: 1})
 	if err != nil {
-		fmt.Fprintln(stderr, "predict:", err)
+		fmt.Fprintf(stderr, "predict: %s: %v\n", compute.Device, err)
 		return 2
 	}
 	defer net.Close()

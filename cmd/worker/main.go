@@ -15,8 +15,8 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/term"
 
-	"github.com/alexring/alexring/alexnet"
 	"github.com/alexring/alexring/internal/cli"
+	"github.com/alexring/alexring/internal/devices"
 	"github.com/alexring/alexring/internal/metrics"
 	"github.com/alexring/alexring/internal/security"
 	"github.com/alexring/alexring/internal/timeline"
@@ -41,7 +41,8 @@ func run() int {
 	fs.StringVar(&jc.Job, "job", "", "the job id to join (the coordinator's --job-id); a coordinator of another job refuses this worker")
 	var sec security.Config
 	sec.Flags(fs)
-	gpu := fs.Int("gpu", -1, "GPU to train on; -1 is the CPU (this build has no CUDA: always the CPU)")
+	gpu := fs.Int("gpu", -1, "GPU to train on (a build with -tags cuda); -1 is the CPU")
+	conv := fs.String("conv", "auto", "the GPU's convolution: auto, cudnn or gemm (im2col + cuBLAS)")
 	fs.StringVar(&cfg.Data, "data", "", "ImageFolder root with train/ and val/ (standalone default: generate the synthetic demo dataset; joined: the job's)")
 	fs.StringVar(&cfg.Out, "out", cfg.Out, "output folder for best.safetensors, state.safetensors and class_indices.json")
 	fs.StringVar(&cfg.Resume, "resume", "", "continue from this state.safetensors")
@@ -76,11 +77,12 @@ func run() int {
 		fs.Usage()
 		return 2
 	}
-	if *gpu >= 0 {
-		log.Warn("this build has no CUDA support: training on the CPU", zap.Int("gpu", *gpu))
-	} else {
-		log.Info("training on the CPU", zap.String("blas", alexnet.BLAS))
+	compute, err := devices.Select(*gpu, *conv)
+	if err != nil {
+		cli.PrintError(os.Stderr, "worker", err)
+		return 2
 	}
+	log.Info("compute", zap.String("device", compute.Device))
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	tel, err := telemetry(ctx, *progressMode, *logFormat, *metricsAddr, *timelinePath, jc.Name, log)
@@ -103,9 +105,9 @@ func run() int {
 			cli.PrintError(os.Stderr, "worker", err)
 			return 2
 		}
-		err = worker.RunStandalone(ctx, cfg, tel, log, os.Stdout)
+		err = worker.RunStandalone(ctx, cfg, compute, tel, log, os.Stdout)
 	} else {
-		jc.Data = cfg.Data
+		jc.Data, jc.Compute = cfg.Data, compute
 		jc.Local = security.IsLoopback(jc.Join)
 		if jc.Security, err = security.Setup(sec, []string{jc.Join, jc.Bind, jc.RingAddr}, log); err != nil {
 			cli.PrintError(os.Stderr, "worker", err)
