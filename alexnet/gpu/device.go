@@ -3,7 +3,7 @@ package gpu
 // Device is what the GPU model needs from the hardware: memory, copies,
 // row-major GEMMs and our kernels (package kernels), all in the order issued
 // (one stream). Package alexnet/cuda implements it on gorgonia.org/cu and
-// cuBLAS; kernels.Host implements it on the CPU with the kernels' host builds
+// cuBLAS; hostdev.Device implements it on the CPU with the kernels' host builds
 // and OpenBLAS, so that the whole step is tested without a GPU.
 //
 // Errors are sticky, as CUDA's are: after one failure every later call does
