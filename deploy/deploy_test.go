@@ -307,8 +307,8 @@ func TestDockerfiles(t *testing.T) {
 				t.Errorf("%s builds ./cmd/%s, which does not exist", name, c[1])
 			}
 		}
-		if name == "Dockerfile.cuda" && !strings.Contains(build, "-tags cuda") {
-			t.Errorf("%s does not build with -tags cuda", name)
+		if name == "Dockerfile.cuda" && !strings.Contains(build, "-tags gpu") {
+			t.Errorf("%s does not build with -tags gpu", name)
 		}
 	}
 }

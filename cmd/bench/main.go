@@ -91,7 +91,7 @@ func benchStep(args []string, out io.Writer) error {
 	warmup := fs.Int("warmup", 3, "untimed steps first")
 	classes := fs.Int("classes", 5, "classes")
 	data := fs.String("data", "", "also time steps fed by the loader from this ImageFolder split (e.g. ../shared/datasets/flowers/train)")
-	gpu := fs.Int("gpu", -1, "GPU to run on (a build with -tags cuda); -1 is the CPU")
+	gpu := fs.Int("gpu", -1, "GPU to run on (a build with -tags gpu); -1 is the CPU")
 	conv := fs.String("conv", "auto", "the GPU's convolution: auto, cudnn or gemm")
 	if err := fs.Parse(args); err != nil {
 		return err

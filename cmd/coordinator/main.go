@@ -45,7 +45,7 @@ func run() int {
 	fs.BoolVar(&c.Resume, "resume", false, "continue the job in --out (a restarted coordinator): its state.safetensors, job id and curves; the workers that waited rejoin")
 	autoResume := fs.Bool("auto-resume", false, "--resume when --out holds a job's state.safetensors, else start fresh (for a coordinator that a scheduler restarts)")
 	local := fs.Bool("local", false, "also start the workers as child processes on this machine")
-	gpuList := fs.String("gpus", "", "with --local: the GPU of each worker, in order (\"0,1,2,3\"; a worker binary built with -tags cuda); empty: the CPU")
+	gpuList := fs.String("gpus", "", "with --local: the GPU of each worker, in order (\"0,1,2,3\"; a worker binary built with -tags gpu); empty: the CPU")
 	fs.StringVar(&c.JobID, "job-id", "", "this job's id; workers started with another --job are refused (default: a random id)")
 	var sec security.Config
 	sec.Flags(fs)

@@ -47,7 +47,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	indices := fs.String("class-indices", "class_indices.json", "class names ({\"0\": name, ...}); if the default is missing, the model's own names")
 	asJSON := fs.Bool("json", false, "print one JSON object per image")
 	plot := fs.String("plot", "", "write a PNG of each image beside a bar chart of its class probabilities")
-	gpu := fs.Int("gpu", -1, "GPU to predict on (a build with -tags cuda); -1 is the CPU")
+	gpu := fs.Int("gpu", -1, "GPU to predict on (a build with -tags gpu); -1 is the CPU")
 	conv := fs.String("conv", "auto", "the GPU's convolution: auto, cudnn or gemm")
 	if done, code := cli.Parse(fs, args); done {
 		return code

@@ -41,7 +41,7 @@ func run() int {
 	fs.StringVar(&jc.Job, "job", "", "the job id to join (the coordinator's --job-id); a coordinator of another job refuses this worker")
 	var sec security.Config
 	sec.Flags(fs)
-	gpu := fs.Int("gpu", -1, "GPU to train on (a build with -tags cuda); -1 is the CPU")
+	gpu := fs.Int("gpu", -1, "GPU to train on (a build with -tags gpu); -1 is the CPU")
 	conv := fs.String("conv", "auto", "the GPU's convolution: auto, cudnn or gemm (im2col + cuBLAS)")
 	fs.StringVar(&cfg.Data, "data", "", "ImageFolder root with train/ and val/ (standalone default: generate the synthetic demo dataset; joined: the job's)")
 	fs.StringVar(&cfg.Out, "out", cfg.Out, "output folder for best.safetensors, state.safetensors and class_indices.json")

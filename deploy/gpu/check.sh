@@ -1,13 +1,19 @@
 #!/usr/bin/env bash
 # The GPU backend's check on a lent GPU machine, in one command well under
 # its 10 minutes. Run it through ../shared/device/gpu.sh, which unpacks the Go
-# toolchain and the vendored modules, points cgo at the machine's CUDA, cuBLAS
-# and cuDNN, and runs `go vet` and `go test -tags cuda` of GPU_PKGS first:
+# toolchain and the vendored modules and points cgo at the machine's CUDA,
+# cuBLAS and cuDNN:
 #
 #   ../shared/device/pack.sh        # here, then carry [".device"] to the device
-#   GPU_PKGS=./alexnet/... GPU_BENCH='bash deploy/gpu/check.sh' TORCH_BENCH=1 bash .device/gpu.sh
+#   GPU_PKGS=./internal/atomicfile GPU_BENCH='bash deploy/gpu/check.sh' TORCH_BENCH=1 bash .device/gpu.sh
 #
-# It then prints, under $OUT: the GPU-against-CPU parity figures (max abs and
+# (gpu.sh vets and tests GPU_PKGS with -tags cuda, which is gorgonia's own
+# tag: it turns on gorgonia's unfinished CUDA graphs, which need cudnn.h and
+# would take our CPU graphs with them. Our backend's tag is gpu, so GPU_PKGS
+# names a package without gorgonia, and this script vets and tests ours.)
+#
+# It prints, under $OUT: go vet and go test -tags gpu of the GPU packages
+# (the GPU-against-CPU parity figures, max abs and
 # relative difference per tensor), a tiny 2-worker job on one GPU
 # (coordinator --local --gpus 0,0) to the end, one epoch of the seed model on
 # generated images, the best checkpoint's top-1 from predict --gpu 0 and from
@@ -26,9 +32,9 @@ check() { # check NAME CMD...: run, log, remember a failure, go on
 
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 step "build"
-go build -tags cuda -o bin/ ./cmd/... || { echo "FAILED: build"; exit 1; }
-
-check parity go test -tags cuda -count=1 -v -run 'Parity|CuDNN' ./alexnet/cuda/
+go build -tags gpu -o bin/ ./cmd/... || { echo "FAILED: build"; exit 1; }
+check vet go vet -tags gpu ./alexnet/... ./internal/devices ./cmd/...
+check gpu-tests go test -tags gpu -count=1 -v ./alexnet/cuda/... ./alexnet/gpu/...
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT

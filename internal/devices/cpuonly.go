@@ -1,4 +1,4 @@
-//go:build !cuda
+//go:build !gpu
 
 package devices
 
@@ -12,5 +12,5 @@ import (
 const CUDA = false
 
 func selectGPU(gpu int, _ string) (alexnet.Compute, error) {
-	return alexnet.Compute{}, fmt.Errorf("--gpu %d: this build has no GPU backend; build with -tags cuda (see the README), or train on the CPU with --gpu -1", gpu)
+	return alexnet.Compute{}, fmt.Errorf("--gpu %d: this build has no GPU backend; build with -tags gpu (see the README), or train on the CPU with --gpu -1", gpu)
 }
