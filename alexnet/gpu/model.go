@@ -82,6 +82,17 @@ func (m *Model) tensor(name string) (Ptr, Ptr) {
 	return m.params.Add(off), m.grad.Add(off)
 }
 
+// DeviceBytes is the most device memory the model's device has held, where
+// the device counts it (alexnet/cuda's does), for beside PyTorch's
+// torch.cuda.max_memory_allocated(); 0 elsewhere.
+func (m *Model) DeviceBytes() int64 {
+	if d, ok := m.dev.(interface{ Allocated() (now, peak int64) }); ok {
+		_, peak := d.Allocated()
+		return peak
+	}
+	return 0
+}
+
 // Describe names the device and the convolution.
 func (m *Model) Describe() string { return m.dev.Describe() + ", conv " + m.conv.Name() }
 
