@@ -30,6 +30,8 @@ check() { # check NAME CMD...: run, log, remember a failure, go on
   if ! "$@" 2>&1 | tee "$OUT/$name.log"; then echo "FAILED: $name"; fail=1; fi
 }
 
+# gpu.sh's CGO_CFLAGS has the include paths only; cgo's default is -O2 -g.
+export CGO_CFLAGS="-O2 -g ${CGO_CFLAGS:-}"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 step "build"
 go build -tags gpu -o bin/ ./cmd/... || { echo "FAILED: build"; exit 1; }
