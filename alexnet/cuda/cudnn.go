@@ -397,8 +397,8 @@ func NewCudnn(dev *Device) (*Cudnn, error) {
 	return c, nil
 }
 
-// Name is what the logs call it: the library's version and where it came from.
-func (c *Cudnn) Name() string { return c.Version() }
+// Name is what the logs call it.
+func (c *Cudnn) Name() string { return "cudnn" }
 
 // Version is the library's version and where it came from, for the logs.
 func (c *Cudnn) Version() string {
@@ -568,12 +568,12 @@ func setCNHW(t C.dnnTensor, batch, channels, side int) error {
 }
 
 // fastest picks the quickest algorithm that ran (status SUCCESS) in FP32
-// FMA or default math; tensor-core results (TF32) are refused, though with
-// CUDNN_FMA_MATH set cuDNN should offer none.
+// FMA math, as PyTorch requires with TF32 off: a default-math timing may be a
+// TF32 run on Ampere and later, so it is no measure of what will run.
 func fastest(what string, perf []C.dnnPerf) (choice, error) {
 	best, found := choice{}, false
 	for _, r := range perf {
-		if r.status != C.dnnSuccess || (r.mathType != C.dnnFMAMath && r.mathType != C.dnnDefaultMath) {
+		if r.status != C.dnnSuccess || r.mathType != C.dnnFMAMath {
 			continue
 		}
 		if !found || float32(r.time) < best.time {

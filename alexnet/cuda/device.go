@@ -507,6 +507,9 @@ func (d *Device) DownloadAsync(dst []float32, p gpu.Ptr) {
 // bits (rather than converting a uintptr) keeps vet's unsafeptr check quiet;
 // the GC ignores pointers outside the Go heap.
 func devSlice(p gpu.Ptr, n int) []float32 {
+	if p == 0 {
+		return nil // refused by the callers: unsafe.Slice(nil, n) panics
+	}
 	return unsafe.Slice(*(**float32)(unsafe.Pointer(&p)), max(n, 1))
 }
 
@@ -546,6 +549,10 @@ func (d *Device) Gemm(transA, transB bool, m, n, k int, alpha float32, a gpu.Ptr
 	if m == 0 || n == 0 {
 		return
 	}
+	if a == 0 || b == 0 || c == 0 {
+		d.fail("Gemm", fmt.Errorf("a null device pointer (a %#x, b %#x, c %#x)", a, b, c))
+		return
+	}
 	d.blas.Sgemm(op(transB), op(transA), n, m, k, alpha,
 		devSlice(b, extent(br, bc, ldb)), ldb,
 		devSlice(a, extent(ar, ac, lda)), lda,
@@ -573,6 +580,10 @@ func (d *Device) Gemv(transA bool, m, n int, alpha float32, a gpu.Ptr, lda int, 
 	if yn == 0 {
 		return
 	}
+	if a == 0 || x == 0 || y == 0 {
+		d.fail("Gemv", fmt.Errorf("a null device pointer (a %#x, x %#x, y %#x)", a, x, y))
+		return
+	}
 	d.blas.Sgemv(op(!transA), n, m, alpha, devSlice(a, extent(m, n, lda)), lda,
 		devSlice(x, xn), 1, beta, devSlice(y, yn), 1)
 	d.checkBlas(fmt.Sprintf("Gemv %dx%d", m, n))
@@ -595,13 +606,13 @@ func (d *Device) Launch(name string, n int64, args ...any) {
 	if d.err != nil {
 		return
 	}
-	grid, block := kernels.Geometry(n)
-	if grid == 0 {
-		return
-	}
-	fn, err := d.function(name)
+	fn, err := d.function(name) // first, so that a wrong name is an error even with nothing to do
 	if err != nil {
 		d.fail("Launch", err)
+		return
+	}
+	grid, block := kernels.Geometry(n)
+	if grid == 0 {
 		return
 	}
 	vals := make([]uint64, 1+len(args))
@@ -703,12 +714,14 @@ func (d *Device) Wait(e gpu.Event) error {
 
 // Sync waits for all issued work (cuCtxSynchronize: ours, cuBLAS's and
 // cuDNN's) and returns the first error. It does not hold the device while it
-// blocks.
+// blocks. It waits even after an error: most sticky errors are ours (a bad
+// argument), the GPU still runs what was issued before, and the callers free
+// memory and hand vectors back once Sync returns.
 func (d *Device) Sync() error {
 	d.mu.Lock()
 	err, closed := d.err, d.closed
 	d.mu.Unlock()
-	if err != nil || closed {
+	if closed {
 		return cmp.Or(err, errClosed)
 	}
 	runtime.LockOSThread()

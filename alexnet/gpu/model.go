@@ -93,8 +93,15 @@ func (m *Model) DeviceBytes() int64 {
 	return 0
 }
 
-// Describe names the device and the convolution.
-func (m *Model) Describe() string { return m.dev.Describe() + ", conv " + m.conv.Name() }
+// Describe names the device and the convolution (and its library's version,
+// where it says).
+func (m *Model) Describe() string {
+	conv := m.conv.Name()
+	if v, ok := m.conv.(interface{ Version() string }); ok {
+		conv += " (" + v.Version() + ")"
+	}
+	return m.dev.Describe() + ", conv " + conv
+}
 
 // layerErr is the device's (sticky) error, if any, saying where it was met.
 // A step checks it after each layer, so that an error names the layer (the
