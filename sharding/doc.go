@@ -6,4 +6,10 @@
 //
 // Bad files never stop a run: a file that cannot be decoded is logged once,
 // counted, and replaced by another sample of the same shard.
+//
+// Files come from outside, so decoding is bounded: an image over MaxPixels
+// (178,956,970, Pillow's decompression-bomb limit) is refused from its header
+// before its pixels are allocated, whatever the format (JPEG, PNG, BMP, TIFF,
+// WebP, PGM, PPM); a file over MaxFileBytes, or one that is not a regular file
+// (a directory, a FIFO, a device), is refused before it is read.
 package sharding

@@ -218,23 +218,28 @@ func pyJSONString(s string) string {
 	return b.String()
 }
 
-// ReadClassIndices reads a class_indices.json: {"0": name, ...} with keys 0..n-1.
+// ReadClassIndices reads a class_indices.json: {"0": name, ...} with keys 0..n-1
+// written as the seed writes them (the seed looks names up by str(index), so
+// "01" or "+1" would not be found there).
 func ReadClassIndices(path string) ([]string, error) {
 	raw, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("sharding: %w", err)
 	}
-	var m map[string]string
+	var m map[string]*string
 	if err := json.Unmarshal(raw, &m); err != nil {
-		return nil, fmt.Errorf("sharding: %s is not a class index ({\"0\": \"name\", ...}): %v", path, err)
+		return nil, fmt.Errorf("sharding: %s is not a class index ({\"0\": \"name\", ...}): %w", path, err)
 	}
 	classes := make([]string, len(m))
 	for k, v := range m {
 		i, err := strconv.Atoi(k)
-		if err != nil || i < 0 || i >= len(m) {
+		if err != nil || i < 0 || i >= len(m) || strconv.Itoa(i) != k {
 			return nil, fmt.Errorf("sharding: %s: key %q is not an index in 0..%d", path, k, len(m)-1)
 		}
-		classes[i] = v
+		if v == nil {
+			return nil, fmt.Errorf("sharding: %s: class %s has no name (null)", path, k)
+		}
+		classes[i] = *v
 	}
 	if len(classes) == 0 {
 		return nil, fmt.Errorf("sharding: %s names no classes", path)

@@ -119,3 +119,24 @@ func TestClassIndicesLikeTheSeed(t *testing.T) {
 		t.Errorf("gap in indices: %v", err)
 	}
 }
+
+// Keys must be the indices as the seed writes them, each class named: "00"
+// next to "0" would leave class 1 without a name.
+func TestReadClassIndicesRefusesOddKeys(t *testing.T) {
+	dir := t.TempDir()
+	for name, js := range map[string]string{
+		"zero twice": `{"0": "a", "00": "b"}`,
+		"plus sign":  `{"0": "a", "+1": "b"}`,
+		"padded":     `{"0": "a", "01": "b"}`,
+		"null name":  `{"0": "a", "1": null}`,
+		"not object": `["a", "b"]`,
+		"empty":      `{}`,
+		"null":       `null`,
+	} {
+		path := filepath.Join(dir, "ci.json")
+		os.WriteFile(path, []byte(js), 0o644)
+		if classes, err := ReadClassIndices(path); err == nil || !strings.Contains(err.Error(), path) {
+			t.Errorf("%s: %q, %v", name, classes, err)
+		}
+	}
+}

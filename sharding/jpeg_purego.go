@@ -11,5 +11,5 @@ func newJPEGDecoder() *jpegDecoder { return &jpegDecoder{} }
 
 var errUseGo = errors.New("sharding: pure-Go build")
 
-func (*jpegDecoder) decode([]byte, *RGB) error { return errUseGo }
-func (*jpegDecoder) close()                    {}
+func (*jpegDecoder) decode([]byte, *RGB, int) error { return errUseGo }
+func (*jpegDecoder) close()                         {}

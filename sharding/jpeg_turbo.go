@@ -38,11 +38,23 @@ func newJPEGDecoder() *jpegDecoder {
 // turn into RGB).
 var errUseGo = errors.New("sharding: not a YCbCr or grayscale JPEG")
 
-// decode fills dst with the JPEG in data as RGB.
-func (d *jpegDecoder) decode(data []byte, dst *RGB) error {
+// decode fills dst with the JPEG in data as RGB, refusing more than limit
+// pixels.
+func (d *jpegDecoder) decode(data []byte, dst *RGB, limit int) error {
 	if d.h == nil {
 		return errUseGo
 	}
+	err := d.decodeTJ(data, dst, limit)
+	if err != nil && !errors.Is(err, errUseGo) {
+		// A failed call can leave the handle in a state where the next good
+		// file fails too ("0x0", or the same error again): start afresh.
+		C.tjDestroy(d.h)
+		d.h = C.tjInitDecompress()
+	}
+	return err
+}
+
+func (d *jpegDecoder) decodeTJ(data []byte, dst *RGB, limit int) error {
 	var w, h, subsamp, cs C.int
 	ptr := (*C.uchar)(unsafe.Pointer(unsafe.SliceData(data)))
 	if C.tjDecompressHeader3(d.h, ptr, C.ulong(len(data)), &w, &h, &subsamp, &cs) != 0 {
@@ -51,8 +63,8 @@ func (d *jpegDecoder) decode(data []byte, dst *RGB) error {
 	if cs == C.TJCS_CMYK || cs == C.TJCS_YCCK {
 		return errUseGo
 	}
-	if w < 1 || h < 1 || int(w)*int(h) > 1<<28 {
-		return fmt.Errorf("%w: %dx%d", ErrDecode, w, h)
+	if err := checkSize("JPEG", int(w), int(h), limit); err != nil {
+		return fmt.Errorf("%w: %w", ErrDecode, err)
 	}
 	dst.W, dst.H = int(w), int(h)
 	n := 3 * dst.W * dst.H

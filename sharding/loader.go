@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"math/rand/v2"
 	"os"
 	"runtime"
@@ -170,6 +171,7 @@ func (l *Loader) work() {
 		l.mu.Lock()
 		if err != nil && l.err == nil {
 			l.err = err
+			l.cond.Broadcast() // Next waits for a full batch; wake it for the error
 		}
 		b.Labels[k] = l.ds.Samples[idx].Label
 		b.Indices[k] = idx
@@ -266,20 +268,69 @@ func SampleRNG(seed uint64, epoch, index int) *rand.Rand {
 }
 
 func (st *sampleState) load(path string, index int, cfg LoaderConfig, dst []float32) error {
+	if err := readFile(path, &st.file); err != nil {
+		return err
+	}
+	if err := st.decodeTransform(st.file.Bytes(), index, cfg, dst); err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	return nil
+}
+
+// readFile reads a whole image file into buf. What is not a regular file is
+// refused before opening it: a folder named like an image, a FIFO (opening it
+// would block), a device such as /dev/zero (it never ends).
+func readFile(path string, buf *bytes.Buffer) error {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return err
+	}
+	if !fi.Mode().IsRegular() {
+		return fmt.Errorf("%s: not a regular file (%s)", path, fileKind(fi.Mode()))
+	}
+	if fi.Size() > MaxFileBytes {
+		return fmt.Errorf("%s: %d bytes, over the limit of %d bytes (sharding.MaxFileBytes)", path, fi.Size(), MaxFileBytes)
+	}
 	f, err := os.Open(path)
 	if err != nil {
 		return err
 	}
-	st.file.Reset()
-	_, err = st.file.ReadFrom(f)
-	f.Close()
+	defer f.Close()
+	buf.Reset()
+	buf.Grow(int(fi.Size()))
+	// The limit holds even for a file that grows while it is read.
+	n, err := buf.ReadFrom(io.LimitReader(f, MaxFileBytes+1))
 	if err != nil {
 		return err
 	}
+	if n > MaxFileBytes {
+		return fmt.Errorf("%s: over the limit of %d bytes (sharding.MaxFileBytes)", path, MaxFileBytes)
+	}
+	return nil
+}
+
+// fileKind names what a path that is not a regular file is, for the error.
+func fileKind(m fs.FileMode) string {
+	switch {
+	case m.IsDir():
+		return "a directory"
+	case m&fs.ModeNamedPipe != 0:
+		return "a named pipe"
+	case m&fs.ModeDevice != 0:
+		return "a device"
+	case m&fs.ModeSocket != 0:
+		return "a socket"
+	}
+	return m.Type().String()
+}
+
+// decodeTransform decodes an image file's bytes and transforms it into dst:
+// the loader's path from bytes to tensor.
+func (st *sampleState) decodeTransform(data []byte, index int, cfg LoaderConfig, dst []float32) error {
 	if st.dec == nil {
 		st.dec = NewDecoder()
 	}
-	if err := st.dec.Decode(st.file.Bytes(), &st.rgb); err != nil {
+	if err := st.dec.Decode(data, &st.rgb); err != nil {
 		return err
 	}
 	return st.transform(index, cfg, dst)
@@ -309,7 +360,7 @@ func LoadImage(path string, side int, dst []float32) error {
 	defer st.close()
 	if err := st.load(path, 0, LoaderConfig{Side: side}, dst); err != nil {
 		if errors.Is(err, ErrDecode) {
-			return fmt.Errorf("%s: %w", path, err)
+			return err // it names the file already
 		}
 		return fmt.Errorf("sharding: %w", err)
 	}

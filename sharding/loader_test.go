@@ -3,10 +3,14 @@ package sharding
 import (
 	"context"
 	"errors"
+	"fmt"
+	"image"
 	"io"
 	"os"
 	"path/filepath"
 	"runtime"
+	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -169,5 +173,200 @@ func TestLoaderCancelLeaksNothing(t *testing.T) {
 	}
 	if n := runtime.NumGoroutine(); n > before {
 		t.Errorf("%d goroutines after Close, %d before", n, before)
+	}
+}
+
+// loadedIndices runs a loader over shard and returns how often each dataset
+// index was delivered.
+func loadedIndices(t *testing.T, ds *Dataset, shard []int, cfg LoaderConfig, bad *BadFiles) (seen map[int]int, replaced int) {
+	t.Helper()
+	l, err := NewLoader(context.Background(), ds, shard, cfg, bad)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	seen = map[int]int{}
+	for {
+		b, err := l.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, i := range b.Indices[:b.Count] {
+			seen[i]++
+		}
+		l.Release(b)
+	}
+	return seen, l.Replaced()
+}
+
+// Good JPEGs around bad files of every kind are all loaded, every epoch, in
+// training and in validation: the bad ones are replaced, none of the good.
+func TestLoaderKeepsGoodImagesAroundBadOnes(t *testing.T) {
+	dir := t.TempDir()
+	good := encodeJPEG(t, image.NewGray(image.Rect(0, 0, 20, 10)))
+	bad := map[string][]byte{
+		"b_header.jpg":    append([]byte{0xff, 0xd8}, "garbage garbage"...),
+		"d_truncated.jpg": good[:len(good)/2],
+		"f_zero.jpg":      nil,
+		"h_bomb.png":      pngOfSize(100000, 100000),
+		"j_noscan.jpg":    good[:200],
+		"l_bomb.jpg":      jpegWithSize(t, good, 65500, 65500),
+	}
+	for _, split := range []string{"train", "val"} {
+		for _, class := range []string{"x", "y"} {
+			folder := filepath.Join(dir, split, class)
+			os.MkdirAll(folder, 0o755)
+			for _, name := range []string{"a", "c", "e", "g", "i", "k", "m"} {
+				os.WriteFile(filepath.Join(folder, name+"_good.jpg"), good, 0o644)
+			}
+			for name, data := range bad {
+				os.WriteFile(filepath.Join(folder, name), data, 0o644)
+			}
+		}
+	}
+	train, val, err := ScanSplits(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	check := func(what string, ds *Dataset, seen map[int]int, replaced int) {
+		t.Helper()
+		nbad := 0
+		for i, s := range ds.Samples {
+			isBad := !strings.HasSuffix(s.Path, "_good.jpg")
+			switch {
+			case isBad && seen[i] > 0:
+				t.Errorf("%s: bad %s was loaded", what, s.Path)
+			case !isBad && seen[i] == 0:
+				t.Errorf("%s: good %s was never loaded", what, s.Path)
+			}
+			if isBad {
+				nbad++
+			}
+		}
+		if replaced != nbad {
+			t.Errorf("%s: %d replaced, want the %d bad files", what, replaced, nbad)
+		}
+	}
+	files := NewBadFiles(zap.NewNop())
+	// One goroutine: every file meets the Decoder that failed on the file before.
+	for _, g := range []int{1, 3} {
+		for epoch := range 3 {
+			shard, _ := Plan{Seed: 5, Epoch: epoch, World: 1, Size: len(train.Samples), Shuffle: true}.Shard(0)
+			seen, replaced := loadedIndices(t, train, shard, LoaderConfig{Side: 8, Batch: 4, Augment: true, Seed: 5, Epoch: epoch, Goroutines: g}, files)
+			check(fmt.Sprintf("train, %d goroutines, epoch %d", g, epoch), train, seen, replaced)
+		}
+		// Validation as the trainer runs it: every sample in order, no augmentation.
+		all := make([]int, len(val.Samples))
+		for i := range all {
+			all[i] = i
+		}
+		seen, replaced := loadedIndices(t, val, all, LoaderConfig{Side: 8, Batch: 5, Goroutines: g}, files)
+		check(fmt.Sprintf("val, %d goroutines", g), val, seen, replaced)
+	}
+	if files.Count() != 2*2*len(bad) {
+		t.Errorf("%d bad files recorded, want %d", files.Count(), 2*2*len(bad))
+	}
+}
+
+// Paths that are not image files are bad files with an error naming them, not
+// a hang (a FIFO), an endless read (/dev/zero) or a huge one.
+func TestLoaderRefusesOddFiles(t *testing.T) {
+	dir := synthDataset(t, SynthConfig{Train: 2, Val: 1, Size: 16, Seed: 4})
+	class := filepath.Join(dir, "train", "circle")
+	fifo := filepath.Join(class, "fifo.png")
+	if err := syscall.Mkfifo(fifo, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	zero := filepath.Join(class, "zero.jpg")
+	if err := os.Symlink("/dev/zero", zero); err != nil {
+		t.Fatal(err)
+	}
+	huge := filepath.Join(class, "huge.ppm")
+	if err := os.WriteFile(huge, []byte("P6 1 1 255\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(huge, MaxFileBytes+1); err != nil { // sparse: no disk used
+		t.Fatal(err)
+	}
+	// A folder named like an image is a folder (torchvision walks it too).
+	inner := filepath.Join(class, "folder.jpg")
+	os.Mkdir(inner, 0o755)
+	png0, _ := os.ReadFile(filepath.Join(class, "circle_0000.png"))
+	os.WriteFile(filepath.Join(inner, "inside.png"), png0, 0o644)
+
+	ds, err := Scan(filepath.Join(dir, "train"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	core, logs := observer.New(zap.WarnLevel)
+	files := NewBadFiles(zap.New(core))
+	shard, _ := Plan{World: 1, Size: len(ds.Samples)}.Shard(0)
+	seen, replaced := loadedIndices(t, ds, shard, LoaderConfig{Side: 8, Batch: 3, Goroutines: 2}, files)
+	if replaced != 3 || files.Count() != 3 {
+		t.Errorf("%d replaced, %d bad files, want 3", replaced, files.Count())
+	}
+	for i, s := range ds.Samples {
+		if s.Path == filepath.Join(inner, "inside.png") && seen[i] == 0 {
+			t.Error("the image inside folder.jpg was not loaded")
+		}
+	}
+	for _, e := range logs.All() {
+		path, _ := e.ContextMap()["path"].(string)
+		msg, _ := e.ContextMap()["error"].(string)
+		if !strings.Contains(msg, path) {
+			t.Errorf("error %q does not name %s", msg, path)
+		}
+		want := map[string]string{fifo: "not a regular file", zero: "not a regular file", huge: "sharding.MaxFileBytes"}[path]
+		if !strings.Contains(msg, want) {
+			t.Errorf("%s: %q, want %q", path, msg, want)
+		}
+	}
+}
+
+// A shard with no readable image is an error from Next, not a wait for ever,
+// also when Next is already waiting for the batch whose load fails.
+func TestLoaderAllBadFilesIsAnError(t *testing.T) {
+	dir := t.TempDir()
+	class := filepath.Join(dir, "x")
+	os.MkdirAll(class, 0o755)
+	good := encodeJPEG(t, image.NewGray(image.Rect(0, 0, 8, 8)))
+	for i := range 200 {
+		os.WriteFile(filepath.Join(class, fmt.Sprintf("%03d.jpg", i)), good, 0o644)
+	}
+	ds, err := Scan(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	shard, _ := Plan{World: 1, Size: len(ds.Samples)}.Shard(0)
+	// One buffer: the worker loads batch 0, then waits for it to be released.
+	l, err := NewLoader(context.Background(), ds, shard, LoaderConfig{Side: 8, Batch: 2, Goroutines: 1, Prefetch: 1}, NewBadFiles(zap.NewNop()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	b, err := l.Next()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range ds.Samples {
+		os.WriteFile(s.Path, []byte("not a jpeg"), 0o644)
+	}
+	// Batch 1 now fails after trying all 200 files, by when Next waits for it.
+	done := make(chan error, 1)
+	go func() {
+		l.Release(b)
+		_, err := l.Next()
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "no readable image") || !strings.Contains(err.Error(), dir) {
+			t.Errorf("Next: %v", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("Next still waiting 20 s after the shard's last file failed")
 	}
 }

@@ -120,18 +120,24 @@ type Resizer struct {
 func (r *Resizer) Resize(src *RGB, crop Crop, w, h int, dst []uint8) {
 	hc := newCoeffs(crop.Left, crop.W, w)
 	vc := newCoeffs(crop.Top, crop.H, h)
-	// The vertical pass needs only the rows between the first and last bounds.
-	y0 := vc.bounds[0]
-	y1 := vc.bounds[2*(h-1)] + vc.bounds[2*(h-1)+1]
-	rows := y1 - y0
-	if n := rows * w * 3; cap(r.tmp) < n {
+	// Pillow keeps every horizontally resized row; here only a window of the
+	// rows that one output row reads (at most ksize) is kept, in a ring, so a
+	// 1x1000000 image does not need 1000000 resized rows at once. Each row is
+	// computed once and the same bytes come out. The windows only move down.
+	rowLen := w * 3
+	ring := 0
+	for y := 0; y < h; y++ {
+		ring = max(ring, vc.bounds[2*y+1])
+	}
+	if n := ring * rowLen; cap(r.tmp) < n {
 		r.tmp = make([]uint8, n)
 	}
-	tmp := r.tmp[:rows*w*3]
+	tmp := r.tmp[:ring*rowLen]
+	next := vc.bounds[0] // the next input row to resize horizontally
 	const half = int32(1) << (precisionBits - 1)
-	for y := 0; y < rows; y++ {
-		in := src.Pix[(y0+y)*src.W*3 : (y0+y+1)*src.W*3]
-		out := tmp[y*w*3 : (y+1)*w*3]
+	horizontal := func(y int) {
+		in := src.Pix[y*src.W*3 : (y+1)*src.W*3]
+		out := tmp[(y%ring)*rowLen : (y%ring+1)*rowLen]
 		for x := 0; x < w; x++ {
 			xmin, n := hc.bounds[2*x], hc.bounds[2*x+1]
 			k := hc.k[x*hc.ksize : x*hc.ksize+n]
@@ -148,13 +154,16 @@ func (r *Resizer) Resize(src *RGB, crop Crop, w, h int, dst []uint8) {
 	// Vertical pass: row by row, each tap adds a whole input row, so memory is
 	// read in order. Bilinear weights are non-negative and sum to 1<<22, so
 	// 255<<22 plus the rounding half fits an int32.
-	rowLen := w * 3
 	if cap(r.acc) < rowLen {
 		r.acc = make([]int32, rowLen)
 	}
 	acc := r.acc[:rowLen]
 	for y := 0; y < h; y++ {
-		ymin, n := vc.bounds[2*y]-y0, vc.bounds[2*y+1]
+		ymin, n := vc.bounds[2*y], vc.bounds[2*y+1]
+		next = max(next, ymin)
+		for ; next < ymin+n; next++ {
+			horizontal(next)
+		}
 		k := vc.k[y*vc.ksize:]
 		for x := range acc {
 			acc[x] = int32(half)
@@ -164,7 +173,7 @@ func (r *Resizer) Resize(src *RGB, crop Crop, w, h int, dst []uint8) {
 			if kj == 0 {
 				continue
 			}
-			row := tmp[(ymin+j)*rowLen : (ymin+j+1)*rowLen]
+			row := tmp[((ymin+j)%ring)*rowLen : ((ymin+j)%ring+1)*rowLen]
 			acc := acc[:len(row)]
 			for x, v := range row {
 				acc[x] += int32(v) * kj

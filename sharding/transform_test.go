@@ -1,6 +1,7 @@
 package sharding
 
 import (
+	"bytes"
 	"math"
 	"math/rand/v2"
 	"os"
@@ -96,5 +97,83 @@ func TestToTensorNormalizesAndFlips(t *testing.T) {
 	ToTensor(sq, 2, true, b)
 	if a[0] != b[1] || a[1] != b[0] || a[6] != b[7] {
 		t.Errorf("flip: %v vs %v", a, b)
+	}
+}
+
+// resizeAllRows is Resize as Pillow runs it, every horizontally resized row
+// kept: the reference for the windowed Resize.
+func resizeAllRows(src *RGB, crop Crop, w, h int, dst []uint8) {
+	hc := newCoeffs(crop.Left, crop.W, w)
+	vc := newCoeffs(crop.Top, crop.H, h)
+	tmp := make([]uint8, src.H*w*3)
+	const half = int32(1) << (precisionBits - 1)
+	for y := 0; y < src.H; y++ {
+		for x := 0; x < w; x++ {
+			xmin, n := hc.bounds[2*x], hc.bounds[2*x+1]
+			s := [3]int32{half, half, half}
+			for j := 0; j < n; j++ {
+				for c := range 3 {
+					s[c] += int32(src.Pix[3*(y*src.W+xmin+j)+c]) * hc.k[x*hc.ksize+j]
+				}
+			}
+			for c := range 3 {
+				tmp[3*(y*w+x)+c] = clip8(s[c])
+			}
+		}
+	}
+	for y := 0; y < h; y++ {
+		ymin, n := vc.bounds[2*y], vc.bounds[2*y+1]
+		for i := 0; i < 3*w; i++ {
+			s := half
+			for j := 0; j < n; j++ {
+				s += int32(tmp[(ymin+j)*3*w+i]) * vc.k[y*vc.ksize+j]
+			}
+			dst[3*w*y+i] = clip8(s)
+		}
+	}
+}
+
+// Resizing a tall thin image keeps only a window of rows, and gives the same
+// bytes as keeping them all.
+func TestResizeTallImage(t *testing.T) {
+	rng := rand.New(rand.NewPCG(5, 6))
+	random := func(w, h int) *RGB {
+		img := &RGB{W: w, H: h, Pix: make([]uint8, 3*w*h)}
+		for i := range img.Pix {
+			img.Pix[i] = uint8(rng.IntN(256))
+		}
+		return img
+	}
+	var r Resizer
+	for _, c := range []struct {
+		w, h int
+		crop Crop
+		side int
+	}{
+		{3, 2000, Crop{0, 0, 2000, 3}, 24},
+		{3, 2000, Crop{500, 1, 1200, 2}, 7},
+		{50, 40, Crop{0, 0, 40, 50}, 96}, // upscaling: windows of 2 rows
+		{1, 1, Crop{0, 0, 1, 1}, 5},
+	} {
+		src := random(c.w, c.h)
+		got, want := make([]uint8, 3*c.side*c.side), make([]uint8, 3*c.side*c.side)
+		r.Resize(src, c.crop, c.side, c.side, got)
+		resizeAllRows(src, c.crop, c.side, c.side, want)
+		if !bytes.Equal(got, want) {
+			t.Errorf("%dx%d crop %+v to %d: differs from resizing every row", c.w, c.h, c.crop, c.side)
+		}
+	}
+	// 1x200000 to 32x32: all rows would be 200000*32*3 bytes (19 MB), the
+	// window is 12501 rows (1.2 MB).
+	tall := &RGB{W: 1, H: 200000, Pix: bytes.Repeat([]byte{10, 20, 30}, 200000)}
+	out := make([]uint8, 3*32*32)
+	var r2 Resizer
+	if n := allocated(func() { r2.Resize(tall, Crop{0, 0, 200000, 1}, 32, 32, out) }); n > 8<<20 {
+		t.Errorf("resizing 1x200000 allocated %d MB", n>>20)
+	}
+	for i := range out {
+		if out[i] != []uint8{10, 20, 30}[i%3] {
+			t.Fatalf("byte %d of the resized uniform image is %d", i, out[i])
+		}
 	}
 }

@@ -4,8 +4,9 @@
 //
 //	predict [--model best.safetensors] [--class-indices class_indices.json] [--json] [--plot out.png] [--gpu K] IMAGE...
 //
-// Exit codes: 0 all images predicted; 1 some image could not be read (the others
-// are still predicted); 2 bad flags, model or class index.
+// Exit codes: 0 all images predicted; 1 some image could not be read or gave
+// non-finite logits (the others are still predicted); 2 bad flags, model or
+// class index.
 package main
 
 import (
@@ -97,6 +98,13 @@ func run(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintln(stderr, "predict:", err)
 			return 2
 		}
+		// A NaN or infinite logit (a damaged or diverged model) has no
+		// softmax: say so for this image rather than print NaN as a result.
+		if i := nonFinite(logits); i >= 0 {
+			fmt.Fprintf(stderr, "predict: %s: the model %s gives a non-finite logit for class %s (%v); no prediction\n", path, *model, classes[i], logits[i])
+			code = 1
+			continue
+		}
 		p := predict(path, logits, classes)
 		if *asJSON {
 			js, _ := json.Marshal(p)
@@ -140,6 +148,16 @@ func classNames(path string, explicit bool, fromModel []string, count int) ([]st
 		return nil, fmt.Errorf("%s names %d classes but the model has %d outputs", path, len(classes), count)
 	}
 	return classes, nil
+}
+
+// nonFinite is the index of the first NaN or infinite value, or -1.
+func nonFinite(v []float32) int {
+	for i, x := range v {
+		if math.IsNaN(float64(x)) || math.IsInf(float64(x), 0) {
+			return i
+		}
+	}
+	return -1
 }
 
 func predict(path string, logits []float32, classes []string) Prediction {

@@ -2,12 +2,18 @@ package main
 
 import (
 	"bytes"
+	"encoding/binary"
 	"encoding/json"
+	"hash/crc32"
+	"image"
+	"image/color"
+	"image/gif"
 	"image/png"
 	"math"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/alexring/alexring/alexnet"
@@ -121,5 +127,87 @@ func TestPredictPlot(t *testing.T) {
 	}
 	if b := img.Bounds(); b.Dx() < 500 || b.Dy() < 2*256 {
 		t.Errorf("plot is %v, want two rows of picture and bars", b)
+	}
+}
+
+// pngClaiming is a valid 1x1 PNG whose header says w x h: a decompression bomb.
+func pngClaiming(t *testing.T, w, h uint32) []byte {
+	var b bytes.Buffer
+	if err := png.Encode(&b, image.NewGray(image.Rect(0, 0, 1, 1))); err != nil {
+		t.Fatal(err)
+	}
+	data := b.Bytes()
+	binary.BigEndian.PutUint32(data[16:], w)
+	binary.BigEndian.PutUint32(data[20:], h)
+	binary.BigEndian.PutUint32(data[29:], crc32.ChecksumIEEE(data[12:29])) // IHDR's type and data
+	return data
+}
+
+// Files that are not images, or claim to be huge, are each an error naming
+// them; the images after them are still predicted.
+func TestPredictBombsAndOddFiles(t *testing.T) {
+	dir, model, images := setup(t)
+	bomb := filepath.Join(dir, "bomb.png")
+	os.WriteFile(bomb, pngClaiming(t, 100000, 100000), 0o644)
+	folder := filepath.Join(dir, "folder.jpg")
+	os.Mkdir(folder, 0o755)
+	zero := filepath.Join(dir, "zero.png")
+	os.WriteFile(zero, nil, 0o644)
+	fifo := filepath.Join(dir, "fifo.jpg")
+	if err := syscall.Mkfifo(fifo, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var g bytes.Buffer
+	frames := &gif.GIF{}
+	for range 50 {
+		frames.Image = append(frames.Image, image.NewPaletted(image.Rect(0, 0, 8, 8), color.Palette{color.Black, color.White}))
+		frames.Delay = append(frames.Delay, 1)
+	}
+	gif.EncodeAll(&g, frames)
+	animated := filepath.Join(dir, "animated.png")
+	os.WriteFile(animated, g.Bytes(), 0o644)
+
+	code, out, errOut := runPredict("--model", model, "--json", images[0], bomb, folder, zero, fifo, animated, images[1])
+	if code != 1 {
+		t.Errorf("exit %d, want 1", code)
+	}
+	for path, why := range map[string]string{bomb: "100000x100000", folder: "not a regular file", zero: "empty file", fifo: "not a regular file", animated: "unknown format"} {
+		if !strings.Contains(errOut, path+": ") || !strings.Contains(errOut, why) {
+			t.Errorf("stderr does not say %s: %s:\n%s", path, why, errOut)
+		}
+	}
+	if n := strings.Count(out, "\n"); n != 2 || !strings.Contains(out, images[0]) || !strings.Contains(out, images[1]) {
+		t.Errorf("%d predictions, want the 2 good images:\n%s", n, out)
+	}
+}
+
+// A model whose logits are not finite predicts nothing: an error for each
+// image naming it and the model, exit 1, and no NaN printed as a result.
+func TestPredictNonFiniteLogits(t *testing.T) {
+	dir, _, images := setup(t)
+	spec, _ := alexnet.NewSpec("tiny", 5)
+	for name, poison := range map[string]func(p *alexnet.Params){
+		"nan weight": func(p *alexnet.Params) { w, _ := p.View("classifier.6.weight"); w[7] = float32(math.NaN()) },
+		"inf bias":   func(p *alexnet.Params) { b, _ := p.View("classifier.6.bias"); b[2] = float32(math.Inf(1)) },
+	} {
+		p := alexnet.NewParams(spec)
+		p.Init(1)
+		poison(p)
+		model := filepath.Join(dir, strings.ReplaceAll(name, " ", "_")+".safetensors")
+		if err := alexnet.SaveModel(model, p, alexnet.ModelMeta{Classes: sharding.SynthClasses}); err != nil {
+			t.Fatal(err)
+		}
+		for _, mode := range [][]string{nil, {"--json"}} {
+			args := append(append([]string{"--model", model}, mode...), images...)
+			code, out, errOut := runPredict(args...)
+			if code != 1 || out != "" {
+				t.Errorf("%s %v: exit %d, stdout %q; want 1 and nothing", name, mode, code, out)
+			}
+			for _, img := range images {
+				if !strings.Contains(errOut, img+": the model "+model+" gives a non-finite logit") {
+					t.Errorf("%s %v: stderr does not name %s and the model:\n%s", name, mode, img, errOut)
+				}
+			}
+		}
 	}
 }
