@@ -1,9 +1,11 @@
 package alexnet
 
 import (
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"math"
 	"sort"
 	"strconv"
 	"strings"
@@ -68,21 +70,38 @@ func LoadModel(path string) (*Params, ModelMeta, error) {
 	if err != nil {
 		return nil, ModelMeta{}, err
 	}
-	meta, err := modelMeta(f.Metadata)
+	p, meta, err := modelOf(f)
 	if err != nil {
 		return nil, ModelMeta{}, fmt.Errorf("%s: %w", path, err)
+	}
+	return p, meta, nil
+}
+
+// ParseModel is LoadModel of a file's bytes.
+func ParseModel(data []byte) (*Params, ModelMeta, error) {
+	f, err := ParseSafetensors(data)
+	if err != nil {
+		return nil, ModelMeta{}, err
+	}
+	return modelOf(f)
+}
+
+func modelOf(f *STFile) (*Params, ModelMeta, error) {
+	meta, err := modelMeta(f.Metadata)
+	if err != nil {
+		return nil, ModelMeta{}, err
 	}
 	spec, err := specOf(f, meta.Variant)
 	if err != nil {
-		return nil, ModelMeta{}, fmt.Errorf("%s: %w", path, err)
+		return nil, ModelMeta{}, err
 	}
 	if len(meta.Classes) > 0 && len(meta.Classes) != spec.Classes {
-		return nil, ModelMeta{}, fmt.Errorf("%s: metadata names %d classes, classifier.6.bias has %d", path, len(meta.Classes), spec.Classes)
+		return nil, ModelMeta{}, fmt.Errorf("metadata names %d classes, classifier.6.bias has %d", len(meta.Classes), spec.Classes)
 	}
 	meta.Variant = spec.Variant
-	p := NewParams(spec)
-	if err := fillParams(f, p); err != nil {
-		return nil, ModelMeta{}, fmt.Errorf("%s: %w", path, err)
+	p, err := fillParams(f, spec)
+	if err != nil {
+		return nil, ModelMeta{}, err
 	}
 	return p, meta, nil
 }
@@ -117,8 +136,8 @@ func specOf(f *STFile, variant string) (Spec, error) {
 	if !ok {
 		return Spec{}, fmt.Errorf("no tensor %q: not an AlexNet state_dict", "classifier.6.bias")
 	}
-	if len(last.Shape) != 1 || last.Shape[0] < 1 {
-		return Spec{}, fmt.Errorf("tensor %q has shape %v, want [classes]", "classifier.6.bias", last.Shape)
+	if len(last.Shape) != 1 || last.Shape[0] < 1 || last.DType != "F32" {
+		return Spec{}, fmt.Errorf("tensor %q is %s%v, want F32[classes]", "classifier.6.bias", last.DType, last.Shape)
 	}
 	classes := last.Shape[0]
 	if variant != "" {
@@ -136,21 +155,24 @@ func specOf(f *STFile, variant string) (Spec, error) {
 	return Spec{}, fmt.Errorf("features.0.weight has shape %v, which matches no known variant (%s)", first, strings.Join(Variants(), ", "))
 }
 
-// fillParams checks the file's tensors against p's layout, names, dtypes and
-// shapes, with nothing missing or extra, and copies them in.
-func fillParams(f *STFile, p *Params) error {
-	want := make(map[string]bool, len(p.Layout))
-	for _, t := range p.Layout {
+// fillParams checks the file's tensors against spec's layout, names, dtypes
+// and shapes, with nothing missing or extra, and copies them into new
+// parameters: allocated only once the file is known to hold them all, so that
+// no header's claim allocates more than the file's size.
+func fillParams(f *STFile, spec Spec) (*Params, error) {
+	layout := spec.Layout()
+	want := make(map[string]bool, len(layout))
+	for _, t := range layout {
 		want[t.Name] = true
 		st, ok := f.Tensors[t.Name]
 		if !ok {
-			return fmt.Errorf("missing tensor %q (variant %s)", t.Name, p.Spec.Variant)
+			return nil, fmt.Errorf("missing tensor %q (variant %s)", t.Name, spec.Variant)
 		}
 		if st.DType != "F32" {
-			return fmt.Errorf("tensor %q is %s, want F32", t.Name, st.DType)
+			return nil, fmt.Errorf("tensor %q is %s, want F32", t.Name, st.DType)
 		}
 		if !sameShape(st.Shape, t.Shape) {
-			return fmt.Errorf("tensor %q has shape %v, want %v (variant %s, %d classes)", t.Name, st.Shape, t.Shape, p.Spec.Variant, p.Spec.Classes)
+			return nil, fmt.Errorf("tensor %q has shape %v, want %v (variant %s, %d classes)", t.Name, st.Shape, t.Shape, spec.Variant, spec.Classes)
 		}
 	}
 	var extra []string
@@ -161,13 +183,13 @@ func fillParams(f *STFile, p *Params) error {
 	}
 	if len(extra) > 0 {
 		sort.Strings(extra)
-		return fmt.Errorf("unexpected tensors %v (variant %s)", extra, p.Spec.Variant)
+		return nil, fmt.Errorf("unexpected tensors %v (variant %s)", extra, spec.Variant)
 	}
+	p := NewParams(spec)
 	for _, t := range p.Layout {
-		v, _ := f.Tensors[t.Name].Float32s()
-		copy(p.Flat[t.Offset:t.Offset+t.Size], v)
+		decodeF32(p.Flat[t.Offset:t.Offset+t.Size], f.Tensors[t.Name].Data)
 	}
-	return nil
+	return p, nil
 }
 
 func sameShape(a, b []int) bool {
@@ -238,57 +260,110 @@ func LoadTrainState(path string) (*TrainState, error) {
 	return s, nil
 }
 
+// ParseTrainState is LoadTrainState of a file's bytes.
+func ParseTrainState(data []byte) (*TrainState, error) {
+	f, err := ParseSafetensors(data)
+	if err != nil {
+		return nil, err
+	}
+	return trainState(f)
+}
+
 func trainState(f *STFile) (*TrainState, error) {
 	md := f.Metadata
 	if md[metaFormat] != formatState {
 		return nil, fmt.Errorf("not a training state (format %q, want %q)", md[metaFormat], formatState)
 	}
 	var perr error
-	num := func(key string) float64 {
-		v, err := strconv.ParseFloat(md[key], 64)
-		if err != nil && perr == nil {
-			perr = fmt.Errorf("metadata %q = %q is not a number", key, md[key])
+	bad := func(key string) {
+		if perr == nil {
+			perr = fmt.Errorf("metadata %q = %q is not a valid value", key, md[key])
+		}
+	}
+	integer := func(key string, lo int64) int64 {
+		v, err := strconv.ParseInt(md[key], 10, 64)
+		if err != nil || v < lo {
+			bad(key)
 		}
 		return v
 	}
-	classes := int(num("num_classes"))
-	s := &TrainState{Epoch: int(num(metaEpoch)), BestAcc: num("best_accuracy"), Seed: uint64(num("seed"))}
-	cfg := AdamConfig{LR: num("adam.lr"), Beta1: num("adam.beta1"), Beta2: num("adam.beta2"), Eps: num("adam.eps")}
-	step := int64(num("adam.step"))
+	// Every float is checked here (NaN passes comparisons that exclude it).
+	real := func(key string, ok func(float64) bool) float64 {
+		v, err := strconv.ParseFloat(md[key], 64)
+		if err != nil || !ok(v) {
+			bad(key)
+		}
+		return v
+	}
+	unit := func(v float64) bool { return v >= 0 && v < 1 }
+	positive := func(v float64) bool { return v > 0 && !math.IsInf(v, 0) }
+	classes := integer("num_classes", 1)
+	s := &TrainState{Epoch: int(integer(metaEpoch, 0)), BestAcc: real("best_accuracy", func(v float64) bool { return v >= 0 && v <= 1 })}
+	cfg := AdamConfig{LR: real("adam.lr", positive), Beta1: real("adam.beta1", unit), Beta2: real("adam.beta2", unit), Eps: real("adam.eps", positive)}
+	step := integer("adam.step", 0)
+	seed, err := strconv.ParseUint(md["seed"], 10, 64)
+	if err != nil {
+		bad("seed")
+	}
+	s.Seed = seed
 	if perr != nil {
 		return nil, perr
 	}
-	// The seed may exceed a float64's exact range; parse it again as an integer.
-	if seed, err := strconv.ParseUint(md["seed"], 10, 64); err == nil {
-		s.Seed = seed
-	}
 	if err := json.Unmarshal([]byte(md[metaClasses]), &s.Classes); err != nil {
 		return nil, fmt.Errorf("metadata %q: %v", metaClasses, err)
+	}
+	if len(s.Classes) != 0 && int64(len(s.Classes)) != classes {
+		return nil, fmt.Errorf("metadata %q names %d classes, num_classes is %d", metaClasses, len(s.Classes), classes)
 	}
 	rng, err := hex.DecodeString(md["rng"])
 	if err != nil {
 		return nil, fmt.Errorf("metadata \"rng\": %v", err)
 	}
 	s.RNGState = rng
-	spec, err := NewSpec(md[metaVariant], classes)
+	spec, err := NewSpec(md[metaVariant], 1)
 	if err != nil {
 		return nil, err
 	}
-	s.Params = NewParams(spec)
-	if s.Adam, err = NewAdam(cfg, len(s.Params.Flat)); err != nil {
+	// The class count must fit the parameters the file holds before the
+	// spec's sizes are computed from it (they could overflow) or allocated.
+	held := 0
+	if t, ok := f.Tensors["params"]; ok && len(t.Shape) == 1 {
+		held = t.Shape[0]
+	}
+	if classes > int64(held/(spec.Hidden+1)) {
+		return nil, fmt.Errorf("num_classes %d: a %s model of that many classes does not fit the %d values of tensor \"params\"", classes, spec.Variant, held)
+	}
+	if spec, err = NewSpec(md[metaVariant], int(classes)); err != nil {
 		return nil, err
 	}
-	s.Adam.Step = step
-	for name, dst := range map[string][]float32{"params": s.Params.Flat, "adam.m": s.Adam.M, "adam.v": s.Adam.V} {
+	n := spec.NumParams()
+	for _, name := range []string{"params", "adam.m", "adam.v"} {
 		t, ok := f.Tensors[name]
 		if !ok {
 			return nil, fmt.Errorf("missing tensor %q", name)
 		}
-		if t.DType != "F32" || !sameShape(t.Shape, []int{len(dst)}) {
-			return nil, fmt.Errorf("tensor %q is %s%v, want F32[%d] for variant %s with %d classes", name, t.DType, t.Shape, len(dst), spec.Variant, classes)
+		if t.DType != "F32" || !sameShape(t.Shape, []int{n}) {
+			return nil, fmt.Errorf("tensor %q is %s%v, want F32[%d] for variant %s with %d classes", name, t.DType, t.Shape, n, spec.Variant, classes)
 		}
-		v, _ := t.Float32s()
-		copy(dst, v)
 	}
+	if len(f.Tensors) != 3 {
+		return nil, fmt.Errorf("%d tensors, want params, adam.m and adam.v", len(f.Tensors))
+	}
+	s.Params = NewParams(spec)
+	if s.Adam, err = NewAdam(cfg, n); err != nil {
+		return nil, err
+	}
+	s.Adam.Step = step
+	decodeF32(s.Params.Flat, f.Tensors["params"].Data)
+	decodeF32(s.Adam.M, f.Tensors["adam.m"].Data)
+	decodeF32(s.Adam.V, f.Tensors["adam.v"].Data)
 	return s, nil
+}
+
+// decodeF32 decodes little-endian float32 bytes into dst, without the copy
+// that Float32s makes.
+func decodeF32(dst []float32, data []byte) {
+	for i := range dst {
+		dst[i] = math.Float32frombits(binary.LittleEndian.Uint32(data[4*i:]))
+	}
 }

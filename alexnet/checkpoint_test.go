@@ -3,6 +3,7 @@ package alexnet
 import (
 	"bytes"
 	"encoding/binary"
+	"fmt"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -10,7 +11,7 @@ import (
 	"testing"
 )
 
-func tinyParams(t *testing.T, seed uint64) *Params {
+func tinyParams(t testing.TB, seed uint64) *Params {
 	t.Helper()
 	spec, err := NewSpec("tiny", 5)
 	if err != nil {
@@ -219,5 +220,52 @@ func TestTrainStateRoundTrip(t *testing.T) {
 	}
 	if _, _, err := LoadModel(path); err == nil {
 		t.Error("training state loaded as a model")
+	}
+}
+
+func stBytes(header string, body int) []byte {
+	b := binary.LittleEndian.AppendUint64(nil, uint64(len(header)))
+	b = append(b, header...)
+	return append(b, make([]byte, body)...)
+}
+
+// A header's sizes never size an allocation before they are checked against
+// the file: these panicked (makeslice) or were accepted.
+func TestHeaderClaimsAreBoundedByTheFile(t *testing.T) {
+	// [2^61] of F64 is 2^64 bytes, which wrapped to 0 and matched the offsets.
+	if _, err := ParseSafetensors(stBytes(`{"a":{"dtype":"F64","shape":[2305843009213693952],"data_offsets":[0,0]}}`, 0)); err == nil {
+		t.Error("a tensor of 2^64 bytes in none was accepted")
+	}
+	dir := t.TempDir()
+	write := func(name string, data []byte) string {
+		p := filepath.Join(dir, name)
+		os.WriteFile(p, data, 0o644)
+		return p
+	}
+	models := map[string]string{
+		"2^61 classes": `{"__metadata__":{"variant":"tiny"},"classifier.6.bias":{"dtype":"F64","shape":[2305843009213693952],"data_offsets":[0,0]}}`,
+		"BOOL classes": `{"__metadata__":{"variant":"seed"},"classifier.6.bias":{"dtype":"BOOL","shape":[64],"data_offsets":[0,64]}}`,
+	}
+	for name, h := range models {
+		body := 0
+		if strings.Contains(h, "BOOL") {
+			body = 64
+		}
+		if _, _, err := LoadModel(write(name, stBytes(h, body))); err == nil || !strings.Contains(err.Error(), "classifier.6.bias") {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
+	meta := `"format":"alexring-train-state-1","variant":"tiny","classes":"[]","epoch":"1","best_accuracy":"0.5","seed":"1","adam.step":"1","adam.lr":"0.001","adam.beta1":"%s","adam.beta2":"0.999","adam.eps":"1e-8","rng":"","num_classes":"%s"`
+	t3 := `"params":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"adam.m":{"dtype":"F32","shape":[1],"data_offsets":[4,8]},"adam.v":{"dtype":"F32","shape":[1],"data_offsets":[8,12]}`
+	states := []struct{ beta1, classes, want string }{
+		{"0.9", "1000000000000000", "does not fit the 1 values"},
+		{"0.9", "5e300", `"num_classes"`},
+		{"NaN", "5", `"adam.beta1"`},
+	}
+	for _, s := range states {
+		h := `{"__metadata__":{` + fmt.Sprintf(meta, s.beta1, s.classes) + `},` + t3 + `}`
+		if _, err := LoadTrainState(write("state", stBytes(h, 12))); err == nil || !strings.Contains(err.Error(), s.want) {
+			t.Errorf("num_classes %s, beta1 %s: %v, want %q", s.classes, s.beta1, err, s.want)
+		}
 	}
 }

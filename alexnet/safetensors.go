@@ -84,16 +84,51 @@ type stEntry struct {
 }
 
 // ReadSafetensors reads and checks a safetensors file; errors name the file.
+// The header is read and checked against the file's size first, so a file
+// that is not safetensors (or is cut short) is refused before its bulk is read.
 func ReadSafetensors(path string) (*STFile, error) {
-	data, err := os.ReadFile(path)
+	fh, err := os.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("alexnet: %w", err)
 	}
-	f, err := ParseSafetensors(data)
+	defer fh.Close()
+	st, err := fh.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("alexnet: %w", err)
+	}
+	if !st.Mode().IsRegular() { // a pipe: no size to check the header against
+		data, err := io.ReadAll(fh)
+		if err != nil {
+			return nil, fmt.Errorf("alexnet: %s: %w", path, err)
+		}
+		f, err := ParseSafetensors(data)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", path, err)
+		}
+		return f, nil
+	}
+	size := st.Size()
+	var n [8]byte
+	if _, err := io.ReadFull(fh, n[:]); err != nil {
+		return nil, fmt.Errorf("%s: %w: %d bytes, shorter than the 8-byte header length", path, ErrBadSafetensors, size)
+	}
+	hlen, err := headerLen(n[:], size)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
-	return f, nil
+	header := make([]byte, hlen)
+	if _, err := io.ReadFull(fh, header); err != nil {
+		return nil, fmt.Errorf("alexnet: %s: %w", path, err)
+	}
+	entries, md, err := parseHeader(header, size-8-int64(hlen))
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	body := make([]byte, size-8-int64(hlen))
+	if _, err := io.ReadFull(fh, body); err != nil {
+		return nil, fmt.Errorf("alexnet: %s: %w (changed while read?)", path, err)
+	}
+	return assemble(entries, md, body), nil
 }
 
 // ParseSafetensors decodes a safetensors file held in memory. It checks the
@@ -103,65 +138,104 @@ func ParseSafetensors(data []byte) (*STFile, error) {
 	if len(data) < 8 {
 		return nil, fmt.Errorf("%w: %d bytes, shorter than the 8-byte header length", ErrBadSafetensors, len(data))
 	}
-	n := binary.LittleEndian.Uint64(data)
-	if n > maxHeader || n > uint64(len(data)-8) {
-		return nil, fmt.Errorf("%w: header length %d does not fit a %d-byte file (truncated or not safetensors)", ErrBadSafetensors, n, len(data))
+	n, err := headerLen(data, int64(len(data)))
+	if err != nil {
+		return nil, err
 	}
+	entries, md, err := parseHeader(data[8:8+n], int64(len(data))-8-int64(n))
+	if err != nil {
+		return nil, err
+	}
+	return assemble(entries, md, data[8+n:]), nil
+}
+
+// headerLen reads the header length from the first 8 bytes of a file of size
+// bytes.
+func headerLen(first []byte, size int64) (int, error) {
+	n := binary.LittleEndian.Uint64(first)
+	if n > maxHeader || n > uint64(size-8) {
+		return 0, fmt.Errorf("%w: header length %d does not fit a %d-byte file (truncated or not safetensors)", ErrBadSafetensors, n, size)
+	}
+	return int(n), nil
+}
+
+// stSpan is one tensor's place in the data.
+type stSpan struct {
+	name  string
+	entry stEntry
+}
+
+// parseHeader checks the JSON header of a file with bodyLen data bytes: every
+// dtype, shape and offset, and that the tensors tile the data exactly.
+func parseHeader(header []byte, bodyLen int64) ([]stSpan, map[string]string, error) {
 	var raw map[string]json.RawMessage
-	if err := json.Unmarshal(data[8:8+n], &raw); err != nil {
-		return nil, fmt.Errorf("%w: header is not JSON: %v", ErrBadSafetensors, err)
+	if err := json.Unmarshal(header, &raw); err != nil {
+		return nil, nil, fmt.Errorf("%w: header is not JSON: %v", ErrBadSafetensors, err)
 	}
-	body := data[8+n:]
-	f := &STFile{Tensors: make(map[string]STTensor, len(raw)), Metadata: map[string]string{}}
-	type span struct {
-		name       string
-		begin, end int64
-	}
-	var spans []span
+	md := map[string]string{}
+	var spans []stSpan
 	for name, msg := range raw {
 		if name == "__metadata__" {
-			if err := json.Unmarshal(msg, &f.Metadata); err != nil {
-				return nil, fmt.Errorf("%w: __metadata__ is not a map of strings: %v", ErrBadSafetensors, err)
+			if err := json.Unmarshal(msg, &md); err != nil {
+				return nil, nil, fmt.Errorf("%w: __metadata__ is not a map of strings: %v", ErrBadSafetensors, err)
+			}
+			if md == nil { // "__metadata__": null
+				md = map[string]string{}
 			}
 			continue
 		}
 		var e stEntry
 		if err := json.Unmarshal(msg, &e); err != nil {
-			return nil, fmt.Errorf("%w: tensor %q: %v", ErrBadSafetensors, name, err)
+			return nil, nil, fmt.Errorf("%w: tensor %q: %v", ErrBadSafetensors, name, err)
 		}
 		size, ok := dtypeSizes[e.DType]
 		if !ok {
-			return nil, fmt.Errorf("%w: tensor %q has unknown dtype %q", ErrBadSafetensors, name, e.DType)
+			return nil, nil, fmt.Errorf("%w: tensor %q has unknown dtype %q", ErrBadSafetensors, name, e.DType)
 		}
-		count := int64(1)
+		// The byte count: the shape's product must not overflow into a small
+		// number that matches the offsets (the element count, the dtype's
+		// size times it: [2^61] of F64 made 0 bytes).
+		nbytes := int64(size)
 		for _, d := range e.Shape {
-			if d < 0 || (d > 0 && count > math.MaxInt64/int64(d)) {
-				return nil, fmt.Errorf("%w: tensor %q has shape %v", ErrBadSafetensors, name, e.Shape)
+			if d < 0 || (d > 0 && nbytes > math.MaxInt64/int64(d)) {
+				return nil, nil, fmt.Errorf("%w: tensor %q has shape %v", ErrBadSafetensors, name, e.Shape)
 			}
-			count *= int64(d)
+			nbytes *= int64(d)
 		}
 		b, end := e.Offsets[0], e.Offsets[1]
-		if b < 0 || end < b || end > int64(len(body)) {
-			return nil, fmt.Errorf("%w: tensor %q has offsets [%d, %d] outside the %d data bytes (truncated?)", ErrBadSafetensors, name, b, end, len(body))
+		if b < 0 || end < b || end > bodyLen {
+			return nil, nil, fmt.Errorf("%w: tensor %q has offsets [%d, %d] outside the %d data bytes (truncated?)", ErrBadSafetensors, name, b, end, bodyLen)
 		}
-		if end-b != count*int64(size) {
-			return nil, fmt.Errorf("%w: tensor %q: %d bytes for %s%v, want %d", ErrBadSafetensors, name, end-b, e.DType, e.Shape, count*int64(size))
+		if end-b != nbytes {
+			return nil, nil, fmt.Errorf("%w: tensor %q: %d bytes for %s%v, want %d", ErrBadSafetensors, name, end-b, e.DType, e.Shape, nbytes)
 		}
-		f.Tensors[name] = STTensor{DType: e.DType, Shape: e.Shape, Data: body[b:end]}
-		spans = append(spans, span{name, b, end})
+		spans = append(spans, stSpan{name, e})
 	}
-	sort.Slice(spans, func(i, j int) bool { return spans[i].begin < spans[j].begin })
+	sort.Slice(spans, func(i, j int) bool {
+		a, b := spans[i].entry.Offsets, spans[j].entry.Offsets
+		return a[0] < b[0] || a[0] == b[0] && a[1] < b[1]
+	})
 	var at int64
 	for _, s := range spans {
-		if s.begin != at {
-			return nil, fmt.Errorf("%w: tensor %q starts at byte %d, want %d (overlap or gap)", ErrBadSafetensors, s.name, s.begin, at)
+		if s.entry.Offsets[0] != at {
+			return nil, nil, fmt.Errorf("%w: tensor %q starts at byte %d, want %d (overlap or gap)", ErrBadSafetensors, s.name, s.entry.Offsets[0], at)
 		}
-		at = s.end
+		at = s.entry.Offsets[1]
 	}
-	if at != int64(len(body)) {
-		return nil, fmt.Errorf("%w: %d data bytes, the tensors cover %d", ErrBadSafetensors, len(body), at)
+	if at != bodyLen {
+		return nil, nil, fmt.Errorf("%w: %d data bytes, the tensors cover %d", ErrBadSafetensors, bodyLen, at)
 	}
-	return f, nil
+	return spans, md, nil
+}
+
+// assemble makes the file of checked entries over their data.
+func assemble(spans []stSpan, md map[string]string, body []byte) *STFile {
+	f := &STFile{Tensors: make(map[string]STTensor, len(spans)), Metadata: md}
+	for _, s := range spans {
+		e := s.entry
+		f.Tensors[s.name] = STTensor{DType: e.DType, Shape: e.Shape, Data: body[e.Offsets[0]:e.Offsets[1]:e.Offsets[1]]}
+	}
+	return f
 }
 
 // WriteSafetensors writes tensors (in the given name order) and metadata to

@@ -146,7 +146,7 @@ func (f *inFrame) payloadLen() int {
 // Unmarshal reads a chunk straight from gRPC's receive buffers: into an
 // inFrame without copying the payload, into a Frame with one copy; other
 // frames go through proto.
-func (frameCodec) Unmarshal(data mem.BufferSlice, v any) error {
+func (frameCodec) Unmarshal(data mem.BufferSlice, v any) (err error) {
 	var in *inFrame
 	var f *ringpb.Frame
 	switch m := v.(type) {
@@ -160,6 +160,15 @@ func (frameCodec) Unmarshal(data mem.BufferSlice, v any) error {
 	}
 	r := data.Reader()
 	defer r.Close()
+	if in != nil {
+		// The ring drops a frame that failed to decode without releasing it:
+		// give gRPC its buffers back here.
+		defer func() {
+			if err != nil {
+				in.release()
+			}
+		}()
+	}
 	first, err := r.ReadByte()
 	if err != nil { // an empty frame
 		f.Body = nil
@@ -206,7 +215,10 @@ func (frameCodec) Unmarshal(data mem.BufferSlice, v any) error {
 				return errors.New("allreduce: malformed chunk field")
 			}
 			if num == chunkData && in != nil {
-				if in.views, err = r.Peek(int(n), in.views[:0]); err != nil {
+				// A payload given twice: the last one counts, as in protobuf,
+				// and the hold on the buffers is taken once.
+				in.release()
+				if in.views, err = r.Peek(int(n), nil); err != nil {
 					return err
 				}
 				// Keep the buffers past this call; the reader frees its own

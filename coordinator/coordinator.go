@@ -64,20 +64,30 @@ type Config struct {
 	// still in the gossip to report its broken ring; after it, the worker is
 	// left out (0: a minute).
 	ReformTimeout time.Duration
+	// LocalCPU says the workers run on this machine's CPU (--local without
+	// --gpus): New checks that their memory fits it, all of them together.
+	LocalCPU bool
 }
 
 // LoadJobConfig reads a YAML job file (a path, or a built-in config's name)
-// over the defaults; unknown keys are errors that name the file.
+// over the defaults; unknown keys are errors that name the file. Its errors
+// are bad input (worker.ErrBadInput).
 func LoadJobConfig(name string) (worker.Config, error) {
-	cfg := worker.DefaultConfig()
 	data, source, err := configs.Read(name)
 	if err != nil {
-		return cfg, fmt.Errorf("coordinator: --config: %w", err)
+		return worker.DefaultConfig(), worker.BadInput(fmt.Errorf("coordinator: --config: %w", err))
 	}
+	return ParseJobConfig(data, source)
+}
+
+// ParseJobConfig decodes a job file's bytes over the defaults; source names
+// it in errors.
+func ParseJobConfig(data []byte, source string) (worker.Config, error) {
+	cfg := worker.DefaultConfig()
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
 	if err := dec.Decode(&cfg); err != nil && !errors.Is(err, io.EOF) {
-		return cfg, fmt.Errorf("coordinator: --config %s: %w", source, err)
+		return cfg, worker.BadInput(fmt.Errorf("coordinator: --config %s: %w", source, err))
 	}
 	return cfg, nil
 }
@@ -107,6 +117,21 @@ type Coordinator struct {
 	verdicts map[int]*controlpb.ReportReply
 	failed   error
 	finished bool
+	// failedLinks are the links between workers that broke a ring, for the
+	// job's life: no later ring uses them (a link is only shown to work by
+	// using it, and trying a broken one costs a ring's deadline). A worker
+	// that registers again is a new process and starts with a clean record.
+	failedLinks map[link]bool
+	// leftOut says why a survivor is not in the current ring.
+	leftOut map[string]string
+
+	// The epoch the current ring trains, for telling an epoch boundary that
+	// waits on workers that have not reported.
+	epochBegan time.Time     // when the ring formed or the last epoch was judged
+	epochWhole bool          // and the ring trains the whole epoch (none of it before a re-formation)
+	lastEpoch  time.Duration // from that to the first report, the last epoch
+	lastSpread time.Duration // the longest wait from an epoch's first report to its last seen
+	wait       *epochWait    // the boundary being waited for, if any
 
 	summary struct {
 		bestAcc   float64
@@ -115,8 +140,17 @@ type Coordinator struct {
 	startedAt time.Time
 	wallSoFar float64 // seconds the job ran before a --resume
 	resumedAt int     // epochs trained before a --resume
-	curves    []epochRow
-	control   *grpc.Server
+	// lostRow is the row of the epoch a --resume's state has trained and
+	// metrics.csv lacks (its coordinator died between the state and the
+	// row), from what the state and the files tell: written as it is once
+	// the job trains past that epoch without the workers reporting it again
+	// (a --local job's die with their coordinator). nil: no row is lacking.
+	lostRow *epochRow
+	// done says a --resume found the job finished: its state has trained
+	// every epoch.
+	done    bool
+	curves  []epochRow
+	control *grpc.Server
 }
 
 // Validate reports a bad setting, naming its flag.
@@ -138,8 +172,11 @@ func New(cfg Config, log *zap.Logger, out io.Writer) (*Coordinator, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	train, _, err := sharding.ScanSplits(cfg.Job.Data)
+	train, val, err := sharding.ScanSplits(cfg.Job.Data)
 	if err != nil {
+		return nil, worker.BadInput(fmt.Errorf("coordinator: --data: %w", err))
+	}
+	if err := checkBatch(cfg, train, val); err != nil {
 		return nil, err
 	}
 	nonce := make([]byte, 4)
@@ -148,10 +185,11 @@ func New(cfg Config, log *zap.Logger, out io.Writer) (*Coordinator, error) {
 		cfg: cfg, log: log, out: out, jobID: cfg.JobID, train: train, incarnation: hex.EncodeToString(nonce),
 		changed: make(chan struct{}), workers: map[string]*controlpb.RegisterRequest{}, alive: map[string]bool{}, joiners: map[string]bool{},
 		reports: map[int][]*controlpb.EpochReport{}, verdicts: map[int]*controlpb.ReportReply{}, prior: map[int][]sharding.Segment{},
+		failedLinks: map[link]bool{}, leftOut: map[string]string{},
 	}
 	if cfg.Resume {
 		if err := c.resume(); err != nil {
-			return nil, err
+			return nil, worker.BadInput(err) // the files in --out are the input of a resumed job
 		}
 	}
 	if c.jobID == "" {
@@ -162,8 +200,33 @@ func New(cfg Config, log *zap.Logger, out io.Writer) (*Coordinator, error) {
 	return c, nil
 }
 
+// checkBatch refuses a global batch larger than the training set, and local
+// CPU workers that together need more memory than this machine has: bad
+// input, found before any worker starts.
+func checkBatch(cfg Config, train, val *sharding.Dataset) error {
+	if err := cfg.Job.CheckData(len(train.Samples), cfg.Workers); err != nil {
+		return fmt.Errorf("coordinator: %w", err)
+	}
+	if !cfg.LocalCPU {
+		return nil // each worker checks its own machine
+	}
+	spec, err := alexnet.NewSpec(cfg.Job.Variant, len(train.Classes))
+	if err != nil {
+		return worker.BadInput(fmt.Errorf("coordinator: --variant: %w", err))
+	}
+	job := cfg.Job
+	job.EvalBatch = min(job.EvalBatch, len(val.Samples)) // as the workers clamp it
+	if err := job.CheckMemory(spec, job.WorkerBatch(cfg.Workers), true, cfg.Workers); err != nil {
+		return fmt.Errorf("coordinator: --local: %w", err)
+	}
+	return nil
+}
+
 // JobIDFile holds the job's id in --out, for --resume.
 const JobIDFile = "job_id"
+
+// OutputFiles are the files the coordinator writes into --out.
+var OutputFiles = []string{worker.ClassIndicesFile, JobIDFile, MetricsFile, CurvesFile}
 
 // resume picks the job up from its files in --out: the training state the
 // workers will load, the job id, the curves so far.
@@ -173,9 +236,10 @@ func (c *Coordinator) resume() error {
 	if err != nil {
 		return fmt.Errorf("coordinator: --resume: %w", err)
 	}
-	if st.Epoch >= c.cfg.Job.Epochs {
-		return fmt.Errorf("coordinator: --resume: %s has already trained %d of %d epochs", path, st.Epoch, c.cfg.Job.Epochs)
-	}
+	// A state that has trained every epoch is a job that finished (its
+	// coordinator restarted after the end, or killed after the last state):
+	// Run reports it done.
+	c.done = st.Epoch >= c.cfg.Job.Epochs
 	if c.jobID == "" {
 		id, err := os.ReadFile(filepath.Join(c.cfg.Job.Out, JobIDFile))
 		if err != nil {
@@ -191,7 +255,9 @@ func (c *Coordinator) resume() error {
 	// report and the row, and the workers report it again.
 	switch missing := st.Epoch - len(c.curves); {
 	case missing == 1:
-		c.log.Info("metrics.csv lacks the last trained epoch; the workers report it again", zap.Int("epoch", st.Epoch))
+		c.lostRow = c.guessRow(st, path)
+		c.log.Info("metrics.csv lacks the last trained epoch; the workers report it again, or its row is written with what the state tells",
+			zap.Int("epoch", st.Epoch))
 	case missing > 1:
 		c.log.Warn("metrics.csv lacks epochs the state has trained; their rows are lost", zap.Int("rows", len(c.curves)), zap.Int("epochs_done", st.Epoch))
 	}
@@ -206,7 +272,89 @@ func (c *Coordinator) resume() error {
 			c.summary.bestEpoch = r.Epoch
 		}
 	}
+	if c.lostRow != nil && c.lostRow.ValAccuracy == st.BestAcc && c.summary.bestEpoch == 0 {
+		c.summary.bestEpoch = c.lostRow.Epoch
+	}
 	c.log.Info("resuming the job", zap.String("job", c.jobID), zap.String("state", path), zap.Int("epochs_done", st.Epoch), zap.Float64("best_val_accuracy", st.BestAcc))
+	return nil
+}
+
+// guessRow is the row of epoch st.Epoch, which metrics.csv (c.curves) lacks,
+// from what is known without the workers' reports; NaN for what is not. Its
+// validation accuracy is the state's best when that beats every earlier
+// epoch's (it was this epoch's); its wall time, the last row's plus the time
+// from that row's write (metrics.csv's) to the state's; its world, the last
+// row's. Train loss and images per second are unknown.
+func (c *Coordinator) guessRow(st *alexnet.TrainState, statePath string) *epochRow {
+	nan := math.NaN()
+	row := &epochRow{Epoch: st.Epoch, TrainLoss: nan, ValAccuracy: nan, ImagesPerS: nan, WallSeconds: nan, World: c.cfg.Workers}
+	best := math.Inf(-1)
+	for _, r := range c.curves {
+		best = max(best, r.ValAccuracy)
+	}
+	if len(c.curves) == 0 || st.BestAcc > best {
+		row.ValAccuracy = st.BestAcc
+	}
+	if n := len(c.curves); n > 0 {
+		last := c.curves[n-1]
+		row.World = last.World
+		sst, err1 := os.Stat(statePath)
+		mst, err2 := os.Stat(filepath.Join(c.cfg.Job.Out, MetricsFile))
+		if err1 == nil && err2 == nil && finite(last.WallSeconds) {
+			if d := sst.ModTime().Sub(mst.ModTime()); d >= 0 {
+				row.WallSeconds = last.WallSeconds + d.Seconds()
+			}
+		}
+	}
+	return row
+}
+
+// recordLost writes the row of the epoch lost with the last coordinator
+// (lostRow), once the job trains past that epoch: the workers that would
+// report it again have had their turn. Called with c.mu held.
+func (c *Coordinator) recordLost() {
+	row := c.lostRow
+	if row == nil {
+		return
+	}
+	c.lostRow = nil
+	if c.recorded() >= row.Epoch {
+		return // the workers reported it again
+	}
+	c.curves = append(c.curves, *row)
+	if finite(row.WallSeconds) {
+		c.wallSoFar = row.WallSeconds
+	}
+	if err := writeCurves(c.cfg.Job.Out, c.curves); err != nil {
+		c.log.Warn("could not write the training curves", zap.Error(err))
+	}
+	c.log.Warn("no worker reported the epoch lost with the last coordinator; its row holds what the state tells (NaN: unknown)",
+		zap.Int("epoch", row.Epoch), zap.Float64("val_accuracy", row.ValAccuracy), zap.Float64("wall_s", row.WallSeconds))
+}
+
+// alreadyDone is Run for a resumed job that has trained every epoch: it
+// writes the last row if metrics.csv lacks it, and prints the summary,
+// starting no ring.
+func (c *Coordinator) alreadyDone() error {
+	c.mu.Lock()
+	c.recordLost()
+	c.mu.Unlock()
+	wall := math.NaN()
+	if n := len(c.curves); n > 0 {
+		last := c.curves[n-1]
+		wall = last.WallSeconds
+		// The last epoch's line again, as recorded (NaN: lost with a
+		// coordinator), for whoever reads this run's output alone.
+		fmt.Fprintf(c.out, "Epoch %d/%d - Train loss: %.4f - Val Accuracy: %.4f\n", last.Epoch, c.cfg.Job.Epochs, last.TrainLoss, last.ValAccuracy)
+	}
+	took := "an unknown time"
+	if finite(wall) {
+		took = (time.Duration(wall * float64(time.Second))).Round(time.Second).String()
+	}
+	c.log.Info("the job has already trained all its epochs: nothing to do", zap.String("job", c.jobID), zap.Int("epochs", c.resumedAt))
+	fmt.Fprintf(c.out, "Job %s is done: %s has trained its %d epochs\n", c.jobID, filepath.Join(c.cfg.Job.Out, worker.StateFile), c.cfg.Job.Epochs)
+	fmt.Fprintf(c.out, "Finished Training in %s: best Val Accuracy %.4f at epoch %d; model in %s\n",
+		took, c.summary.bestAcc, c.summary.bestEpoch, filepath.Join(c.cfg.Job.Out, worker.BestFile))
 	return nil
 }
 
@@ -214,7 +362,14 @@ func (c *Coordinator) resume() error {
 // ready, when set, is called with the gossip address once workers can join.
 func (c *Coordinator) Run(ctx context.Context, ready func(gossip string)) error {
 	if err := os.MkdirAll(c.cfg.Job.Out, 0o755); err != nil {
-		return fmt.Errorf("coordinator: --out: %w", err)
+		return worker.BadInput(fmt.Errorf("coordinator: --out: %w", err))
+	}
+	// What a kill mid-write left; another live job's writes are locked.
+	if removed, err := atomicfile.Sweep(c.cfg.Job.Out, OutputFiles...); len(removed) > 0 || err != nil {
+		c.log.Info("removed the temporary files of an interrupted write", zap.Strings("files", removed), zap.Error(err))
+	}
+	if c.done {
+		return c.alreadyDone()
 	}
 	if err := sharding.WriteClassIndices(filepath.Join(c.cfg.Job.Out, worker.ClassIndicesFile), c.train.Classes); err != nil {
 		return err
@@ -338,6 +493,7 @@ func (c *Coordinator) start() {
 		names = append(names, name)
 		c.alive[name] = true
 	}
+	sort.Strings(names)
 	c.formRing(names, c.resumedAt, "")
 	c.started = true
 	c.startedAt = time.Now()
@@ -345,21 +501,23 @@ func (c *Coordinator) start() {
 }
 
 // ringState is the current ring: its generation (1, then +1 per
-// re-formation), members by rank, and per-rank batch.
+// re-formation), members and their ring addresses by rank, and per-rank
+// batch.
 type ringState struct {
 	gen     int
 	members []string
+	peers   []string
 	ranks   map[string]int
 	batch   int
 }
 
 func (r ringState) world() int { return len(r.members) }
 
-// formRing makes the next ring of names (in sorted order: ranks follow the
-// names), starting in epoch with every rank taking root's state (rank 0's when
-// root is empty), and each member's plan. Called with c.mu held.
+// formRing makes the next ring of names, by rank (sorted names, unless
+// failed links asked for another order), starting in epoch with every rank
+// taking root's state (rank 0's when root is empty), and each member's plan.
+// Called with c.mu held.
 func (c *Coordinator) formRing(names []string, epoch int, root string) {
-	sort.Strings(names)
 	world := len(names)
 	batch := c.cfg.Job.WorkerBatch(world)
 	if c.cfg.Job.WorkerBatchSize == 0 && c.cfg.Job.Batch%world != 0 {
@@ -367,14 +525,14 @@ func (c *Coordinator) formRing(names []string, epoch int, root string) {
 		// nearest whole share.
 		batch = max(1, int(math.Round(float64(c.cfg.Job.Batch)/float64(world))))
 	}
-	c.ring = ringState{gen: c.ring.gen + 1, members: names, ranks: map[string]int{}, batch: batch}
 	peers := make([]string, world)
+	c.ring = ringState{gen: c.ring.gen + 1, members: names, peers: peers, ranks: map[string]int{}, batch: batch}
 	for r, name := range names {
 		c.ring.ranks[name] = r
 		peers[r] = c.workers[name].RingAddr
 	}
 	rootRank := c.ring.ranks[root] // 0 when root is empty
-	cfgJSON, _ := json.Marshal(c.cfg.Job)
+	cfgJSON := c.planConfig()
 	c.plans = map[string]*controlpb.JobPlan{}
 	for r, name := range names {
 		c.plans[name] = &controlpb.JobPlan{
@@ -386,6 +544,31 @@ func (c *Coordinator) formRing(names []string, epoch int, root string) {
 			zap.String("ring_addr", peers[r]), zap.String("device", c.workers[name].Device))
 	}
 	c.cfg.Metrics.ringFormed(world)
+	consumed := 0
+	for _, seg := range c.prior[epoch] {
+		consumed += seg.Consumed
+	}
+	c.epochStarted(epoch+1, consumed == 0)
+}
+
+// planConfig is the job config the plans carry, with the coordinator's own
+// waits beside it (key "coordinator"), by which a worker bounds its calls.
+func (c *Coordinator) planConfig() []byte {
+	job, _ := json.Marshal(c.cfg.Job)
+	var fields map[string]json.RawMessage
+	if json.Unmarshal(job, &fields) != nil {
+		return job
+	}
+	reform := c.cfg.ReformTimeout
+	if reform <= 0 {
+		reform = time.Minute
+	}
+	fields["coordinator"], _ = json.Marshal(map[string]time.Duration{"reform_timeout": reform, "wait_timeout": c.cfg.WaitTimeout})
+	out, err := json.Marshal(fields)
+	if err != nil {
+		return job
+	}
+	return out
 }
 
 func (c *Coordinator) notify() {
@@ -408,10 +591,19 @@ func (c *Coordinator) countMembers(member *membership.Member) {
 // starts a re-formation without it.
 func (c *Coordinator) onMember(e membership.Event, member *membership.Member) {
 	c.log.Info("member "+e.Kind.String(), zap.String("name", e.Name), zap.String("role", e.Meta.Role))
-	c.countMembers(member)
+	if member != nil {
+		c.countMembers(member)
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if e.Meta.Role != membership.RoleWorker {
+		return
+	}
+	if w := c.workers[e.Name]; w != nil && e.Kind == membership.Left && e.Meta.GRPC != "" && e.Meta.GRPC != w.RingAddr {
+		// The gossip declares dead the process that had this name before
+		// (a pod restarted under it): the one registered now is another.
+		c.log.Info("an earlier process of a worker left; the one registered under its name stays", zap.String("name", e.Name),
+			zap.String("left", e.Meta.GRPC), zap.String("registered", w.RingAddr))
 		return
 	}
 	c.alive[e.Name] = e.Kind != membership.Left
@@ -438,6 +630,9 @@ func (c *Coordinator) report(ctx context.Context, rep *controlpb.EpochReport) (*
 		return &controlpb.ReportReply{Reform: true}, nil
 	}
 	e := int(rep.Epoch)
+	if c.lostRow != nil && e > c.lostRow.Epoch {
+		c.recordLost()
+	}
 	if c.verdicts[e] == nil && e <= c.recorded() {
 		// A report that found its coordinator gone, sent again to this
 		// resumed one, of an epoch the earlier coordinator had recorded.
@@ -452,6 +647,7 @@ func (c *Coordinator) report(ctx context.Context, rep *controlpb.EpochReport) (*
 	for _, r := range c.reports[e] {
 		complete = complete && r != nil
 	}
+	c.reported(ctx, e)
 	if complete {
 		c.verdicts[e] = c.decide(e)
 		c.notify()
@@ -468,6 +664,136 @@ func (c *Coordinator) report(ctx context.Context, rep *controlpb.EpochReport) (*
 		return &controlpb.ReportReply{Stop: true, Reason: c.failed.Error()}, nil
 	}
 	return &controlpb.ReportReply{Reform: true}, nil
+}
+
+// epochWait is an epoch boundary that waits on workers that have not
+// reported: since the first report came, or since the epoch was overdue with
+// none.
+type epochWait struct {
+	gen, epoch int
+	since      time.Time
+	first      time.Time // the first report (zero: none yet)
+	logged     bool
+	// giveUp is the earliest deadline of the reports waiting for the
+	// verdict: past it, their ranks stop waiting for this coordinator.
+	giveUp time.Time
+}
+
+// Thresholds of the boundary log (variables for tests): a boundary normally
+// waits for rank 0's validation; one that waits past patience (or twice the
+// longest boundary seen) is logged, and so is an epoch that runs past twice
+// the last one's length (at least overdueSlack more) without a single report.
+var (
+	patience     = 5 * time.Second
+	overdueSlack = 5 * time.Second
+)
+
+// epochStarted notes that the current ring begins (1-based) epoch, whole or
+// the rest of it, and arms the check that tells it overdue. Called with c.mu
+// held.
+func (c *Coordinator) epochStarted(epoch int, whole bool) {
+	c.endWait()
+	c.epochBegan, c.epochWhole = time.Now(), whole
+	if c.lastEpoch > 0 {
+		gen := c.ring.gen
+		time.AfterFunc(c.lastEpoch+max(c.lastEpoch, overdueSlack), func() { c.checkWait(gen, epoch) })
+	}
+}
+
+// reported notes a report of epoch (by a rank of the current ring) whose
+// call waits under ctx. Called with c.mu held.
+func (c *Coordinator) reported(ctx context.Context, epoch int) {
+	w := c.wait
+	if w == nil || w.gen != c.ring.gen || w.epoch != epoch {
+		w = &epochWait{gen: c.ring.gen, epoch: epoch, since: time.Now()}
+		c.wait = w
+	}
+	if w.first.IsZero() {
+		w.first = time.Now()
+		if c.epochWhole && !w.logged { // an overdue epoch is no measure of the next
+			c.lastEpoch = w.first.Sub(c.epochBegan)
+		}
+		gen := c.ring.gen
+		time.AfterFunc(max(patience, 2*c.lastSpread), func() { c.checkWait(gen, epoch) })
+	}
+	if d, ok := ctx.Deadline(); ok && (w.giveUp.IsZero() || d.Before(w.giveUp)) {
+		w.giveUp = d
+	}
+	c.cfg.Metrics.waitingFor(c.missing(epoch), w.since)
+}
+
+// missing are the ranks of the current ring that have not reported epoch.
+// Called with c.mu held.
+func (c *Coordinator) missing(epoch int) []int {
+	var ranks []int
+	for r := range c.ring.world() {
+		if rs := c.reports[epoch]; rs == nil || rs[r] == nil {
+			ranks = append(ranks, r)
+		}
+	}
+	return ranks
+}
+
+// checkWait logs, once, an epoch boundary of ring gen still waiting: who has
+// not reported, whether the gossip still holds them, how long it waited and
+// how long its reporters wait at most.
+func (c *Coordinator) checkWait(gen, epoch int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.ring.gen != gen || c.reform != nil || c.finished || c.failed != nil || c.verdicts[epoch] != nil {
+		return
+	}
+	w := c.wait
+	if w == nil || w.gen != gen || w.epoch != epoch {
+		// Overdue with no report at all: the wait starts now.
+		w = &epochWait{gen: gen, epoch: epoch, since: time.Now()}
+		c.wait = w
+	}
+	if w.logged {
+		return
+	}
+	w.logged = true
+	var waiting, gone []string
+	for _, r := range c.missing(epoch) {
+		name := c.ring.members[r]
+		waiting = append(waiting, fmt.Sprintf("%s (rank %d)", name, r))
+		if !c.alive[name] {
+			gone = append(gone, name)
+		}
+	}
+	fields := []zap.Field{zap.Int("epoch", epoch), zap.Int("generation", gen), zap.Strings("waiting_for", waiting),
+		zap.Int("reported", c.ring.world()-len(waiting)), zap.Int("world", c.ring.world()), zap.Strings("gone_from_gossip", gone),
+		zap.Duration("epoch_running", time.Since(c.epochBegan)), zap.Duration("last_epoch_took", c.lastEpoch)}
+	if !w.first.IsZero() {
+		fields = append(fields, zap.Duration("since_first_report", time.Since(w.first)))
+	}
+	if w.giveUp.IsZero() {
+		// Nothing bounds it here: the ring re-forms once the gossip finds
+		// them gone, or the ranks that reported give up on their own.
+		fields = append(fields, zap.String("at_most", "until they report or the gossip finds them gone"))
+	} else {
+		fields = append(fields, zap.Duration("at_most", time.Until(w.giveUp)), zap.String("then", "the ranks that reported stop waiting for this coordinator"))
+	}
+	c.log.Warn("epoch boundary waiting for workers that have not reported", fields...)
+	c.cfg.Metrics.waitingFor(c.missing(epoch), w.since)
+}
+
+// endWait closes the boundary wait, if any: its length goes to the metrics
+// (and to the log when the wait was logged). Called with c.mu held.
+func (c *Coordinator) endWait() {
+	w := c.wait
+	c.wait = nil
+	c.cfg.Metrics.waitingFor(nil, time.Time{})
+	if w == nil {
+		return
+	}
+	if !w.first.IsZero() && !w.logged { // normal boundaries only: a stall is no measure
+		c.lastSpread = max(c.lastSpread, time.Since(w.first))
+	}
+	c.cfg.Metrics.waited(time.Since(w.since))
+	if w.logged {
+		c.log.Info("epoch boundary wait over", zap.Int("epoch", w.epoch), zap.Int("generation", w.gen), zap.Duration("waited", time.Since(w.since)))
+	}
 }
 
 // waitLocked waits, with c.mu held on entry and on return, until done holds or
@@ -536,6 +862,7 @@ func (c *Coordinator) decide(epoch int) *controlpb.ReportReply {
 	fmt.Fprintf(c.out, "Epoch %d/%d - Train loss: %.4f - Val Accuracy: %.4f\n", epoch, c.cfg.Job.Epochs, loss, acc)
 	c.log.Info("epoch", zap.Int("epoch", epoch), zap.Float64("train_loss", loss), zap.Float64("val_accuracy", acc),
 		zap.Float64("img_per_s", ips), zap.Uint64("checksum", reps[0].Checksum))
+	c.epochStarted(epoch+1, true)
 	if epoch >= c.cfg.Job.Epochs {
 		c.finished = true
 		return &controlpb.ReportReply{}
@@ -621,6 +948,15 @@ func (s *controlService) EpochShard(ctx context.Context, req *controlpb.EpochReq
 	}
 	if int(req.Generation) != c.ring.gen || c.reform != nil {
 		return &controlpb.Shard{Reform: true}, nil
+	}
+	if req.Epoch < 0 {
+		// A rank opening its ring asks whether the ring still stands: it does.
+		return &controlpb.Shard{}, nil
+	}
+	if c.lostRow != nil && int(req.Epoch) >= c.lostRow.Epoch {
+		// A rank starts the epoch after the lost one: nobody reports that
+		// one again now.
+		c.recordLost()
 	}
 	shard := &controlpb.Shard{Seed: c.cfg.Job.Seed, Epoch: req.Epoch, World: int32(c.ring.world()), Size: int32(len(c.train.Samples)),
 		Dataset: c.train.Fingerprint(), Shuffle: true}

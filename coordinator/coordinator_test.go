@@ -22,7 +22,7 @@ import (
 func newTestCoordinator(t *testing.T, workers int) (*Coordinator, *controlService, *bytes.Buffer) {
 	t.Helper()
 	data := t.TempDir()
-	if err := sharding.Synthesize(data, sharding.SynthConfig{Train: 2, Val: 1, Size: 16, Seed: 1}); err != nil {
+	if err := sharding.Synthesize(data, sharding.SynthConfig{Train: 3, Val: 1, Size: 16, Seed: 1}); err != nil {
 		t.Fatal(err)
 	}
 	job, err := LoadJobConfig("tiny")

@@ -7,6 +7,7 @@ import (
 	"image/color"
 	"io"
 	"io/fs"
+	"math"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -52,12 +53,17 @@ func writeCurves(dir string, rows []epochRow) error {
 	p.Title.Text = "Training"
 	p.X.Label.Text = "epoch"
 	p.Y.Label.Text = "train loss / val accuracy"
-	loss, acc := make(plotter.XYs, len(rows)), make(plotter.XYs, len(rows))
+	// A row lost with a coordinator has NaN for what nobody knows: no point.
+	var loss, acc plotter.XYs
 	top := 1.0
-	for i, r := range rows {
-		loss[i] = plotter.XY{X: float64(r.Epoch), Y: r.TrainLoss}
-		acc[i] = plotter.XY{X: float64(r.Epoch), Y: r.ValAccuracy}
-		top = max(top, r.TrainLoss)
+	for _, r := range rows {
+		if finite(r.TrainLoss) {
+			loss = append(loss, plotter.XY{X: float64(r.Epoch), Y: r.TrainLoss})
+			top = max(top, r.TrainLoss)
+		}
+		if finite(r.ValAccuracy) {
+			acc = append(acc, plotter.XY{X: float64(r.Epoch), Y: r.ValAccuracy})
+		}
 	}
 	// Room above the curves for the legend.
 	p.Y.Min, p.Y.Max = 0, top*1.3
@@ -66,6 +72,9 @@ func writeCurves(dir string, rows []epochRow) error {
 		name string
 		xys  plotter.XYs
 	}{{"train loss", loss}, {"val accuracy", acc}} {
+		if len(s.xys) == 0 {
+			continue
+		}
 		l, pts, err := plotter.NewLinePoints(s.xys)
 		if err != nil {
 			return fmt.Errorf("coordinator: plot: %w", err)
@@ -84,6 +93,8 @@ func writeCurves(dir string, rows []epochRow) error {
 		return err
 	})
 }
+
+func finite(v float64) bool { return !math.IsNaN(v) && !math.IsInf(v, 0) }
 
 func ff(v float64) string { return strconv.FormatFloat(v, 'g', 6, 64) }
 

@@ -3,6 +3,7 @@ package coordinator
 import (
 	"context"
 	"fmt"
+	"maps"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -99,16 +100,45 @@ func (c *Coordinator) completeReform() {
 		c.failed = fmt.Errorf("coordinator: %s; no worker of the ring is left to carry its state: resume from %s", r.reason, filepath.Join(c.cfg.Job.Out, worker.StateFile))
 		return
 	}
+	// The next ring: survivors and joiners, by name, in the order that uses
+	// no failed link, leaving out as few as it must.
+	joined := make([]string, 0, len(c.joiners))
+	for name := range c.joiners {
+		joined = append(joined, name)
+	}
+	candidates := append(append([]string(nil), survivors...), joined...)
+	sort.Strings(candidates)
+	failed, suspect := c.linksAfter(r)
+	next := chooseRing(candidates, failed, suspect)
+	in := map[string]bool{}
+	for _, name := range next {
+		in[name] = true
+	}
+	var kept, dropped []string
+	for _, name := range survivors {
+		if in[name] {
+			kept = append(kept, name)
+		} else {
+			dropped = append(dropped, name)
+		}
+	}
+	if len(kept) == 0 { // cannot happen (a joiner's links are all untried); the state must come from a survivor
+		kept, next = survivors[:1], survivors[:1]
+	}
 	minWorkers := max(c.cfg.MinWorkers, 1)
-	if len(survivors)+len(c.joiners) < minWorkers {
+	if len(next) < minWorkers {
 		if !r.short {
 			r.short = true
-			c.log.Warn("fewer workers than --min-workers: waiting for more to join", zap.Int("workers", len(survivors)+len(c.joiners)),
-				zap.Int("min_workers", minWorkers), zap.Duration("timeout", c.cfg.WaitTimeout))
+			c.log.Warn("fewer workers than --min-workers: waiting for more to join", zap.Int("workers", len(next)), zap.Strings("left_out", dropped),
+				zap.Stringers("failed_links", linksOf(failed, dropped)), zap.Int("min_workers", minWorkers), zap.Duration("timeout", c.cfg.WaitTimeout))
 			c.later(r, c.cfg.WaitTimeout, func() {
 				if c.failed == nil {
-					c.failed = fmt.Errorf("coordinator: %s; %d workers left (%s), fewer than --min-workers %d, and none joined within %v",
-						r.reason, len(survivors), strings.Join(survivors, ", "), minWorkers, c.cfg.WaitTimeout)
+					why := ""
+					if len(dropped) > 0 {
+						why = fmt.Sprintf(" (%s left out: no ring order avoids the failed links %s)", strings.Join(dropped, ", "), joinLinks(linksOf(failed, dropped)))
+					}
+					c.failed = fmt.Errorf("coordinator: %s; %d workers left (%s)%s, fewer than --min-workers %d, and none joined within %v",
+						r.reason, len(kept), strings.Join(kept, ", "), why, minWorkers, c.cfg.WaitTimeout)
 				}
 			})
 		}
@@ -117,17 +147,17 @@ func (c *Coordinator) completeReform() {
 	c.reform = nil
 	// The survivor furthest along (by epoch, then step) gives its state: the
 	// others may have missed its last step if the ring broke mid all-reduce.
-	sort.Slice(survivors, func(i, j int) bool {
-		a, b := r.requests[survivors[i]], r.requests[survivors[j]]
+	sort.Slice(kept, func(i, j int) bool {
+		a, b := r.requests[kept[i]], r.requests[kept[j]]
 		if a.Epoch != b.Epoch {
 			return a.Epoch > b.Epoch
 		}
 		if a.Steps != b.Steps {
 			return a.Steps > b.Steps
 		}
-		return c.ring.ranks[survivors[i]] < c.ring.ranks[survivors[j]]
+		return c.ring.ranks[kept[i]] < c.ring.ranks[kept[j]]
 	})
-	lead := r.requests[survivors[0]]
+	lead := r.requests[kept[0]]
 	epoch := int(lead.Epoch)
 	if c.verdicts[epoch+1] != nil {
 		// The furthest survivor's epoch is done and judged (the ring broke at
@@ -146,16 +176,93 @@ func (c *Coordinator) completeReform() {
 		}
 	}
 	old := c.ring
-	rootName := survivors[0]
-	joined := make([]string, 0, len(c.joiners))
-	for name := range c.joiners {
-		joined = append(joined, name)
-	}
+	rootName := kept[0]
 	clear(c.joiners)
-	c.formRing(append(survivors, joined...), epoch, rootName)
+	clear(c.leftOut)
+	for _, name := range dropped {
+		c.leftOut[name] = fmt.Sprintf("no ring order avoids its failed links %s", joinLinks(linksOf(failed, []string{name})))
+	}
+	c.noteLinks(failed, suspect, r)
+	c.formRing(next, epoch, rootName)
 	c.log.Info("ring re-formed", zap.Int("generation", c.ring.gen), zap.Int("world", c.ring.world()), zap.Int("was", old.world()),
-		zap.Strings("members", c.ring.members), zap.Strings("joined", joined), zap.Int("epoch", epoch+1), zap.Int("steps_done_in_epoch", int(lead.Steps)),
+		zap.Strings("members", c.ring.members), zap.Strings("joined", joined), zap.Strings("left_out", dropped), zap.Stringers("failed_links", linksOf(failed, nil)),
+		zap.Int("epoch", epoch+1), zap.Int("steps_done_in_epoch", int(lead.Steps)),
 		zap.String("state_from", rootName), zap.Int("batch_per_rank", c.ring.batch), zap.Duration("took", time.Since(r.began)))
+}
+
+// linksAfter are the failed links once the reports of re-formation r are
+// weighed (those known before and those they show), and the links they only
+// suspect. A link to a worker that registered again since the ring formed (a
+// restarted process) says nothing of the new one. Called with c.mu held.
+func (c *Coordinator) linksAfter(r *reformation) (failed, suspect map[link]bool) {
+	renewed := func(name string) bool {
+		w := c.workers[name]
+		return c.joiners[name] || w == nil || w.RingAddr != c.ring.peers[c.ring.ranks[name]]
+	}
+	failed, suspect = maps.Clone(c.failedLinks), map[link]bool{}
+	f, s := brokenLinks(c.ring.members, r.requests)
+	for _, l := range f {
+		if !renewed(l.from) && !renewed(l.to) {
+			failed[l] = true
+		}
+	}
+	for _, l := range s {
+		suspect[l] = true
+	}
+	return failed, suspect
+}
+
+// noteLinks makes failed the job's failed links, logging the new ones and
+// the suspected, which the ring now formed avoided if it could. Called with
+// c.mu held.
+func (c *Coordinator) noteLinks(failed, suspect map[link]bool, r *reformation) {
+	for _, l := range linksOf(failed, nil) {
+		if !c.failedLinks[l] {
+			c.log.Warn("link failed: no later ring uses it", zap.Stringer("link", l), zap.Int("generation", r.gen))
+		}
+	}
+	if len(suspect) > 0 {
+		c.log.Warn("some link of the ring failed, the reports do not tell which: the next ring avoids those suspected if it can",
+			zap.Int("generation", r.gen), zap.Stringers("suspected", linksOf(suspect, nil)))
+	}
+	c.failedLinks = failed
+	c.cfg.Metrics.linksFailed(len(failed))
+}
+
+// forgetLinks drops the failed links of name: a new process registered under
+// it. Called with c.mu held.
+func (c *Coordinator) forgetLinks(name string) {
+	for l := range c.failedLinks {
+		if l.from == name || l.to == name {
+			delete(c.failedLinks, l)
+		}
+	}
+	c.cfg.Metrics.linksFailed(len(c.failedLinks))
+}
+
+// linksOf are the links of set that touch names (all of them when names is
+// nil), sorted.
+func linksOf(set map[link]bool, names []string) []link {
+	touch := map[string]bool{}
+	for _, n := range names {
+		touch[n] = true
+	}
+	var out []link
+	for l := range set {
+		if names == nil || touch[l.from] || touch[l.to] {
+			out = append(out, l)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].String() < out[j].String() })
+	return out
+}
+
+func joinLinks(ls []link) string {
+	s := make([]string, len(ls))
+	for i, l := range ls {
+		s[i] = l.String()
+	}
+	return strings.Join(s, ", ")
 }
 
 func (s *controlService) Reform(ctx context.Context, req *controlpb.ReformRequest) (*controlpb.JobPlan, error) {
@@ -173,7 +280,11 @@ func (s *controlService) Reform(ctx context.Context, req *controlpb.ReformReques
 		if p := c.plans[req.Name]; p != nil {
 			return p, nil
 		}
-		return nil, status.Errorf(codes.FailedPrecondition, "worker %s is not in ring %d of job %s: it was left out when the ring re-formed", req.Name, c.ring.gen, c.jobID)
+		why := "it was left out when the ring re-formed"
+		if c.leftOut[req.Name] != "" {
+			why += ": " + c.leftOut[req.Name]
+		}
+		return nil, status.Errorf(codes.FailedPrecondition, "worker %s is not in ring %d of job %s: %s", req.Name, c.ring.gen, c.jobID, why)
 	}
 	if _, ok := c.ring.ranks[req.Name]; !ok || int(req.Generation) != c.ring.gen {
 		return nil, status.Errorf(codes.FailedPrecondition, "worker %s asks to re-form ring %d, but ring %d of job %s does not hold it", req.Name, req.Generation, c.ring.gen, c.jobID)
@@ -202,6 +313,9 @@ func (s *controlService) Reform(ctx context.Context, req *controlpb.ReformReques
 	}
 	if p := c.plans[req.Name]; p != nil {
 		return p, nil
+	}
+	if why := c.leftOut[req.Name]; why != "" {
+		return nil, status.Errorf(codes.FailedPrecondition, "worker %s was left out of ring %d of job %s: %s", req.Name, c.ring.gen, c.jobID, why)
 	}
 	return nil, status.Errorf(codes.FailedPrecondition, "worker %s was left out of ring %d of job %s", req.Name, c.ring.gen, c.jobID)
 }
@@ -234,10 +348,14 @@ func (s *controlService) join(ctx context.Context, req *controlpb.RegisterReques
 	c.workers[req.Name] = req
 	c.joiners[req.Name] = true
 	c.alive[req.Name] = true
+	c.forgetLinks(req.Name)
 	c.log.Info("worker joining; it enters at the next epoch boundary", zap.String("name", req.Name), zap.String("ring_addr", req.RingAddr))
+	// The ring it waits for is the one after this: read before completeReform,
+	// which forms it at once when this registration was all a re-formation
+	// waited for.
+	gen := c.ring.gen
 	c.completeReform() // a re-formation short of workers may be waiting for it
 	c.notify()
-	gen := c.ring.gen
 	err := c.waitLocked(ctx, func() bool {
 		_, in := c.ring.ranks[req.Name]
 		return (in && c.ring.gen > gen) || c.failed != nil || c.finished
@@ -250,4 +368,254 @@ func (s *controlService) join(ctx context.Context, req *controlpb.RegisterReques
 		return nil, status.Errorf(codes.Aborted, "job %s ended before %s could join it", c.jobID, req.Name)
 	}
 	return c.plans[req.Name], nil
+}
+
+// A link is one direction between two workers. A ring only sends from each
+// rank to the next, so a ring can avoid a link that failed one way and still
+// keep both ends.
+type link struct{ from, to string }
+
+func (l link) String() string { return l.from + "->" + l.to }
+
+// observation is what one survivor saw of its own two links when its ring
+// broke: the neighbour (by rank) it heard nothing from (in) or could not
+// send to.
+type observation struct {
+	peer int
+	in   bool
+}
+
+// observe reads a survivor's report: rank is its rank in the broken ring of
+// world ranks, lost the rank it names (ReformRequest.LostRank), reason its
+// error. A loss relayed from the predecessor (an abort frame: "reported by
+// rank") is another rank's observation; the gossip's verdict on a member
+// ("left the cluster") is not about a link; and a lost rank that is no
+// neighbour names no link of the reporter's.
+func observe(world, rank, lost int, reason string) (observation, bool) {
+	if world < 2 || rank < 0 || rank >= world || lost < 0 || lost >= world || lost == rank ||
+		strings.Contains(reason, "reported by rank") || strings.Contains(reason, "left the cluster") {
+		return observation{}, false
+	}
+	succ, pred := (rank+1)%world, (rank+world-1)%world
+	if lost != succ && lost != pred {
+		return observation{}, false
+	}
+	o := observation{peer: lost, in: lost == pred}
+	if world == 2 { // next and prev are the same peer: the reason says which way
+		o.in = !strings.Contains(reason, "send to") && !strings.Contains(reason, "stopped taking data") && !strings.Contains(reason, "connect to")
+	}
+	return o, true
+}
+
+// brokenLinks reads the reports of a broken ring's survivors (ring: its
+// members by rank; reports: by name, of those that asked) and returns the
+// links they show failed, and those they only suspect.
+//
+// A rank sees only its own two links, and a ring cascades: once one hop is
+// silent, every rank after it starves in turn and, at the collective's
+// deadline, blames its predecessor. So an observation of a peer is weighed
+// with what that peer saw of its other neighbour, and so on up the ring: a
+// trail that ends at a member that did not ask (gone, or cut off from the
+// coordinator too) explains the silence, and shows no link; one that ends at
+// a rank that saw nothing wrong, or only with the one before it, is a broken
+// link; one that comes round to the start (everyone blamed the one before)
+// says that some link of the ring failed but not which: each hop blamed is
+// only suspected, for the next ring, which avoids them if it can.
+//
+// A failed link is failed both ways: a TCP stream that went silent, or a
+// connection that could not be made, lost packets one way or the other (data
+// or acknowledgements), and a connection the other way needs the same path
+// in both directions (a blackhole route from a to b stops b's connections to
+// a too). A suspected hop keeps its direction.
+func brokenLinks(ring []string, reports map[string]*controlpb.ReformRequest) (failed, suspect []link) {
+	w := len(ring)
+	obs := map[int]observation{}
+	for r, name := range ring {
+		if req := reports[name]; req != nil {
+			if o, ok := observe(w, r, int(req.LostRank), req.Reason); ok {
+				obs[r] = o
+			}
+		}
+	}
+	asked := func(r int) bool { return reports[ring[r]] != nil }
+	for r := range ring {
+		o, ok := obs[r]
+		if !ok || !asked(o.peer) {
+			continue // the peer is out of the next ring anyway
+		}
+		hop := link{ring[r], ring[o.peer]}
+		if o.in {
+			hop = link{ring[o.peer], ring[r]}
+		}
+		prev, cur, seen := r, o.peer, map[int]bool{r: true}
+		explained, cycle := false, false
+		for {
+			next, ok := obs[cur]
+			if !ok || next.peer == prev {
+				break
+			}
+			if !asked(next.peer) {
+				explained = true
+				break
+			}
+			seen[cur] = true
+			prev, cur = cur, next.peer
+			if seen[cur] {
+				cycle = true
+				break
+			}
+		}
+		switch {
+		case explained:
+		case cycle:
+			suspect = append(suspect, hop)
+		default:
+			failed = append(failed, hop, link{hop.to, hop.from})
+		}
+	}
+	return failed, suspect
+}
+
+// chooseBudget bounds chooseRing's search (orders tried; a variable for
+// tests): the worlds are small, but a large one with many failed links must
+// not stall the job.
+var chooseBudget = 200_000
+
+// chooseRing orders members (in order of preference: sorted names) into a
+// ring that uses no failed link, leaving out as few members as it must, and
+// of those rings the one that uses the fewest suspected links. Among equals
+// it keeps the members earliest in the list, in the order earliest in the
+// list, so that with nothing failed or suspected the ring is the list itself.
+// It returns the ring by rank; a ring of one uses no link. Past chooseBudget
+// it keeps only the members that touch no failed link.
+func chooseRing(members []string, failed, suspect map[link]bool) []string {
+	n := len(members)
+	if n == 0 {
+		return nil
+	}
+	s := ringSearch{members: members, failed: failed, suspect: suspect, budget: chooseBudget}
+	for k := n; k >= 2; k-- {
+		subset := make([]int, k) // subsets of k, in lexicographic order
+		for i := range subset {
+			subset[i] = i
+		}
+		var best []int
+		bestCost := -1
+		for {
+			if order, cost := s.bestOrder(subset); order != nil && (best == nil || cost < bestCost) {
+				best, bestCost = order, cost
+				if cost == 0 {
+					break
+				}
+			}
+			if s.budget <= 0 {
+				return untouched(members, failed)
+			}
+			if !nextSubset(subset, n) {
+				break
+			}
+		}
+		if best != nil {
+			ring := make([]string, k)
+			for r, i := range best {
+				ring[r] = members[i]
+			}
+			return ring
+		}
+	}
+	return members[:1]
+}
+
+type ringSearch struct {
+	members         []string
+	failed, suspect map[link]bool
+	budget          int
+}
+
+// bestOrder finds the order of subset (from its first member, trying the
+// others in list order) whose every hop r -> r+1, the last back to the first
+// included, avoids the failed links, using the fewest suspected ones; nil if
+// none (or the budget ran out).
+func (s *ringSearch) bestOrder(subset []int) (best []int, bestCost int) {
+	order := []int{subset[0]}
+	used := map[int]bool{subset[0]: true}
+	hop := func(i, j int) (ok bool, cost int) {
+		l := link{s.members[i], s.members[j]}
+		if s.failed[l] {
+			return false, 0
+		}
+		if s.suspect[l] {
+			return true, 1
+		}
+		return true, 0
+	}
+	var extend func(cost int) bool // true: stop, a ring of cost 0 is found
+	extend = func(cost int) bool {
+		if s.budget--; s.budget < 0 || (best != nil && cost >= bestCost) {
+			return s.budget < 0
+		}
+		last := order[len(order)-1]
+		if len(order) == len(subset) {
+			if ok, c := hop(last, order[0]); ok && (best == nil || cost+c < bestCost) {
+				best, bestCost = append([]int(nil), order...), cost+c
+			}
+			return best != nil && bestCost == 0
+		}
+		for _, next := range subset[1:] {
+			if used[next] {
+				continue
+			}
+			ok, c := hop(last, next)
+			if !ok {
+				continue
+			}
+			order, used[next] = append(order, next), true
+			stop := extend(cost + c)
+			order, used[next] = order[:len(order)-1], false
+			if stop {
+				return true
+			}
+		}
+		return false
+	}
+	extend(0)
+	if s.budget < 0 {
+		return nil, 0
+	}
+	return best, bestCost
+}
+
+// nextSubset moves subset (increasing indices below n) to the next subset of
+// its size in lexicographic order; false after the last.
+func nextSubset(subset []int, n int) bool {
+	k := len(subset)
+	for i := k - 1; i >= 0; i-- {
+		if subset[i] < n-k+i {
+			subset[i]++
+			for j := i + 1; j < k; j++ {
+				subset[j] = subset[j-1] + 1
+			}
+			return true
+		}
+	}
+	return false
+}
+
+// untouched is chooseRing's way out of a search too large: the members that
+// touch no failed link (any order of them works), else the first member.
+func untouched(members []string, failed map[link]bool) []string {
+	bad := map[string]bool{}
+	for l := range failed {
+		bad[l.from], bad[l.to] = true, true
+	}
+	var ring []string
+	for _, m := range members {
+		if !bad[m] {
+			ring = append(ring, m)
+		}
+	}
+	if len(ring) == 0 {
+		ring = members[:1]
+	}
+	return ring
 }

@@ -2,12 +2,14 @@ package coordinator
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/alexring/alexring/coordinator/controlpb"
+	"github.com/alexring/alexring/coordinator/membership"
 )
 
 // reformAll sends the named survivors' Reform calls concurrently (each blocks
@@ -64,8 +66,8 @@ func TestReformKeepsTheSurvivorsAndTheFurthestState(t *testing.T) {
 	c.alive["w-b"] = false
 	c.mu.Unlock()
 	next, errs := reformAll(t, s,
-		&controlpb.ReformRequest{JobId: job, Name: "w-a", Generation: 1, Epoch: 1, Steps: 3, Reason: "rank 1 lost"},
-		&controlpb.ReformRequest{JobId: job, Name: "w-c", Generation: 1, Epoch: 1, Steps: 4, Reason: "rank 1 lost"})
+		&controlpb.ReformRequest{JobId: job, Name: "w-a", Generation: 1, Epoch: 1, Steps: 3, Reason: "rank 1 lost", LostRank: 1},
+		&controlpb.ReformRequest{JobId: job, Name: "w-c", Generation: 1, Epoch: 1, Steps: 4, Reason: "rank 1 lost", LostRank: 1})
 	for name, err := range errs {
 		if err != nil {
 			t.Fatalf("%s: %v", name, err)
@@ -91,12 +93,12 @@ func TestReformKeepsTheSurvivorsAndTheFurthestState(t *testing.T) {
 		t.Errorf("the old ring's report: %+v", rep)
 	}
 	// w-b comes back asking: it was left out.
-	_, errs = reformAll(t, s, &controlpb.ReformRequest{JobId: job, Name: "w-b", Generation: 2, Epoch: 1, Steps: 4})
+	_, errs = reformAll(t, s, &controlpb.ReformRequest{JobId: job, Name: "w-b", Generation: 2, Epoch: 1, Steps: 4, LostRank: -1})
 	if err := errs["w-b"]; err == nil || !strings.Contains(err.Error(), "does not hold it") {
 		t.Errorf("w-b after being left out: %v", err)
 	}
 	// A late duplicate of w-a's request gets its plan again.
-	again, errs := reformAll(t, s, &controlpb.ReformRequest{JobId: job, Name: "w-a", Generation: 1, Epoch: 1, Steps: 3})
+	again, errs := reformAll(t, s, &controlpb.ReformRequest{JobId: job, Name: "w-a", Generation: 1, Epoch: 1, Steps: 3, LostRank: 1})
 	if errs["w-a"] != nil || again["w-a"].Generation != 2 {
 		t.Errorf("repeated request: %+v %v", again["w-a"], errs["w-a"])
 	}
@@ -109,7 +111,7 @@ func TestReformBelowMinWorkersFailsTheJob(t *testing.T) {
 	c.mu.Lock()
 	c.alive["w-b"] = false
 	c.mu.Unlock()
-	_, errs := reformAll(t, s, &controlpb.ReformRequest{JobId: plans["w-a"].JobId, Name: "w-a", Generation: 1, Reason: "rank 1 lost"})
+	_, errs := reformAll(t, s, &controlpb.ReformRequest{JobId: plans["w-a"].JobId, Name: "w-a", Generation: 1, Reason: "rank 1 lost", LostRank: 1})
 	if err := errs["w-a"]; err == nil || !strings.Contains(err.Error(), "fewer than --min-workers 2") || !strings.Contains(err.Error(), "rank 1 lost") {
 		t.Errorf("below the minimum: %v", err)
 	}
@@ -139,8 +141,8 @@ func TestReformTimeoutLeavesOutTheSilent(t *testing.T) {
 	plans := register(t, c, s, "w-a", "w-b", "w-c")
 	start := time.Now()
 	next, errs := reformAll(t, s,
-		&controlpb.ReformRequest{JobId: plans["w-a"].JobId, Name: "w-a", Generation: 1},
-		&controlpb.ReformRequest{JobId: plans["w-a"].JobId, Name: "w-b", Generation: 1})
+		&controlpb.ReformRequest{JobId: plans["w-a"].JobId, Name: "w-a", Generation: 1, LostRank: -1},
+		&controlpb.ReformRequest{JobId: plans["w-a"].JobId, Name: "w-b", Generation: 1, LostRank: -1})
 	if errs["w-a"] != nil || next["w-a"].World != 2 || time.Since(start) > 5*time.Second {
 		t.Errorf("after the timeout: %+v %v (%v)", next["w-a"], errs["w-a"], time.Since(start))
 	}
@@ -177,8 +179,8 @@ func TestLateWorkerEntersAtTheEpochBoundary(t *testing.T) {
 	}
 	wg.Wait()
 	next, errs := reformAll(t, s,
-		&controlpb.ReformRequest{JobId: job, Name: "w-b", Generation: 1, Epoch: 0, Steps: 3},
-		&controlpb.ReformRequest{JobId: job, Name: "w-c", Generation: 1, Epoch: 0, Steps: 3})
+		&controlpb.ReformRequest{JobId: job, Name: "w-b", Generation: 1, Epoch: 0, Steps: 3, LostRank: -1},
+		&controlpb.ReformRequest{JobId: job, Name: "w-c", Generation: 1, Epoch: 0, Steps: 3, LostRank: -1})
 	for name, err := range errs {
 		if err != nil {
 			t.Fatalf("%s: %v", name, err)
@@ -226,11 +228,51 @@ func TestRestartedWorkerReplacesItsOldSelf(t *testing.T) {
 	if b == nil || next["w-a"].World != 2 || b.Rank != 1 || b.Peers[1] != "127.0.0.1:2b" || b.StateRoot != 0 || b.Generation != 2 {
 		t.Errorf("after w-b's restart: w-a %+v, w-b %+v", next["w-a"], b)
 	}
+	// The gossip declares the old w-b dead only now: that is not the new
+	// one leaving, which stays in the ring (it used to be dropped).
+	c.onMember(membership.Event{Kind: membership.Left, Name: "w-b", Meta: membership.Meta{Role: membership.RoleWorker, GRPC: "127.0.0.1:1b"}}, nil)
+	c.mu.Lock()
+	reforming, alive := c.reform != nil, c.alive["w-b"]
+	c.mu.Unlock()
+	if reforming || !alive {
+		t.Errorf("the old w-b's left event: re-forming %v, w-b alive %v; want the restarted w-b kept", reforming, alive)
+	}
 	// The same name at the same address is a duplicate.
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
 	if _, err := s.Register(ctx, &controlpb.RegisterRequest{JobId: job, Name: "w-b", RingAddr: "127.0.0.1:2b"}); err == nil || !strings.Contains(err.Error(), "already in job") {
 		t.Errorf("a second w-b at the same address: %v", err)
+	}
+}
+
+// A worker killed and started again at once registers while the survivors'
+// re-formation still waits for its old self: its registration completes the
+// re-formation, and it gets its place in the ring that forms (it used to wait
+// for the ring after that one, and its peers stalled in the ring's open).
+func TestRestartedWorkerCompletesTheReformation(t *testing.T) {
+	c, s, _ := newTestCoordinator(t, 2)
+	plans := register(t, c, s, "w-a", "w-b")
+	job := plans["w-a"].JobId
+	reformed := make(chan *controlpb.JobPlan, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		p, err := s.Reform(ctx, &controlpb.ReformRequest{JobId: job, Name: "w-a", Generation: 1, Epoch: 0, Steps: 2, LostRank: 1, Reason: "rank 1 lost"})
+		if err != nil {
+			t.Error(err)
+		}
+		reformed <- p
+	}()
+	waitUntil(t, c, func() bool { return c.reform != nil && c.reform.requests["w-a"] != nil })
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	b, err := s.Register(ctx, &controlpb.RegisterRequest{JobId: job, Name: "w-b", RingAddr: "127.0.0.1:2b"})
+	if err != nil {
+		t.Fatalf("the restarted w-b: %v", err)
+	}
+	a := <-reformed
+	if a == nil || b.Generation != 2 || a.Generation != 2 || b.World != 2 || b.Rank != 1 || b.RingId != a.RingId {
+		t.Errorf("after w-b's restart: w-a %+v, w-b %+v", a, b)
 	}
 }
 
@@ -275,4 +317,96 @@ func TestResumedCoordinatorTakesTheLostEpochsReports(t *testing.T) {
 	if len(c.curves) != 2 || c.curves[1].Epoch != 2 || strings.Count(out.String(), "Epoch 2/5") != 1 {
 		t.Errorf("rows %+v after the repeated report; printed:\n%s", c.curves, out.String())
 	}
+}
+
+// Issue 19, item 10: w-a's packets to w-b are lost (a blackhole route), while
+// all three reach the coordinator and stay in the gossip. The reports are the
+// ring's: w-b heard nothing from w-a, w-a nothing from w-c (which stopped on
+// w-b's abort), w-c relays w-b's. The coordinator must not form the same ring
+// again: a blackhole breaks TCP both ways, so no ring of three avoids the
+// pair, and it leaves one of them out.
+func TestReformAvoidsALinkThatFailed(t *testing.T) {
+	c, s, _ := newTestCoordinator(t, 3)
+	plans := register(t, c, s, "w-a", "w-b", "w-c")
+	job := plans["w-a"].JobId
+	const silent = "allreduce: rank %d lost during all-reduce #40: nothing from %s for 20s (the collective's deadline)"
+	start := time.Now()
+	next, errs := reformAll(t, s,
+		&controlpb.ReformRequest{JobId: job, Name: "w-a", Generation: 1, Epoch: 1, Steps: 5, LostRank: 2, Reason: fmt.Sprintf(silent, 2, "127.0.0.1:1c")},
+		&controlpb.ReformRequest{JobId: job, Name: "w-b", Generation: 1, Epoch: 1, Steps: 5, LostRank: 0, Reason: fmt.Sprintf(silent, 0, "127.0.0.1:1a")},
+		&controlpb.ReformRequest{JobId: job, Name: "w-c", Generation: 1, Epoch: 1, Steps: 5, LostRank: 0,
+			Reason: "allreduce: rank 0 lost during all-reduce #40: reported by rank 1: " + fmt.Sprintf(silent, 0, "127.0.0.1:1a")})
+	if took := time.Since(start); took > time.Second {
+		t.Errorf("the re-formation took %v with every member asking", took)
+	}
+	b, cc := next["w-b"], next["w-c"]
+	if errs["w-b"] != nil || errs["w-c"] != nil || b.World != 2 || b.Rank != 0 || cc.Rank != 1 || strings.Join(b.Peers, ",") != "127.0.0.1:1b,127.0.0.1:1c" {
+		t.Fatalf("the new ring: w-b %v %v, w-c %v %v", b, errs["w-b"], cc, errs["w-c"])
+	}
+	if err := errs["w-a"]; err == nil || !strings.Contains(err.Error(), "left out of ring 2") || !strings.Contains(err.Error(), "w-a->w-b") {
+		t.Errorf("w-a: %v", err)
+	}
+	// Its late duplicate hears the same.
+	_, errs = reformAll(t, s, &controlpb.ReformRequest{JobId: job, Name: "w-a", Generation: 1, LostRank: 2})
+	if err := errs["w-a"]; err == nil || !strings.Contains(err.Error(), "failed links") {
+		t.Errorf("w-a asking again: %v", err)
+	}
+}
+
+// A ring that fails to open because w-b cannot connect to w-c: a ring of four
+// keeps everyone, in the order that keeps the two apart, and so does every
+// later one, until w-c registers again as a new process.
+func TestRingThatDidNotOpenIsReordered(t *testing.T) {
+	c, s, _ := newTestCoordinator(t, 4)
+	c.cfg.Job.Epochs = 3
+	plans := register(t, c, s, "w-a", "w-b", "w-c", "w-d")
+	job := plans["w-a"].JobId
+	next, errs := reformAll(t, s,
+		&controlpb.ReformRequest{JobId: job, Name: "w-a", Generation: 1, LostRank: -1, Reason: "allreduce: ring closed"},
+		&controlpb.ReformRequest{JobId: job, Name: "w-b", Generation: 1, LostRank: 2,
+			Reason: "worker: joining ring 1: allreduce: rank 2 lost during ring open: connect to 127.0.0.1:1c: context deadline exceeded"},
+		&controlpb.ReformRequest{JobId: job, Name: "w-c", Generation: 1, LostRank: 1,
+			Reason: "allreduce: rank 1 lost during ring open: rank 1 (127.0.0.1:1b) did not connect within 1m0s"},
+		&controlpb.ReformRequest{JobId: job, Name: "w-d", Generation: 1, LostRank: -1, Reason: "allreduce: ring closed"})
+	for name, err := range errs {
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+	}
+	if p := next["w-a"]; p.World != 4 || strings.Join(p.Peers, ",") != "127.0.0.1:1a,127.0.0.1:1b,127.0.0.1:1d,127.0.0.1:1c" || next["w-d"].Rank != 2 || next["w-c"].Rank != 3 {
+		t.Fatalf("the reordered ring: %v", p)
+	}
+	// A worker joins: the ring grown at the epoch boundary still keeps w-b and
+	// w-c apart.
+	joined := make(chan *controlpb.JobPlan, 1)
+	go func() {
+		p, _ := s.Register(context.Background(), &controlpb.RegisterRequest{JobId: job, Name: "w-e", RingAddr: "127.0.0.1:1e"})
+		joined <- p
+	}()
+	waitUntil(t, c, func() bool { return c.joiners["w-e"] })
+	var wg sync.WaitGroup
+	for r := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s.Report(context.Background(), &controlpb.EpochReport{JobId: job, Rank: int32(r), Epoch: 1, Checksum: 5, Images: 6, Generation: 2})
+		}()
+	}
+	wg.Wait()
+	var again []*controlpb.ReformRequest
+	for _, name := range []string{"w-a", "w-b", "w-c", "w-d"} {
+		again = append(again, &controlpb.ReformRequest{JobId: job, Name: name, Generation: 2, Epoch: 1, LostRank: -1})
+	}
+	reformAll(t, s, again...)
+	if e := <-joined; e == nil || strings.Join(e.Peers, ",") != "127.0.0.1:1a,127.0.0.1:1b,127.0.0.1:1d,127.0.0.1:1c,127.0.0.1:1e" {
+		t.Fatalf("the grown ring: %v", e)
+	}
+	// w-c restarted at a new address: its old links say nothing of it.
+	c.mu.Lock()
+	c.alive["w-c"] = false
+	c.mu.Unlock()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go s.Register(ctx, &controlpb.RegisterRequest{JobId: job, Name: "w-c", RingAddr: "127.0.0.1:2c"})
+	waitUntil(t, c, func() bool { return c.joiners["w-c"] && len(c.failedLinks) == 0 })
 }

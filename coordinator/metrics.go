@@ -1,6 +1,11 @@
 package coordinator
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
 
 // Metrics are the job-wide Prometheus series the coordinator keeps. A nil
 // *Metrics records nothing.
@@ -14,6 +19,10 @@ type Metrics struct {
 	ringsFormed  prometheus.Counter
 	workersLost  prometheus.Counter
 	restarts     prometheus.Counter
+	waitingRanks prometheus.Gauge
+	waitedTotal  prometheus.Counter
+	failedLinks  prometheus.Gauge
+	waitSince    atomic.Int64 // unix nanoseconds the current boundary wait began; 0: none
 }
 
 // NewMetrics registers the coordinator's series in reg.
@@ -28,9 +37,48 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		ringsFormed:  prometheus.NewCounter(prometheus.CounterOpts{Name: "alexring_rings_formed_total", Help: "Rings formed: 1 at the start, one more per re-formation."}),
 		workersLost:  prometheus.NewCounter(prometheus.CounterOpts{Name: "alexring_workers_lost_total", Help: "Workers that left or failed during the job."}),
 		restarts:     prometheus.NewCounter(prometheus.CounterOpts{Name: "alexring_restarts_total", Help: "Times the job was resumed from a training-state checkpoint."}),
+		waitingRanks: prometheus.NewGauge(prometheus.GaugeOpts{Name: "alexring_epoch_waiting_ranks",
+			Help: "Ranks whose report of the epoch the coordinator still waits for, once another rank reported or the epoch is overdue (rank 0 validates after the others report)."}),
+		waitedTotal: prometheus.NewCounter(prometheus.CounterOpts{Name: "alexring_epoch_wait_seconds_total",
+			Help: "Seconds epoch boundaries waited for the last reports: rank 0's validation, and any stall."}),
+		failedLinks: prometheus.NewGauge(prometheus.GaugeOpts{Name: "alexring_failed_links", Help: "Links between workers (one direction each) that broke a ring and that rings avoid."}),
 	}
-	reg.MustRegister(m.membersAlive, m.world, m.epoch, m.trainLoss, m.valAccuracy, m.imagesPerS, m.ringsFormed, m.workersLost, m.restarts)
+	waitFor := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "alexring_epoch_wait_seconds",
+		Help: "How long the current epoch boundary has waited for reports (0: not waiting)."}, func() float64 {
+		if since := m.waitSince.Load(); since != 0 {
+			return time.Since(time.Unix(0, since)).Seconds()
+		}
+		return 0
+	})
+	reg.MustRegister(m.membersAlive, m.world, m.epoch, m.trainLoss, m.valAccuracy, m.imagesPerS, m.ringsFormed, m.workersLost, m.restarts,
+		m.waitingRanks, m.waitedTotal, m.failedLinks, waitFor)
 	return m
+}
+
+// waitingFor shows an epoch boundary waiting since since for ranks (none and
+// a zero time: not waiting).
+func (m *Metrics) waitingFor(ranks []int, since time.Time) {
+	if m == nil {
+		return
+	}
+	m.waitingRanks.Set(float64(len(ranks)))
+	if since.IsZero() {
+		m.waitSince.Store(0)
+	} else {
+		m.waitSince.Store(since.UnixNano())
+	}
+}
+
+func (m *Metrics) waited(d time.Duration) {
+	if m != nil {
+		m.waitedTotal.Add(d.Seconds())
+	}
+}
+
+func (m *Metrics) linksFailed(n int) {
+	if m != nil {
+		m.failedLinks.Set(float64(n))
+	}
 }
 
 func (m *Metrics) members(alive int) {

@@ -1,7 +1,11 @@
 package worker
 
 import (
+	"errors"
 	"fmt"
+	"math"
+	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/alexring/alexring/alexnet"
@@ -65,9 +69,34 @@ func DefaultConfig() Config {
 	}
 }
 
+// ErrBadInput marks an error in what the user gave: a flag, the config, or a
+// file or folder it names (--data, --out, --resume). The commands exit 2 on
+// it, as for a bad flag, and 1 on what fails while the job runs.
+var ErrBadInput = errors.New("bad input")
+
+// BadInput marks err as bad input (errors.Is(err, ErrBadInput)); its message
+// is unchanged. nil stays nil.
+func BadInput(err error) error {
+	if err == nil {
+		return nil
+	}
+	return badInput{err}
+}
+
+type badInput struct{ error }
+
+func (e badInput) Unwrap() []error { return []error{e.error, ErrBadInput} }
+
+// maxChunkBytes is the ring's largest message payload (allreduce refuses more:
+// gRPC's 4 MiB message limit less its headers).
+const maxChunkBytes = 4<<20 - 1024
+
 // Validate reports what is wrong with the config, naming the setting (its
-// flag where it has one); the command that runs it names itself.
-func (c Config) Validate() error {
+// flag where it has one); the command that runs it names itself. Every error
+// is bad input.
+func (c Config) Validate() error { return BadInput(c.validate()) }
+
+func (c Config) validate() error {
 	switch {
 	case c.Data == "":
 		return fmt.Errorf("no data folder (--data)")
@@ -81,10 +110,10 @@ func (c Config) Validate() error {
 		return fmt.Errorf("worker_batch %d, want at least 1 (or 0 to split the global batch)", c.WorkerBatchSize)
 	case c.EvalBatch < 1:
 		return fmt.Errorf("eval batch %d, want at least 1", c.EvalBatch)
-	case c.Dropout < 0 || c.Dropout >= 1:
+	case !(c.Dropout >= 0 && c.Dropout < 1): // NaN too
 		return fmt.Errorf("--dropout %g, want [0, 1)", c.Dropout)
-	case c.Ring.ChunkBytes < 8 || c.Ring.OpTimeout <= 0:
-		return fmt.Errorf("ring chunk_bytes %d op_timeout %v: want at least 8 bytes and a positive timeout", c.Ring.ChunkBytes, c.Ring.OpTimeout)
+	case c.Ring.ChunkBytes < 8 || c.Ring.ChunkBytes > maxChunkBytes || c.Ring.OpTimeout <= 0:
+		return fmt.Errorf("ring chunk_bytes %d op_timeout %v: want 8 to %d bytes and a positive timeout", c.Ring.ChunkBytes, c.Ring.OpTimeout, maxChunkBytes)
 	case c.LoaderGoroutines < 0:
 		return fmt.Errorf("loader goroutines %d", c.LoaderGoroutines)
 	}
@@ -103,9 +132,92 @@ func (c Config) CheckWorld(world int) error {
 		return nil
 	}
 	if world < 1 || c.Batch%world != 0 {
-		return fmt.Errorf("global batch %d is not divisible by the world size %d", c.Batch, world)
+		return BadInput(fmt.Errorf("global batch %d is not divisible by the world size %d", c.Batch, world))
 	}
 	return nil
+}
+
+// CheckData refuses a global batch (that of world ranks) larger than the
+// training set: every rank's shard would be shorter than its batch, one short
+// step an epoch, and the graphs sized for images that are not there.
+func (c Config) CheckData(trainImages, world int) error {
+	if global := c.WorkerBatch(world) * world; global > trainImages {
+		flag := fmt.Sprintf("--batch %d", c.Batch)
+		if c.WorkerBatchSize > 0 {
+			flag = fmt.Sprintf("worker_batch %d x %d workers", c.WorkerBatchSize, world)
+		}
+		return BadInput(fmt.Errorf("%s: a global batch larger than the %d training images in %s; want at most %d",
+			flag, trainImages, filepath.Join(c.Data, "train"), trainImages))
+	}
+	return nil
+}
+
+// hostMemory is what this machine has left (a variable for the tests).
+var hostMemory = alexnet.HostMemory
+
+// loaderPrefetch is how many batches a loader decodes ahead (sharding's
+// default), each a buffer of the batch's images.
+const loaderPrefetch = 2
+
+// Footprint estimates the host memory of one rank that trains batch images a
+// step: the parameter-sized vectors, the graphs (on the CPU: a GPU holds its
+// own in device memory) and the loaders' batch buffers.
+func (c Config) Footprint(spec alexnet.Spec, batch int, onCPU bool) alexnet.Footprint {
+	f := alexnet.CPUFootprint(spec, batch, c.EvalBatch)
+	if !onCPU {
+		f.Train, f.Eval = 0, 0
+	}
+	per := spec.ImageBytes() + 16 // an image, its label and index
+	f.Train += loaderPrefetch * int64(batch) * per
+	f.Eval += loaderPrefetch * int64(c.EvalBatch) * per
+	return f
+}
+
+// CheckMemory refuses a batch per rank, or an evaluation batch, whose
+// estimated memory is more than this machine has left (MemAvailable, or a
+// container's cgroup limit): ranks such ranks on this machine, one of which
+// validates. The error names the flag, the estimate and what is available.
+// Where the machine's memory cannot be read, nothing is refused.
+func (c Config) CheckMemory(spec alexnet.Spec, batch int, onCPU bool, ranks int) error {
+	f := c.Footprint(spec, batch, onCPU)
+	per := f
+	per.Eval = 0
+	need := addBytes(mulBytes(int64(ranks), per.Total()), f.Eval)
+	avail, from, err := hostMemory()
+	if err != nil || need <= avail {
+		return nil
+	}
+	flag, other := fmt.Sprintf("--batch %d", c.Batch), fmt.Sprintf("--eval-batch %d", c.EvalBatch)
+	if c.WorkerBatchSize > 0 {
+		flag = fmt.Sprintf("worker_batch %d", c.WorkerBatchSize)
+	}
+	if f.Eval > f.Train {
+		flag, other = other, flag
+	}
+	who := fmt.Sprintf("a %s model training %d images a step", spec.Variant, batch)
+	if ranks > 1 {
+		who = fmt.Sprintf("%d workers on this machine, each training %d images a step (the %s model)", ranks, batch, spec.Variant)
+	}
+	where := "on the CPU"
+	if !onCPU {
+		where = "in host memory (the graphs are on the GPU)"
+	}
+	return BadInput(fmt.Errorf("%s: %s %s need about %s (%v), more than the %s available (%s); lower %s (or %s)",
+		flag, who, where, alexnet.FormatBytes(need), f, alexnet.FormatBytes(avail), from, strings.Fields(flag)[0], strings.Fields(other)[0]))
+}
+
+func mulBytes(a, b int64) int64 {
+	if a != 0 && b > math.MaxInt64/a {
+		return math.MaxInt64
+	}
+	return a * b
+}
+
+func addBytes(a, b int64) int64 {
+	if a > math.MaxInt64-b {
+		return math.MaxInt64
+	}
+	return a + b
 }
 
 // WorkerBatch is each rank's share of the global batch.

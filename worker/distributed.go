@@ -5,14 +5,19 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
+	"net"
 	"os"
+	"strings"
 	"sync"
 	"time"
 
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/status"
 
 	"github.com/alexring/alexring/alexnet"
@@ -32,7 +37,9 @@ type JoinConfig struct {
 	Compute     alexnet.Compute // where this rank computes; its Device goes to the coordinator
 	Data        string          // overrides the job's data folder (another mount point)
 	JoinTimeout time.Duration   // retries of the first join
-	// StartTimeout bounds the wait for the job to start once registered.
+	// StartTimeout bounds the wait for the job to start once registered, and
+	// every control call that waits for the other workers (see
+	// controlDeadlines).
 	StartTimeout time.Duration
 	Local        bool               // loopback-tuned failure detection
 	Security     *security.Material // gossip key and mTLS (nil: neither)
@@ -79,27 +86,24 @@ func RunJoined(ctx context.Context, jc JoinConfig, log *zap.Logger) error {
 			log.Warn("the coordinator is gone; waiting for one to come back", zap.Duration("grace", jc.CoordinatorGrace), zap.Error(err))
 		}
 		if werr := waitForCoordinator(ctx, member, jc.Join, lostAt.Add(jc.CoordinatorGrace)); werr != nil {
-			return fmt.Errorf("worker: %w; no coordinator came back within --coordinator-grace %v", err, jc.CoordinatorGrace)
+			return fmt.Errorf("%w; no coordinator came back within --coordinator-grace %v", err, jc.CoordinatorGrace) // err begins "worker: "
 		}
 	}
 }
 
-// errCoordinatorLost marks a control call that found no coordinator.
+// errCoordinatorLost marks a control call that found no coordinator, or none
+// that answered within the call's deadline.
 var errCoordinatorLost = errors.New("worker: the coordinator is unreachable")
 
-// controlErr wraps a control-plane error, marking a coordinator that is gone.
-func controlErr(what string, err error) error {
-	if status.Code(err) == codes.Unavailable {
-		return fmt.Errorf("%w: %s: %v", errCoordinatorLost, what, err)
-	}
-	return fmt.Errorf("worker: %s: %w", what, err)
-}
-
 // waitForCoordinator joins the cluster through addr until a coordinator is in
-// it, or deadline. (The gossip may list the dead one for a few seconds more:
-// registering with it fails, and the caller comes back here.)
+// it, or deadline. (The gossip may list a dead or cut-off one for a while:
+// registering with it fails, and the caller comes back here, so the deadline
+// is checked on every round, not only when the gossip has no coordinator.)
 func waitForCoordinator(ctx context.Context, member *membership.Member, addr string, deadline time.Time) error {
 	for {
+		if time.Now().After(deadline) {
+			return membership.ErrNoCoordinator
+		}
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
@@ -109,10 +113,151 @@ func waitForCoordinator(ctx context.Context, member *membership.Member, addr str
 		if _, err := member.Coordinator(time.Second); err == nil {
 			return nil
 		}
-		if time.Now().After(deadline) {
-			return membership.ErrNoCoordinator
-		}
 	}
+}
+
+// The control connection's liveness. The coordinator's gRPC server keeps
+// gRPC's default keepalive policy, which closes a connection that pings more
+// often than every 5 minutes (so not every 10 s, as the ring's do), so the
+// connection relies mostly on TCP: keepalive probes on an idle connection,
+// and TCP_USER_TIMEOUT on a request sent and never acknowledged (gRPC sets it
+// to the ping timeout). Either way a link cut fails the call on it within
+// about controlDeadAfter, as codes.Unavailable.
+const (
+	controlPingEvery = 5 * time.Minute
+	controlDeadAfter = 20 * time.Second
+)
+
+// dialControl dials the coordinator's control address; a variable so that
+// tests can look at the socket.
+var dialControl = func(ctx context.Context, addr string) (net.Conn, error) {
+	d := net.Dialer{KeepAliveConfig: net.KeepAliveConfig{Enable: true, Idle: 10 * time.Second, Interval: 5 * time.Second, Count: 2}}
+	return d.DialContext(ctx, "tcp", addr)
+}
+
+// controlDeadlines bound the control calls, each by the longest the
+// coordinator can legitimately take to answer it (see its handlers):
+//
+//   - answer: EpochShard, which it answers from its state at once; the ring's
+//     op_timeout, the job's measure of a peer gone silent.
+//   - start: Register (the job's start, or for a late joiner the next epoch
+//     boundary) and the report resent to a resumed coordinator (every rank
+//     resends once its trainer is built): the worker's StartTimeout.
+//   - reform: Reform, which waits for the ring's other survivors (the
+//     coordinator's --reform-timeout, 1m by default) and, below
+//     --min-workers, for joiners (--wait-timeout, 5m): StartTimeout, or more
+//     when the plan carries the coordinator's timeouts.
+//   - Report waits for every rank's report of the epoch: the ranks end the
+//     epoch together, then rank 0 validates and writes the checkpoints. It
+//     gets start plus the time rank 0 needs to validate at no more than this
+//     rank's training time per image (a training image costs a forward, a
+//     backward and an all-reduce; a validation image a forward): see
+//     reportDeadline.
+//
+// A coordinator that is down or cut off is found sooner, by the connection's
+// liveness; these bound one that is reachable but does not answer.
+type controlDeadlines struct {
+	answer, start, reform time.Duration
+}
+
+// coordinatorTimeouts are the coordinator's own waits, when its plan's
+// config_json carries them beside the job config (key "coordinator").
+type coordinatorTimeouts struct {
+	ReformTimeout time.Duration `json:"reform_timeout"`
+	WaitTimeout   time.Duration `json:"wait_timeout"`
+}
+
+// deadlinesFor are the deadlines of a job with config cfg, whose plan carried
+// the coordinator's timeouts ct (zero when it did not).
+func deadlinesFor(jc *JoinConfig, cfg Config, ct coordinatorTimeouts) controlDeadlines {
+	d := controlDeadlines{answer: cfg.Ring.OpTimeout, start: jc.StartTimeout, reform: jc.StartTimeout}
+	if ct.ReformTimeout > 0 {
+		d.reform = max(d.reform, sumDurations(ct.ReformTimeout, ct.WaitTimeout, cfg.Ring.OpTimeout))
+	}
+	return d
+}
+
+// reportDeadline bounds the Report of epoch r (see controlDeadlines).
+func (d controlDeadlines) reportDeadline(r EpochResult, valImages int) time.Duration {
+	perImage := r.Duration
+	if r.Images > 0 {
+		perImage = r.Duration / time.Duration(r.Images)
+	}
+	validation := time.Duration(math.MaxInt64)
+	if perImage <= 0 || valImages <= 0 {
+		validation = 0
+	} else if int64(valImages) < math.MaxInt64/int64(perImage) {
+		validation = time.Duration(valImages) * perImage
+	}
+	return sumDurations(d.start, validation)
+}
+
+// sumDurations adds the positive ds, saturating rather than overflowing (a
+// negative deadline would fire at once).
+func sumDurations(ds ...time.Duration) time.Duration {
+	var sum time.Duration
+	for _, d := range ds {
+		if d <= 0 {
+			continue
+		}
+		if sum > math.MaxInt64-d {
+			return math.MaxInt64
+		}
+		sum += d
+	}
+	return sum
+}
+
+// waitLogAfter is how long a control call may wait before the wait is logged
+// (a variable for tests): the coordinator answers at once unless it waits for
+// other workers, or cannot be reached.
+var waitLogAfter = 5 * time.Second
+
+// call runs one control call, rpc, under the deadline limit. A call still
+// waiting after waitLogAfter is logged once, saying what it waits for and for
+// how long at most; the wait shows in the metrics meanwhile. A deadline
+// passed means the coordinator is lost, unless final (Register's
+// StartTimeout: the job did not start in time).
+func (j *job) call(ctx context.Context, what, waitsFor string, limit time.Duration, final bool, rpc func(context.Context) error) error {
+	callCtx, cancel := context.WithTimeout(ctx, limit)
+	defer cancel()
+	start := time.Now()
+	m := j.jc.Telemetry.Metrics
+	m.waitingForCoordinator(start)
+	logged := make(chan struct{})
+	timer := time.AfterFunc(waitLogAfter, func() {
+		defer close(logged)
+		j.log.Info("waiting for the coordinator", zap.String("call", what), zap.String("waits_for", waitsFor),
+			zap.String("coordinator", j.addr), zap.Duration("at_most", limit))
+	})
+	err := rpc(callCtx)
+	if !timer.Stop() {
+		<-logged
+		j.log.Info("the coordinator answered", zap.String("call", what), zap.Duration("waited", time.Since(start)), zap.Bool("ok", err == nil))
+	}
+	m.waitingForCoordinator(time.Time{})
+	if err == nil {
+		return nil
+	}
+	if !final && status.Code(err) == codes.DeadlineExceeded && ctx.Err() == nil {
+		return fmt.Errorf("%w: %s: no answer from the coordinator at %s within %v: %w", errCoordinatorLost, what, j.addr, limit, err)
+	}
+	return j.controlErr(what, err)
+}
+
+// controlErr wraps a control-plane error, naming the coordinator and marking
+// one that is gone. A TLS handshake that either side refused is final: the
+// same certificates are refused again, however long one waits.
+func (j *job) controlErr(what string, err error) error {
+	if status.Code(err) == codes.Unavailable {
+		if j.watch != nil {
+			if refused := j.watch.Refused(); refused != nil {
+				return fmt.Errorf("worker: %s: the TLS handshake with the coordinator at %s was refused (a certificate of another CA, or for another name?): %w", what, j.addr, refused)
+			}
+		}
+		return fmt.Errorf("%w: %s at %s: %w", errCoordinatorLost, what, j.addr, err)
+	}
+	return fmt.Errorf("worker: %s (coordinator %s): %w", what, j.addr, err)
 }
 
 // unsentReport is an epoch's report that found no coordinator. The workers
@@ -124,27 +269,44 @@ type unsentReport struct {
 	world  int32
 }
 
-// resend gives the coordinator of plan the report the last one did not take,
-// when this rank goes on from the state of the reported epoch (start epochs
-// done) in a ring of the same size.
-func (u *unsentReport) resend(ctx context.Context, control controlpb.ControlClient, plan *controlpb.JobPlan, start int, log *zap.Logger) error {
-	rep := u.report
+// resend gives j's coordinator the report the last one did not take, when
+// this rank goes on from the state of the reported epoch (start epochs done)
+// in a ring of the same size.
+func (u *unsentReport) resend(ctx context.Context, j *job, start int) error {
+	rep, plan := u.report, j.plan
 	u.report = nil
 	if rep == nil {
 		return nil
 	}
 	if rep.JobId != plan.JobId || int(rep.Epoch) != start || u.world != plan.World {
-		log.Warn("dropping the report the lost coordinator did not take: the job goes on from elsewhere",
+		j.log.Warn("dropping the report the lost coordinator did not take: the job goes on from elsewhere",
 			zap.Int32("report_epoch", rep.Epoch), zap.Int("start_epoch", start), zap.Int32("world", u.world), zap.Int32("plan_world", plan.World))
 		return nil
 	}
 	rep.Generation = plan.Generation
-	reply, err := control.Report(ctx, rep)
+	var reply *controlpb.ReportReply
+	err := j.call(ctx, fmt.Sprintf("report epoch %d again", rep.Epoch), "every rank's report of that epoch", j.deadlines.start, false,
+		func(ctx context.Context) (err error) {
+			reply, err = j.control.Report(ctx, rep)
+			return err
+		})
 	if err != nil {
-		return controlErr(fmt.Sprintf("report epoch %d again", rep.Epoch), err)
+		return err
 	}
-	if reply.Stop {
+	if err := verdict(reply); err != nil && !errors.Is(err, errReform) {
+		return err
+	}
+	return nil
+}
+
+// verdict is what the coordinator's reply to a report says to do: stop (an
+// error naming its reason), re-form the ring (errReform), or go on (nil).
+func verdict(reply *controlpb.ReportReply) error {
+	switch {
+	case reply.Stop:
 		return fmt.Errorf("worker: the coordinator stopped the job: %s", reply.Reason)
+	case reply.Reform:
+		return errReform
 	}
 	return nil
 }
@@ -158,10 +320,10 @@ func runJob(ctx context.Context, jc *JoinConfig, node *allreduce.Node, member *m
 		return false, err
 	}
 	defer conn.Close()
-	if err := j.configure(); err != nil {
-		return true, err
-	}
 	ring, err := j.openRing(ctx)
+	if err != nil && (errors.Is(err, allreduce.ErrPeerLost) || errors.Is(err, errSuperseded)) && ctx.Err() == nil {
+		ring, err = j.reopen(ctx, int(j.plan.Epoch), 0, fmt.Errorf("opening ring %d: %w", j.plan.Generation, err))
+	}
 	if err != nil {
 		return true, err
 	}
@@ -203,14 +365,17 @@ func runJob(ctx context.Context, jc *JoinConfig, node *allreduce.Node, member *m
 // the coordinator's current plan (a re-formed ring brings a new one), the
 // ring it names and the job's config.
 type job struct {
-	jc      *JoinConfig
-	node    *allreduce.Node
-	unsent  *unsentReport
-	log     *zap.Logger
-	control controlpb.ControlClient
-	plan    *controlpb.JobPlan
-	cfg     Config
-	current ringWatch
+	jc        *JoinConfig
+	node      *allreduce.Node
+	unsent    *unsentReport
+	log       *zap.Logger
+	addr      string                   // the coordinator's control address
+	watch     *security.HandshakeWatch // the control connection's TLS handshakes (nil: plaintext)
+	control   controlpb.ControlClient
+	plan      *controlpb.JobPlan
+	cfg       Config
+	deadlines controlDeadlines
+	current   ringWatch
 }
 
 // register finds the coordinator through the gossip and registers with it,
@@ -220,51 +385,191 @@ func (j *job) register(ctx context.Context, member *membership.Member) (*grpc.Cl
 	if err != nil {
 		return nil, fmt.Errorf("worker: %w (joined through %s)", err, j.jc.Join)
 	}
-	creds := j.jc.Security.ClientCreds()
-	if creds == nil {
-		creds = insecure.NewCredentials()
+	return j.registerAt(ctx, coord.Meta.GRPC)
+}
+
+// registerAt registers with the coordinator at its control address addr.
+func (j *job) registerAt(ctx context.Context, addr string) (*grpc.ClientConn, error) {
+	j.addr = addr
+	var creds credentials.TransportCredentials = insecure.NewCredentials()
+	if tc := j.jc.Security.ClientCreds(); tc != nil {
+		j.watch = security.WatchHandshakes(tc)
+		creds = j.watch
 	}
-	conn, err := grpc.NewClient(coord.Meta.GRPC, grpc.WithTransportCredentials(creds))
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(creds), grpc.WithContextDialer(dialControl),
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: controlPingEvery, Timeout: controlDeadAfter}))
 	if err != nil {
-		return nil, fmt.Errorf("worker: coordinator control address %q: %w", coord.Meta.GRPC, err)
+		return nil, fmt.Errorf("worker: coordinator control address %q: %w", addr, err)
 	}
 	j.control = controlpb.NewControlClient(conn)
-	j.log.Info("registering with the coordinator", zap.String("coordinator", coord.Meta.GRPC), zap.String("name", j.jc.Name))
-	regCtx, cancel := context.WithTimeout(ctx, j.jc.StartTimeout)
-	defer cancel()
-	plan, err := j.control.Register(regCtx, &controlpb.RegisterRequest{JobId: j.jc.Job, Name: j.jc.Name, RingAddr: j.node.Addr, Device: j.jc.Compute.Device})
+	j.log.Info("registering with the coordinator", zap.String("coordinator", addr), zap.String("name", j.jc.Name))
+	var plan *controlpb.JobPlan
+	err = j.call(ctx, "register", "the job to start (or, joining late, the next epoch boundary)", j.jc.StartTimeout, true,
+		func(ctx context.Context) (err error) {
+			plan, err = j.control.Register(ctx, &controlpb.RegisterRequest{JobId: j.jc.Job, Name: j.jc.Name, RingAddr: j.node.Addr, Device: j.jc.Compute.Device})
+			return err
+		})
+	if err == nil {
+		err = j.accept(plan, 0)
+	}
 	if err != nil {
 		conn.Close()
-		return nil, controlErr("register with the coordinator at "+coord.Meta.GRPC, err)
+		return nil, err
 	}
-	j.plan = plan
 	j.jc.Job = plan.JobId // a coordinator that comes back must run the same job
 	j.log.Info("job plan received", zap.Int("rank", int(plan.Rank)), zap.String("job", plan.JobId), zap.Int("world", int(plan.World)), zap.String("ring", plan.RingId))
 	return conn, nil
 }
 
-// configure takes the job's config from the plan.
-func (j *job) configure() error {
-	j.cfg = DefaultConfig()
-	if err := json.Unmarshal(j.plan.ConfigJson, &j.cfg); err != nil {
-		return fmt.Errorf("worker: the coordinator's job config: %w", err)
+// Bounds on what a plan may ask for, past which it is a corrupt message rather
+// than a job: more ranks than any ring here runs, more re-formations within
+// one epoch than any job makes. They keep what a plan makes this worker
+// allocate (the ring's tables, an epoch's sharding) in proportion.
+const (
+	maxWorld       = 1 << 16
+	maxPriorRings  = 1 << 10
+	coordinatorKey = "coordinator" // config_json's key for coordinatorTimeouts
+)
+
+// accept checks plan, the coordinator's answer to Register (after 0) or to
+// Reform (after the broken ring's generation), and takes it with its job
+// config: a plan this worker cannot follow is refused with an error naming
+// the coordinator, before anything is built from it.
+func (j *job) accept(plan *controlpb.JobPlan, after int32) error {
+	if err := checkPlan(plan, j.node.Addr, j.jc.Job, after); err != nil {
+		return fmt.Errorf("worker: the coordinator at %s sent a bad plan: %w", j.addr, err)
+	}
+	cfg := DefaultConfig()
+	if err := json.Unmarshal(plan.ConfigJson, &cfg); err != nil {
+		return fmt.Errorf("worker: the job config of the coordinator at %s: %w", j.addr, err)
+	}
+	var extra map[string]json.RawMessage
+	var ct coordinatorTimeouts
+	if json.Unmarshal(plan.ConfigJson, &extra) == nil && extra[coordinatorKey] != nil {
+		if err := json.Unmarshal(extra[coordinatorKey], &ct); err != nil {
+			return fmt.Errorf("worker: the job config of the coordinator at %s: %q: %w", j.addr, coordinatorKey, err)
+		}
 	}
 	if j.jc.Data != "" {
-		j.cfg.Data = j.jc.Data
+		cfg.Data = j.jc.Data
 	}
-	// The ring's batch per rank, which a re-formed ring may have changed (its
-	// world need not divide the global batch).
-	j.cfg.WorkerBatchSize = int(j.plan.BatchPerRank)
+	// A rank's batch is the config's share of the global batch or its
+	// worker_batch; the plan's may differ (a re-formed ring's world need not
+	// divide the global batch) but not exceed them.
+	if limit := max(cfg.Batch, cfg.WorkerBatchSize); int(plan.BatchPerRank) > limit {
+		return fmt.Errorf("worker: the coordinator at %s sent a bad plan: batch per rank %d, more than the job's batch %d", j.addr, plan.BatchPerRank, limit)
+	}
+	cfg.WorkerBatchSize = int(plan.BatchPerRank)
+	if err := cfg.Validate(); err != nil {
+		return fmt.Errorf("worker: the job config of the coordinator at %s: %w", j.addr, err)
+	}
+	if int(plan.Epoch) > cfg.Epochs {
+		return fmt.Errorf("worker: the coordinator at %s sent a bad plan: it starts in epoch %d of %d", j.addr, plan.Epoch+1, cfg.Epochs)
+	}
+	j.plan, j.cfg, j.deadlines = plan, cfg, deadlinesFor(j.jc, cfg, ct)
 	return nil
 }
 
-// openRing joins the ring of the current plan.
+// checkPlan reports what makes plan impossible for the worker at ringAddr in
+// job (empty: any) to follow, after the ring of generation after.
+func checkPlan(p *controlpb.JobPlan, ringAddr, job string, after int32) error {
+	switch {
+	case p.JobId == "":
+		return errors.New("no job id")
+	case job != "" && p.JobId != job:
+		return fmt.Errorf("job %q, not %q", p.JobId, job)
+	case p.RingId == "":
+		return errors.New("no ring id")
+	case p.World < 1 || p.World > maxWorld:
+		return fmt.Errorf("world size %d, want 1 to %d", p.World, maxWorld)
+	case len(p.Peers) != int(p.World):
+		return fmt.Errorf("%d ring addresses for a world of %d", len(p.Peers), p.World)
+	case p.Rank < 0 || p.Rank >= p.World:
+		return fmt.Errorf("rank %d outside the world of %d", p.Rank, p.World)
+	case p.Peers[p.Rank] != ringAddr:
+		return fmt.Errorf("rank %d's ring address is %q, not this worker's %s", p.Rank, p.Peers[p.Rank], ringAddr)
+	case p.StateRoot < 0 || p.StateRoot >= p.World:
+		return fmt.Errorf("state from rank %d, outside the world of %d", p.StateRoot, p.World)
+	case p.Generation <= after:
+		return fmt.Errorf("ring generation %d, want one after %d", p.Generation, after)
+	case p.BatchPerRank < 1:
+		return fmt.Errorf("batch per rank %d", p.BatchPerRank)
+	case p.Epoch < 0:
+		return fmt.Errorf("start epoch %d", p.Epoch)
+	}
+	seen := make(map[string]int, len(p.Peers))
+	for r, addr := range p.Peers {
+		if addr == "" {
+			return fmt.Errorf("rank %d has no ring address", r)
+		}
+		if q, dup := seen[addr]; dup {
+			return fmt.Errorf("ranks %d and %d share the ring address %s", q, r, addr)
+		}
+		seen[addr] = r
+	}
+	return nil
+}
+
+// openRing joins the ring of the current plan. Its peers have the ring's
+// op_timeout to connect: they open it as soon as the coordinator's plan
+// reaches them, and a rank that fails to open it must ask the coordinator
+// again while the coordinator still waits for it (--reform-timeout).
 func (j *job) openRing(ctx context.Context) (*allreduce.Ring, error) {
 	rcfg := allreduce.DefaultConfig()
 	rcfg.RingID, rcfg.Rank, rcfg.World, rcfg.Peers = j.plan.RingId, int(j.plan.Rank), int(j.plan.World), j.plan.Peers
 	rcfg.ChunkBytes, rcfg.FP16, rcfg.OpTimeout = j.cfg.Ring.ChunkBytes, j.cfg.Ring.FP16, j.cfg.Ring.OpTimeout
+	rcfg.ConnectTimeout = j.cfg.Ring.OpTimeout
 	rcfg.Creds = j.jc.Security.ClientCreds()
-	return allreduce.Open(ctx, j.node.Service, rcfg, j.log)
+	// A peer that died after the plan was made (a survivor killed once it
+	// had asked for its place) never connects: the coordinator learns it (the
+	// gossip, or the peer's restart registering) and re-forms, but a rank
+	// waiting in the open would wait out ConnectTimeout before asking. So
+	// the open ends as soon as the coordinator says the ring is superseded.
+	octx, cancel := context.WithCancelCause(ctx)
+	probe := &controlpb.EpochRequest{JobId: j.plan.JobId, Rank: j.plan.Rank, Epoch: -1, Generation: j.plan.Generation}
+	watched := make(chan struct{})
+	go func() {
+		defer close(watched)
+		watchSuperseded(octx, j.control, probe, cancel)
+	}()
+	defer func() { cancel(nil); <-watched }()
+	ring, err := allreduce.Open(octx, j.node.Service, rcfg, j.log)
+	if err != nil && ctx.Err() == nil && errors.Is(context.Cause(octx), errSuperseded) {
+		return nil, fmt.Errorf("%w (the open: %v)", errSuperseded, err)
+	}
+	return ring, err
+}
+
+// errSuperseded is the coordinator saying, while this rank opened its ring,
+// that the ring is being re-formed: a peer of it is gone.
+var errSuperseded = errors.New("worker: the coordinator re-forms the ring being opened")
+
+// supersededPoll is how often a rank opening its ring asks the coordinator
+// whether that ring still stands (a variable for tests).
+var supersededPoll = 250 * time.Millisecond
+
+// watchSuperseded asks the coordinator, until ctx ends, whether the ring of
+// the plan is being re-formed, and cancels ctx with errSuperseded if so. The
+// question (req) is an EpochShard of epoch -1, which a coordinator answers
+// with its Reform flag only; errors (a coordinator gone) are left to the
+// open.
+func watchSuperseded(ctx context.Context, control controlpb.ControlClient, req *controlpb.EpochRequest, cancel context.CancelCauseFunc) {
+	t := time.NewTicker(supersededPoll)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		cctx, ccancel := context.WithTimeout(ctx, time.Second)
+		s, err := control.EpochShard(cctx, req)
+		ccancel()
+		if err == nil && s.Reform {
+			cancel(errSuperseded)
+			return
+		}
+	}
 }
 
 // watchPeers fails the collective waiting on a peer that leaves the gossip now
@@ -307,26 +612,54 @@ func (j *job) startTrainer(ctx context.Context, ring *allreduce.Ring) (_ *Traine
 	// The state loaded (the file as it is now, which may be newer than what
 	// the coordinator read when it resumed) says where this rank starts.
 	start, _ := t.Position()
-	if err := j.unsent.resend(ctx, j.control, j.plan, start, j.log); err != nil {
+	if err := j.unsent.resend(ctx, j, start); err != nil {
 		return nil, err
 	}
 	t.EpochPlan = j.epochShard
-	t.OnEpoch = func(r EpochResult) error { return j.report(ctx, r) }
+	valImages := len(t.val.Samples)
+	t.OnEpoch = func(r EpochResult) error { return j.report(ctx, r, valImages) }
 	return t, nil
 }
 
 // epochShard asks the coordinator for the shard plan of an epoch.
 func (j *job) epochShard(ctx context.Context, epoch int) (sharding.Plan, error) {
-	s, err := j.control.EpochShard(ctx, &controlpb.EpochRequest{JobId: j.plan.JobId, Rank: j.plan.Rank, Epoch: int32(epoch), Generation: j.plan.Generation})
+	var s *controlpb.Shard
+	err := j.call(ctx, fmt.Sprintf("epoch %d shard", epoch+1), "the epoch's sharding", j.deadlines.answer, false,
+		func(ctx context.Context) (err error) {
+			s, err = j.control.EpochShard(ctx, &controlpb.EpochRequest{JobId: j.plan.JobId, Rank: j.plan.Rank, Epoch: int32(epoch), Generation: j.plan.Generation})
+			return err
+		})
 	if err != nil {
-		return sharding.Plan{}, controlErr("epoch shard", err)
+		return sharding.Plan{}, err
 	}
+	p, err := shardPlan(s, int(j.plan.World))
+	if err != nil {
+		return sharding.Plan{}, fmt.Errorf("worker: the coordinator at %s sent a bad shard of epoch %d: %w", j.addr, epoch+1, err)
+	}
+	return p, nil
+}
+
+// shardPlan is the sharding a Shard message gives a ring of world ranks
+// (errReform when it says the ring is re-forming). What the trainer checks
+// against its own data (seed, epoch, size, fingerprint) is left to it; what
+// would make sharding allocate out of proportion (the worlds of earlier rings,
+// their number) is refused here.
+func shardPlan(s *controlpb.Shard, world int) (sharding.Plan, error) {
 	if s.Reform {
 		return sharding.Plan{}, errReform
 	}
+	if int(s.World) != world {
+		return sharding.Plan{}, fmt.Errorf("a world of %d, not this ring's %d", s.World, world)
+	}
+	if len(s.Prior) > maxPriorRings {
+		return sharding.Plan{}, fmt.Errorf("%d earlier rings in one epoch, more than %d", len(s.Prior), maxPriorRings)
+	}
 	p := sharding.Plan{Seed: s.Seed, Epoch: int(s.Epoch), World: int(s.World), Size: int(s.Size),
 		Dataset: s.Dataset, DropLast: s.DropLast, Shuffle: s.Shuffle}
-	for _, seg := range s.Prior {
+	for i, seg := range s.Prior {
+		if seg.GetWorld() < 1 || seg.GetWorld() > maxWorld || seg.GetConsumed() < 0 {
+			return sharding.Plan{}, fmt.Errorf("earlier ring %d: world %d, %d consumed", i+1, seg.GetWorld(), seg.GetConsumed())
+		}
 		p.Prior = append(p.Prior, sharding.Segment{World: int(seg.World), Consumed: int(seg.Consumed)})
 	}
 	return p, nil
@@ -334,30 +667,28 @@ func (j *job) epochShard(ctx context.Context, epoch int) (sharding.Plan, error) 
 
 // report gives the coordinator an epoch's result; a report that finds no
 // coordinator is kept for the one that resumes the job.
-func (j *job) report(ctx context.Context, r EpochResult) error {
+func (j *job) report(ctx context.Context, r EpochResult, valImages int) error {
 	plan := j.plan
 	j.log.Info("epoch done", zap.Int("rank", int(plan.Rank)), zap.Int("epoch", r.Epoch), zap.Float64("train_loss", r.TrainLoss),
-		zap.Float64("img_per_s", float64(r.Images)/r.Duration.Seconds()), zap.Uint64("checksum", r.Checksum), zap.Int("bad_files", r.BadFiles), zap.Int("skipped_steps", r.Skipped))
+		zap.Float64("img_per_s", float64(r.Images)/r.Duration.Seconds()), zap.Uint64("checksum", r.Checksum), zap.Int("bad_train_files", r.BadTrainFiles), zap.Int("bad_val_files", r.BadValFiles), zap.Int("skipped_steps", r.Skipped))
 	rep := &controlpb.EpochReport{
 		JobId: plan.JobId, Rank: plan.Rank, Epoch: int32(r.Epoch), TrainLoss: r.TrainLoss, ValAccuracy: r.ValAccuracy,
 		ImagesPerS: float64(r.Images) / r.Duration.Seconds(), Checksum: r.Checksum, Best: r.Best,
 		Images: int32(r.Images), Seconds: r.Duration.Seconds(), Generation: plan.Generation,
 	}
-	reply, err := j.control.Report(ctx, rep)
+	var reply *controlpb.ReportReply
+	err := j.call(ctx, fmt.Sprintf("report epoch %d", r.Epoch), "every rank's report of the epoch (rank 0 validates first)", j.deadlines.reportDeadline(r, valImages), false,
+		func(ctx context.Context) (err error) {
+			reply, err = j.control.Report(ctx, rep)
+			return err
+		})
 	if err != nil {
-		err = controlErr(fmt.Sprintf("report epoch %d", r.Epoch), err)
 		if errors.Is(err, errCoordinatorLost) {
 			j.unsent.report, j.unsent.world = rep, plan.World
 		}
 		return err
 	}
-	if reply.Stop {
-		return fmt.Errorf("worker: the coordinator stopped the job: %s", reply.Reason)
-	}
-	if reply.Reform {
-		return errReform
-	}
-	return nil
+	return verdict(reply)
 }
 
 // reform asks the coordinator for a new ring after broke ended the last one (a
@@ -367,22 +698,12 @@ func (j *job) reform(ctx context.Context, t *Trainer, broke error) error {
 	since := time.Now()
 	epoch, steps := t.Position()
 	j.log.Warn("ring broken; asking the coordinator for a new one", zap.Int("rank", int(j.plan.Rank)), zap.Int("generation", int(j.plan.Generation)),
-		zap.Int("epoch", epoch+1), zap.Int("steps_done", steps), zap.Error(broke))
-	lost := int32(-1)
-	if pe := (*allreduce.PeerError)(nil); errors.As(broke, &pe) {
-		lost = int32(pe.Rank)
-	}
-	next, err := j.control.Reform(ctx, &controlpb.ReformRequest{JobId: j.plan.JobId, Name: j.jc.Name, Generation: j.plan.Generation,
-		Epoch: int32(epoch), Steps: int32(steps), Reason: broke.Error(), LostRank: lost})
+		zap.Int("epoch", epoch+1), zap.Int("steps_done", steps), zap.Int32("lost_rank", lostPeer(broke)), zap.Error(broke))
+	ring, err := j.reopen(ctx, epoch, steps, broke)
 	if err != nil {
-		return fmt.Errorf("worker: re-forming the ring after %v: %w", broke, controlErr("reform", err))
+		return err
 	}
-	j.current.ring().Close()
-	j.plan = next
-	ring, err := j.openRing(ctx)
-	if err != nil {
-		return fmt.Errorf("worker: joining re-formed ring %d: %w", next.Generation, err)
-	}
+	next := j.plan
 	j.current.set(ring, next.Peers)
 	if err := t.Reconfigure(ring, int(next.BatchPerRank), int(next.Epoch)); err != nil {
 		return err
@@ -392,6 +713,69 @@ func (j *job) reform(ctx context.Context, t *Trainer, broke error) error {
 		zap.Int("generation", int(next.Generation)), zap.Int("epoch", int(next.Epoch)+1), zap.Int("batch_per_rank", int(next.BatchPerRank)),
 		zap.Int("state_from_rank", int(next.StateRoot)), zap.Duration("stalled", time.Since(since)))
 	return nil
+}
+
+// reopen asks the coordinator for the ring after j.plan's, which broke with
+// broke when this rank was steps into epoch, and opens it. A new ring that
+// fails to open (a peer that cannot be reached, or a hop that fails one way)
+// is reported like a broken one, naming the peer, and the coordinator asked
+// again, at once: it waits for this worker only up to its --reform-timeout.
+func (j *job) reopen(ctx context.Context, epoch, steps int, broke error) (*allreduce.Ring, error) {
+	for {
+		next, err := j.askReform(ctx, epoch, steps, broke)
+		if err != nil {
+			return nil, fmt.Errorf("worker: re-forming the ring after %v: %w", broke, err)
+		}
+		if old := j.current.ring(); old != nil { // none when the first ring did not open
+			old.Close()
+		}
+		if err := j.accept(next, j.plan.Generation); err != nil {
+			return nil, err
+		}
+		ring, err := j.openRing(ctx)
+		if err == nil {
+			return ring, nil
+		}
+		if !(errors.Is(err, allreduce.ErrPeerLost) || errors.Is(err, errSuperseded)) || ctx.Err() != nil {
+			return nil, fmt.Errorf("worker: joining re-formed ring %d: %w", next.Generation, err)
+		}
+		// The ring that did not open trained nothing: it is at its start.
+		broke, epoch, steps = fmt.Errorf("opening re-formed ring %d: %w", next.Generation, err), int(next.Epoch), 0
+		j.log.Warn("the re-formed ring did not open; asking the coordinator again", zap.Int("rank", int(next.Rank)), zap.Int("generation", int(next.Generation)),
+			zap.Int32("lost_rank", lostPeer(broke)), zap.Error(err))
+	}
+}
+
+// askReform asks the coordinator for the ring after j.plan's, which broke
+// with broke when this rank was steps into epoch.
+func (j *job) askReform(ctx context.Context, epoch, steps int, broke error) (*controlpb.JobPlan, error) {
+	var next *controlpb.JobPlan
+	req := &controlpb.ReformRequest{JobId: j.plan.JobId, Name: j.jc.Name, Generation: j.plan.Generation,
+		Epoch: int32(epoch), Steps: int32(steps), Reason: broke.Error(), LostRank: lostPeer(broke)}
+	err := j.call(ctx, fmt.Sprintf("reform ring %d", j.plan.Generation), "the other survivors of the ring", j.deadlines.reform, false,
+		func(ctx context.Context) (err error) {
+			next, err = j.control.Reform(ctx, req)
+			return err
+		})
+	return next, err
+}
+
+// lostPeer is the rank, in the ring that broke, that this rank could not
+// send to or hear from (its successor or predecessor, from the collective or
+// from opening the ring), or that the gossip found gone: from it and the
+// reporter's rank the coordinator tells which hop failed. It is -1 when broke
+// names none of this rank's own: a re-formation the coordinator asked for, or
+// a failure another rank relayed (its abort names the rank that one lost,
+// while this rank's links held).
+func lostPeer(broke error) int32 {
+	var pe *allreduce.PeerError
+	if !errors.As(broke, &pe) {
+		return -1
+	}
+	if pe.Err != nil && strings.HasPrefix(pe.Err.Error(), "reported by rank ") { // allreduce's relayed abort
+		return -1
+	}
+	return int32(pe.Rank)
 }
 
 // errReform is the coordinator saying that the ring is being re-formed.

@@ -40,6 +40,20 @@ func WithDemoData(cfg Config, log *zap.Logger, fn func(Config) error) error {
 // RunStandalone trains in a world of one, printing the seed's epoch lines to
 // out: the same Trainer that rank 0 of a ring runs.
 func RunStandalone(ctx context.Context, cfg Config, compute alexnet.Compute, tel Telemetry, log *zap.Logger, out io.Writer) error {
+	if cfg.Data == "" {
+		// The demo dataset's sizes are known: a batch it cannot take is
+		// refused before it is generated.
+		classes := len(sharding.SynthClasses)
+		spec, err := alexnet.NewSpec(cfg.Variant, classes)
+		if err != nil {
+			return BadInput(fmt.Errorf("worker: --variant: %w", err))
+		}
+		demo := cfg
+		demo.Data = "(the demo dataset)"
+		if _, err := fit(demo, spec, DemoData.Train*classes, DemoData.Val*classes, 1, compute, zap.NewNop()); err != nil {
+			return err
+		}
+	}
 	return WithDemoData(cfg, log, func(cfg Config) error {
 		t, err := NewTrainer(cfg, Solo{}, compute, log)
 		if err != nil {
@@ -53,7 +67,7 @@ func RunStandalone(ctx context.Context, cfg Config, compute alexnet.Compute, tel
 			log.Info("epoch done", zap.Int("epoch", r.Epoch), zap.Float64("train_loss", r.TrainLoss),
 				zap.Float64("val_accuracy", r.ValAccuracy), zap.Bool("best", r.Best),
 				zap.Float64("img_per_s", float64(r.Images)/r.Duration.Seconds()), zap.Duration("took", r.Duration),
-				zap.Int("bad_files", r.BadFiles), zap.Int("skipped_steps", r.Skipped))
+				zap.Int("bad_train_files", r.BadTrainFiles), zap.Int("bad_val_files", r.BadValFiles), zap.Int("skipped_steps", r.Skipped))
 			return nil
 		}
 		if err := t.Run(ctx); err != nil {

@@ -3,6 +3,7 @@ package worker
 import (
 	"fmt"
 	"io"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -65,10 +66,15 @@ type Metrics struct {
 	epoch          prometheus.Gauge
 	steps          prometheus.Counter
 	skipped        prometheus.Counter
-	badFiles       prometheus.Gauge
+	badFiles       *prometheus.GaugeVec
 	allreduceBytes prometheus.Counter
 	busBandwidth   prometheus.Gauge
 	rank, world    prometheus.Gauge
+
+	// coordinatorSince is when the control call in flight began (Unix ns; 0:
+	// none), read by the coordinator-wait gauge at each scrape.
+	coordinatorSince atomic.Int64
+	coordinatorWait  prometheus.Counter
 }
 
 // NewMetrics registers a worker's series in reg.
@@ -85,7 +91,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		epoch:          prometheus.NewGauge(prometheus.GaugeOpts{Name: "alexring_epoch", Help: "The epoch being trained, from 1."}),
 		steps:          prometheus.NewCounter(prometheus.CounterOpts{Name: "alexring_steps_total", Help: "Training steps taken."}),
 		skipped:        prometheus.NewCounter(prometheus.CounterOpts{Name: "alexring_skipped_steps_total", Help: "Optimiser steps skipped for a non-finite gradient."}),
-		badFiles:       prometheus.NewGauge(prometheus.GaugeOpts{Name: "alexring_bad_files", Help: "Images that failed to load and were replaced."}),
+		badFiles:       prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "alexring_bad_files", Help: "Distinct images of each split (train, val) that failed to load and were replaced."}, []string{"split"}),
 		allreduceBytes: prometheus.NewCounter(prometheus.CounterOpts{Name: "alexring_allreduce_bytes_total", Help: "Bytes of gradient averaged through the ring."}),
 		busBandwidth: prometheus.NewGauge(prometheus.GaugeOpts{Name: "alexring_allreduce_busbw_bytes_per_second",
 			Help: "Bus bandwidth of the last all-reduce: bytes x 2(N-1)/N / time, as nccl-tests define it."}),
@@ -94,7 +100,31 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	}
 	reg.MustRegister(m.phase, m.step, m.imagesPerS, m.loss, m.valAccuracy, m.epoch, m.steps, m.skipped,
 		m.badFiles, m.allreduceBytes, m.busBandwidth, m.rank, m.world)
+	m.coordinatorWait = prometheus.NewCounter(prometheus.CounterOpts{Name: "alexring_coordinator_wait_seconds_total",
+		Help: "Seconds spent waiting for the coordinator's answers (control calls)."})
+	reg.MustRegister(m.coordinatorWait, prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "alexring_coordinator_wait_seconds",
+		Help: "How long the control call in flight has waited for the coordinator (0: none in flight)."}, func() float64 {
+		if since := m.coordinatorSince.Load(); since != 0 {
+			return time.Since(time.Unix(0, since)).Seconds()
+		}
+		return 0
+	}))
 	return m
+}
+
+// waitingForCoordinator marks a control call begun at since, or with the
+// zero time the end of the one in flight.
+func (m *Metrics) waitingForCoordinator(since time.Time) {
+	if m == nil {
+		return
+	}
+	if since.IsZero() {
+		if began := m.coordinatorSince.Swap(0); began != 0 {
+			m.coordinatorWait.Add(time.Since(time.Unix(0, began)).Seconds())
+		}
+		return
+	}
+	m.coordinatorSince.Store(since.UnixNano())
 }
 
 // observeStep feeds one measured step to the series and the timeline.
@@ -160,7 +190,8 @@ func (tel Telemetry) observeValidation(start time.Time, acc float64) {
 // observeEpoch records an epoch's end.
 func (tel Telemetry) observeEpoch(r EpochResult, start time.Time) {
 	if m := tel.Metrics; m != nil {
-		m.badFiles.Set(float64(r.BadFiles))
+		m.badFiles.WithLabelValues("train").Set(float64(r.BadTrainFiles))
+		m.badFiles.WithLabelValues("val").Set(float64(r.BadValFiles))
 	}
 	tel.Timeline.Span(fmt.Sprintf("epoch %d", r.Epoch), "epoch", tidEpochs, start, r.Duration,
 		map[string]any{"train_loss": r.TrainLoss, "images": r.Images})

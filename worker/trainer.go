@@ -16,6 +16,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/alexring/alexring/alexnet"
+	"github.com/alexring/alexring/internal/atomicfile"
 	"github.com/alexring/alexring/internal/progress"
 	"github.com/alexring/alexring/sharding"
 )
@@ -56,9 +57,11 @@ type EpochResult struct {
 	Best          bool    // this epoch's model became best.safetensors
 	Images        int     // training images this rank saw
 	Duration      time.Duration
-	BadFiles      int
-	Checksum      uint64 // CRC-64 of the parameters after the epoch: equal on every rank
-	Skipped       int    // optimiser steps skipped for a non-finite gradient
+	// BadTrainFiles and BadValFiles are the distinct unreadable images this
+	// rank has met so far in each split (replaced by others of the shard).
+	BadTrainFiles, BadValFiles int
+	Checksum                   uint64 // CRC-64 of the parameters after the epoch: equal on every rank
+	Skipped                    int    // optimiser steps skipped for a non-finite gradient
 }
 
 func allFinite(v []float32) bool {
@@ -111,7 +114,10 @@ type Trainer struct {
 	// backend instead.
 	ringVec  []float32
 	flagRoom int
-	bad      *sharding.BadFiles
+	// The unreadable images of each split, counted apart: rank 0 meets the
+	// validation's after the epoch's training.
+	badTrain, badVal *sharding.BadFiles
+	swept            bool // the output folder's stale temporary files are gone
 
 	epoch   int // epochs completed
 	bestAcc float64
@@ -142,13 +148,17 @@ func NewTrainer(cfg Config, coll Collective, compute alexnet.Compute, log *zap.L
 	}
 	train, val, err := sharding.ScanSplits(cfg.Data)
 	if err != nil {
-		return nil, err
+		return nil, BadInput(fmt.Errorf("worker: --data: %w", err))
 	}
-	t := &Trainer{cfg: cfg, log: log, coll: coll, train: train, val: val, bad: sharding.NewBadFiles(log), batch: cfg.WorkerBatch(coll.World()), compute: compute}
 	spec, err := alexnet.NewSpec(cfg.Variant, len(train.Classes))
 	if err != nil {
+		return nil, BadInput(err)
+	}
+	if cfg, err = fit(cfg, spec, len(train.Samples), len(val.Samples), coll.World(), compute, log); err != nil {
 		return nil, err
 	}
+	t := &Trainer{cfg: cfg, log: log, coll: coll, train: train, val: val, badTrain: sharding.NewBadFiles(log), badVal: sharding.NewBadFiles(log),
+		batch: cfg.WorkerBatch(coll.World()), compute: compute}
 	if cfg.Resume != "" {
 		if err := t.restore(spec); err != nil {
 			return nil, err
@@ -184,18 +194,43 @@ const (
 	ClassIndicesFile = "class_indices.json"
 )
 
+// fit refuses batches that the data cannot fill or this machine's memory
+// cannot hold (bad input: before anything is allocated), and clamps the
+// evaluation batch to the validation set. The clamp changes no result (each
+// image's logits are its own) and only saves the memory of padding rows: an
+// --eval-batch of 10^8 otherwise allocated 10^8 images for 40.
+func fit(cfg Config, spec alexnet.Spec, trainImages, valImages, world int, compute alexnet.Compute, log *zap.Logger) (Config, error) {
+	batch := cfg.WorkerBatch(world)
+	if world == 1 {
+		if err := cfg.CheckData(trainImages, 1); err != nil {
+			return cfg, fmt.Errorf("worker: %w", err)
+		}
+	} else if batch > trainImages {
+		return cfg, BadInput(fmt.Errorf("worker: a batch of %d per rank is larger than the %d training images in %s", batch, trainImages, filepath.Join(cfg.Data, "train")))
+	}
+	if cfg.EvalBatch > valImages {
+		log.Info("--eval-batch is larger than the validation set; using the set's size", zap.Int("eval_batch", cfg.EvalBatch), zap.Int("val_images", valImages))
+		cfg.EvalBatch = valImages
+	}
+	if err := cfg.CheckMemory(spec, batch, compute.Device == "cpu", 1); err != nil {
+		return cfg, fmt.Errorf("worker: %w", err)
+	}
+	return cfg, nil
+}
+
+// restore loads cfg.Resume; what is wrong with it is bad input.
 func (t *Trainer) restore(spec alexnet.Spec) error {
 	st, err := alexnet.LoadTrainState(t.cfg.Resume)
 	if err != nil {
-		return err
+		return BadInput(fmt.Errorf("worker: --resume: %w", err))
 	}
 	if st.Params.Spec != spec {
-		return fmt.Errorf("worker: %s holds a %s model with %d classes; the data and config make a %s model with %d classes",
-			t.cfg.Resume, st.Params.Spec.Variant, st.Params.Spec.Classes, spec.Variant, spec.Classes)
+		return BadInput(fmt.Errorf("worker: --resume %s holds a %s model with %d classes; the data and config make a %s model with %d classes",
+			t.cfg.Resume, st.Params.Spec.Variant, st.Params.Spec.Classes, spec.Variant, spec.Classes))
 	}
 	t.pcg = &rand.PCG{}
 	if err := t.pcg.UnmarshalBinary(st.RNGState); err != nil {
-		return fmt.Errorf("worker: %s: dropout RNG state: %w", t.cfg.Resume, err)
+		return BadInput(fmt.Errorf("worker: --resume %s: dropout RNG state: %w", t.cfg.Resume, err))
 	}
 	t.params, t.adam, t.epoch, t.bestAcc = st.Params, st.Adam, st.Epoch, st.BestAcc
 	// The learning rate may be changed on resume; the moments carry over.
@@ -225,13 +260,34 @@ func (t *Trainer) Reconfigure(coll Collective, batch, epoch int) error {
 	t.batch = batch
 	if coll.Rank() == 0 {
 		if err := os.MkdirAll(t.cfg.Out, 0o755); err != nil {
-			return fmt.Errorf("worker: output folder: %w", err)
+			return BadInput(fmt.Errorf("worker: output folder (--out): %w", err))
 		}
+		t.sweep()
 		if err := sharding.WriteClassIndices(filepath.Join(t.cfg.Out, ClassIndicesFile), t.train.Classes); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// OutputFiles are the files rank 0 writes into the output folder.
+var OutputFiles = []string{BestFile, StateFile, ClassIndicesFile}
+
+// sweep removes, once, the temporary files that a rank 0 killed while
+// writing left in the output folder. Another process writing one now (a
+// second job sharing --out) holds its lock, so it stays.
+func (t *Trainer) sweep() {
+	if t.swept {
+		return
+	}
+	t.swept = true
+	removed, err := atomicfile.Sweep(t.cfg.Out, OutputFiles...)
+	if len(removed) > 0 {
+		t.log.Info("removed the temporary files of an interrupted write", zap.Strings("files", removed))
+	}
+	if err != nil {
+		t.log.Warn("looking for stale temporary files", zap.String("out", t.cfg.Out), zap.Error(err))
+	}
 }
 
 // SyncState gives every rank root's parameters, Adam state and best accuracy,
@@ -336,7 +392,7 @@ func (t *Trainer) runEpoch(ctx context.Context, epoch int) (EpochResult, error) 
 	loader, err := sharding.NewLoader(ctx, t.train, shard, sharding.LoaderConfig{
 		Side: t.params.Spec.Input, Batch: t.batch, Augment: t.cfg.Augment,
 		Seed: t.cfg.Seed, Epoch: epoch, Goroutines: t.cfg.LoaderGoroutines,
-	}, t.bad)
+	}, t.badTrain)
 	if err != nil {
 		return res, err
 	}
@@ -430,7 +486,6 @@ func (t *Trainer) runEpoch(ctx context.Context, epoch int) (EpochResult, error) 
 	if t.acc.taken > 0 {
 		res.TrainLoss = t.acc.lossSum / float64(t.acc.taken)
 	}
-	res.BadFiles = t.bad.Count()
 	if t.coll.Rank() == 0 {
 		valStart := time.Now()
 		acc, err := t.Validate(ctx)
@@ -449,6 +504,8 @@ func (t *Trainer) runEpoch(ctx context.Context, epoch int) (EpochResult, error) 
 			}
 		}
 	}
+	// Counted after the validation, whose unreadable images are rank 0's.
+	res.BadTrainFiles, res.BadValFiles = t.badTrain.Count(), t.badVal.Count()
 	// The whole epoch, counting the rings before a re-formation and the stall,
 	// so that images per second stay true.
 	res.Duration = time.Since(t.acc.started)
@@ -511,7 +568,7 @@ func (t *Trainer) Validate(ctx context.Context) (float64, error) {
 	}
 	loader, err := sharding.NewLoader(ctx, t.val, all, sharding.LoaderConfig{
 		Side: t.params.Spec.Input, Batch: t.cfg.EvalBatch, Goroutines: t.cfg.LoaderGoroutines,
-	}, t.bad)
+	}, t.badVal)
 	if err != nil {
 		return 0, err
 	}
@@ -519,7 +576,6 @@ func (t *Trainer) Validate(ctx context.Context) (float64, error) {
 	bar := progress.New(t.Telemetry.Progress, fmt.Sprintf("valid epoch[%d/%d]", t.epoch+1, t.cfg.Epochs), loader.Batches())
 	defer bar.Done()
 	correct, seen := 0, 0
-	k := t.params.Spec.Classes
 	for {
 		b, err := loader.Next()
 		if err == io.EOF {
@@ -533,16 +589,32 @@ func (t *Trainer) Validate(ctx context.Context) (float64, error) {
 			loader.Release(b)
 			return 0, err
 		}
-		for i := 0; i < b.Count; i++ {
-			if argmax(logits[i*k:(i+1)*k]) == b.Labels[i] {
-				correct++
-			}
-		}
-		seen += b.Count
+		c, n := score(logits, t.params.Spec.Classes, b, b.Number*t.cfg.EvalBatch)
+		correct, seen = correct+c, seen+n
 		loader.Release(b)
-		bar.Add(1, fmt.Sprintf("acc=%.3f", float64(correct)/float64(seen)))
+		bar.Add(1, fmt.Sprintf("acc=%.3f", float64(correct)/float64(max(seen, 1))))
 	}
-	return float64(correct) / float64(len(t.val.Samples)), nil
+	if seen == 0 {
+		return 0, fmt.Errorf("worker: validation: none of the %d images in %s/val could be read", len(t.val.Samples), t.cfg.Data)
+	}
+	return float64(correct) / float64(seen), nil
+}
+
+// score counts the correct predictions of a validation batch whose samples
+// should be first, first+1, ...: a slot the loader filled with another image
+// (a replacement for an unreadable one, counted in the bad files) is left out,
+// so that the accuracy is over the images that were read, each once.
+func score(logits []float32, k int, b *sharding.Batch, first int) (correct, seen int) {
+	for i := 0; i < b.Count; i++ {
+		if b.Indices[i] != first+i {
+			continue
+		}
+		seen++
+		if argmax(logits[i*k:(i+1)*k]) == b.Labels[i] {
+			correct++
+		}
+	}
+	return correct, seen
 }
 
 // argmax is the first index of the largest value, as torch.max returns.

@@ -258,3 +258,19 @@ func TestOverlapSplitsTheAllReduce(t *testing.T) {
 		}
 	}
 }
+
+// A validation slot the loader filled with a replacement (for an unreadable
+// image) is not scored: the accuracy is over the images read, each once.
+func TestScoreSkipsReplacedImages(t *testing.T) {
+	// Three samples of two classes; the second was unreadable and replaced by
+	// the third, so the third appears twice.
+	b := &sharding.Batch{Count: 3, Labels: []int{0, 1, 1}, Indices: []int{10, 12, 12}}
+	logits := []float32{
+		1, 0, // sample 10: class 0, right
+		0, 1, // the replacement of 11: would be right, must not count
+		1, 0, // sample 12: class 0, wrong
+	}
+	if c, n := score(logits, 2, b, 10); c != 1 || n != 2 {
+		t.Errorf("score = %d correct of %d, want 1 of 2", c, n)
+	}
+}

@@ -220,7 +220,8 @@ func TestSecuredJob(t *testing.T) {
 }
 
 // The bad-input zoo at the command line: each a clear message naming the thing,
-// exit code 2 for flags and config, 1 for what fails at run time.
+// exit code 2 for flags, config and input (data, output folder), 1 for what
+// fails at run time.
 func TestBadInputs(t *testing.T) {
 	data := dataset(t, 2, 1)
 	noVal := t.TempDir()
@@ -242,10 +243,11 @@ func TestBadInputs(t *testing.T) {
 		code int
 		want string
 	}{
-		{"missing data", []string{"--data", filepath.Join(data, "nope")}, 1, "nope"},
-		{"missing val", []string{"--data", noVal}, 1, filepath.Join(noVal, "val")},
-		{"different classes", []string{"--data", otherClasses}, 1, "[circle cross donut square triangle]"},
-		{"unwritable out", []string{"--data", data, "--out", filepath.Join(file, "out")}, 1, "--out"},
+		{"missing data", []string{"--data", filepath.Join(data, "nope")}, 2, "coordinator: --data: sharding: scan " + filepath.Join(data, "nope")},
+		{"missing val", []string{"--data", noVal}, 2, filepath.Join(noVal, "val")},
+		{"different classes", []string{"--data", otherClasses}, 2, "[circle cross donut square triangle]"},
+		{"unwritable out", []string{"--data", data, "--out", filepath.Join(file, "out")}, 2, "--out"},
+		{"out is a file", []string{"--data", data, "--out", file}, 2, "coordinator: --out: "},
 		{"control port in use", []string{"--data", data, "--control", busy.Addr().String()}, 1, busy.Addr().String()},
 		{"bad config", []string{"--data", data, "--config", "nonesuch"}, 2, "nonesuch"},
 		{"bad flag", []string{"--workers", "two"}, 2, "invalid value"},

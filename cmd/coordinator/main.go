@@ -7,6 +7,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -46,6 +47,7 @@ func run() int {
 	autoResume := fs.Bool("auto-resume", false, "--resume when --out holds a job's state.safetensors, else start fresh (for a coordinator that a scheduler restarts)")
 	local := fs.Bool("local", false, "also start the workers as child processes on this machine")
 	gpuList := fs.String("gpus", "", "with --local: the GPU of each worker, in order (\"0,1,2,3\"; a worker binary built with -tags gpu); empty: the CPU")
+	maxRestarts := fs.Int("max-restarts", 3, "with --local: how many times in all (as torchrun counts them) a worker that died is started again; it rejoins at the next epoch boundary")
 	fs.StringVar(&c.JobID, "job-id", "", "this job's id; workers started with another --job are refused (default: a random id)")
 	var sec security.Config
 	sec.Flags(fs)
@@ -98,6 +100,9 @@ func run() int {
 	if err == nil && gpus != nil && !*local {
 		err = fmt.Errorf("--gpus %s chooses the devices of --local workers; a worker started by hand takes --gpu", *gpuList)
 	}
+	if err == nil && *maxRestarts < 0 {
+		err = fmt.Errorf("--max-restarts %d, want 0 or more", *maxRestarts)
+	}
 	if err != nil {
 		cli.PrintError(os.Stderr, "coordinator", err)
 		return 2
@@ -105,6 +110,7 @@ func run() int {
 	if c.Job.Data == "" {
 		c.Job.Data = "demo" // generated below (WithDemoData); the other settings are checked now
 	}
+	c.LocalCPU = *local && gpus == nil // New checks their memory against this machine's
 	if err := c.Validate(); err != nil {
 		cli.PrintError(os.Stderr, "coordinator", err)
 		return 2
@@ -143,7 +149,8 @@ func run() int {
 			}
 			extra := append([]string{"--log-format", *logFormat, "--data", job.Data}, sec.Args()...)
 			ready = func(gossip string) {
-				workers, err = coordinator.StartLocal(ctx, bin, c.Workers, gossip, gpus, extra, os.Stderr)
+				workers, err = coordinator.StartLocal(ctx, coordinator.LocalConfig{Binary: bin, Workers: c.Workers, Gossip: gossip,
+					GPUs: gpus, Extra: extra, MaxRestarts: *maxRestarts, Output: os.Stderr}, log)
 				if err != nil {
 					log.Error("starting local workers", zap.Error(err))
 					stop()
@@ -152,17 +159,20 @@ func run() int {
 		}
 		runErr := co.Run(ctx, ready)
 		if workers != nil {
-			if runErr != nil {
-				workers.Stop()
-			}
-			if err := workers.Wait(time.Minute); err != nil && runErr == nil {
-				runErr = err
+			// The job's verdict is the exit code: a worker lost on the way
+			// is named in the summary, not a failure of a job that finished.
+			workers.End(runErr != nil, time.Minute)
+			if s := workers.Summary(); s != "" {
+				fmt.Println(s)
 			}
 		}
 		return runErr
 	})
 	if err != nil {
 		cli.PrintError(os.Stderr, "coordinator", err)
+		if errors.Is(err, worker.ErrBadInput) { // --data, --out, --resume's files
+			return 2
+		}
 		return 1
 	}
 	return 0

@@ -39,16 +39,9 @@ func Load(c Config) (*Material, error) {
 		if err != nil {
 			return nil, fmt.Errorf("security: --cluster-key-file: %w", err)
 		}
-		// Raw bytes when the file holds 16, 24 or 32 of them, else base64: every
-		// node reads the same file the same way.
-		key := []byte(strings.TrimSpace(string(raw)))
-		if n := len(key); n != 16 && n != 24 && n != 32 {
-			if dec, err := base64.StdEncoding.DecodeString(string(key)); err == nil {
-				key = dec
-			}
-		}
-		if n := len(key); n != 16 && n != 24 && n != 32 {
-			return nil, fmt.Errorf("security: --cluster-key-file %s: a %d-byte key; want 16, 24 or 32 bytes (raw or base64)", c.ClusterKeyFile, n)
+		key, err := parseKey(raw)
+		if err != nil {
+			return nil, fmt.Errorf("security: --cluster-key-file %s: %w", c.ClusterKeyFile, err)
 		}
 		m.GossipKey = key
 	}
@@ -85,6 +78,28 @@ func Load(c Config) (*Material, error) {
 		MinVersion:   tls.VersionTLS13,
 	}
 	return m, nil
+}
+
+// validKey says whether n bytes make an AES key, as memberlist takes them.
+func validKey(n int) bool { return n == 16 || n == 24 || n == 32 }
+
+// parseKey reads a key file the same way on every node. A file of exactly 16,
+// 24 or 32 bytes is the raw key, whatever its bytes: `head -c 32
+// /dev/urandom` starts or ends with a whitespace byte one time in 22, which
+// must not be trimmed. Any other length is text: trimmed, then base64, or
+// (as before) a 16, 24 or 32-character key with a newline.
+func parseKey(raw []byte) ([]byte, error) {
+	if validKey(len(raw)) {
+		return raw, nil
+	}
+	text := strings.TrimSpace(string(raw))
+	if dec, err := base64.StdEncoding.DecodeString(text); err == nil && validKey(len(dec)) {
+		return dec, nil
+	}
+	if validKey(len(text)) {
+		return []byte(text), nil
+	}
+	return nil, fmt.Errorf("a %d-byte file (%d after trimming, not base64 of 16, 24 or 32 bytes); want a raw key of exactly 16, 24 or 32 bytes, or one in base64", len(raw), len(text))
 }
 
 // ServerCreds are the gRPC server's credentials (nil: plaintext).
