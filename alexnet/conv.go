@@ -8,6 +8,8 @@ import (
 	"gonum.org/v1/gonum/blas"
 	G "gorgonia.org/gorgonia"
 	"gorgonia.org/tensor"
+
+	"github.com/alexring/alexring/alexnet/onednn"
 )
 
 // Convolution as custom gorgonia ops. gorgonia's Conv2d lays the patches out
@@ -16,6 +18,12 @@ import (
 // step, and a separate broadcast copy for the bias. Per image, W [Cout, Cin*K*K]
 // times the image's patches [Cin*K*K, Ho*Wo] is already NCHW, so these ops do
 // one im2col into a reused buffer and one sgemm, with the bias added in place.
+//
+// With the oneDNN kernels (kernels.go) the same four ops call a layer's
+// oneDNN primitives instead (dnnLayer): forward with the bias, backward data,
+// and backward weights, which computes the bias gradient too; the bias op
+// then only hands on what backward weights wrote into its output, and takes
+// the weight gradient as its input so that it runs after it.
 
 // convGeom is one convolution's shapes.
 type convGeom struct {
@@ -147,6 +155,34 @@ type convOp struct {
 	// was an sgemm and col2im as large as its forward pass, 8% of a step).
 	dataInput bool
 	scratch   *opScratch
+	// dnn, when set, is the layer's oneDNN primitives, shared by its ops.
+	dnn *dnnLayer
+}
+
+// dnnLayer is one convolution layer in oneDNN: its primitives, created on
+// the first forward call (a training graph's backward ops exist by then:
+// SymDiff marks the layer), and the bias gradient op's output, which
+// backward weights fills.
+type dnnLayer struct {
+	train bool
+	conv  *onednn.Conv
+	bias  *opScratch
+}
+
+func (l *dnnLayer) primitives(g convGeom, dataInput bool) (*onednn.Conv, error) {
+	if l.conv != nil {
+		return l.conv, nil
+	}
+	c, err := onednn.NewConv(onednn.Shape{
+		Batch: g.batch, In: g.in, Out: g.out, Side: g.side, OutSide: g.outSide, Kernel: g.kernel, Stride: g.stride, Pad: g.pad,
+		Train: l.train, DiffSrc: !dataInput,
+	})
+	if err != nil {
+		return nil, err
+	}
+	noteConvImpl(c)
+	l.conv = c
+	return c, nil
 }
 
 // opScratch is an op's reused memory: its output (rewritten every step; the
@@ -178,9 +214,14 @@ func grow[T any](buf *[]T, n int) []T {
 
 // conv2d applies the fused convolution and bias. An x without an op is the
 // graph's input: the images, which need no gradient.
+// The kernels are those chosen when the graph is built (CurrentCPUKernels).
 func conv2d(x, w, b *G.Node, c Conv, batch int) (*G.Node, error) {
 	g := convGeom{batch: batch, in: c.In, out: c.Out, kernel: c.Kernel, stride: c.Stride, pad: c.Pad, side: c.InSide, outSide: c.OutSide}
-	return G.ApplyOp(convOp{g: g, kind: convForward, dataInput: x.Op() == nil, scratch: &opScratch{}}, x, w, b)
+	op := convOp{g: g, kind: convForward, dataInput: x.Op() == nil, scratch: &opScratch{}}
+	if CurrentCPUKernels().Kernels == KernelsOneDNN {
+		op.dnn = &dnnLayer{}
+	}
+	return G.ApplyOp(op, x, w, b)
 }
 
 func (op convOp) Arity() int {
@@ -227,7 +268,11 @@ func (op convOp) WriteHash(h hash.Hash)                          { fmt.Fprint(h,
 func (op convOp) Hashcode() uint32                               { return hashOf(op) }
 func (op convOp) String() string {
 	g := op.g
-	return fmt.Sprintf("%s{%dx%d->%d k%d s%d p%d b%d}", convKindNames[op.kind], g.in, g.side, g.out, g.kernel, g.stride, g.pad, g.batch)
+	kernels := ""
+	if op.dnn != nil {
+		kernels = " onednn"
+	}
+	return fmt.Sprintf("%s{%dx%d->%d k%d s%d p%d b%d%s}", convKindNames[op.kind], g.in, g.side, g.out, g.kernel, g.stride, g.pad, g.batch, kernels)
 }
 
 func (op convOp) DiffWRT(int) []bool {
@@ -242,18 +287,28 @@ func (op convOp) SymDiff(inputs G.Nodes, output, grad *G.Node) (G.Nodes, error) 
 		return nil, fmt.Errorf("alexnet: %v has no gradient", op)
 	}
 	x, w := inputs[0], inputs[1]
+	if op.dnn != nil {
+		op.dnn.train = true
+		op.dnn.bias = &opScratch{}
+	}
 	var dx *G.Node
 	if !op.dataInput {
 		var err error
-		if dx, err = G.ApplyOp(convOp{g: op.g, kind: convGradInput, scratch: &opScratch{}}, w, grad); err != nil {
+		if dx, err = G.ApplyOp(convOp{g: op.g, kind: convGradInput, scratch: &opScratch{}, dnn: op.dnn}, w, grad); err != nil {
 			return nil, err
 		}
 	}
-	dw, err := G.ApplyOp(convOp{g: op.g, kind: convGradWeights, scratch: &opScratch{}}, x, grad)
+	dw, err := G.ApplyOp(convOp{g: op.g, kind: convGradWeights, scratch: &opScratch{}, dnn: op.dnn}, x, grad)
 	if err != nil {
 		return nil, err
 	}
-	db, err := G.ApplyOp(convOp{g: op.g, kind: convGradBias, scratch: &opScratch{}}, grad)
+	var db *G.Node
+	if op.dnn != nil {
+		// Backward weights computes the bias gradient into this op's output.
+		db, err = G.ApplyOp(convOp{g: op.g, kind: convGradBias, scratch: op.dnn.bias, dnn: op.dnn}, dw)
+	} else {
+		db, err = G.ApplyOp(convOp{g: op.g, kind: convGradBias, scratch: &opScratch{}}, grad)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -270,6 +325,12 @@ func (op convOp) UsePreallocDo(prealloc G.Value, in ...G.Value) (G.Value, error)
 	out, dst, args, err := operands(op, op.shape(), prealloc, in)
 	if err != nil {
 		return nil, err
+	}
+	if op.dnn != nil {
+		if err := op.doDNN(dst, args); err != nil {
+			return nil, err
+		}
+		return out, nil
 	}
 	g := op.g
 	hw, rows := g.hw(), g.colRows()
@@ -341,4 +402,28 @@ func (op convOp) UsePreallocDo(prealloc G.Value, in ...G.Value) (G.Value, error)
 		}
 	}
 	return out, nil
+}
+
+// doDNN is UsePreallocDo in oneDNN.
+func (op convOp) doDNN(dst []float32, args [][]float32) error {
+	c, err := op.dnn.primitives(op.g, op.dataInput)
+	if err != nil {
+		return err
+	}
+	switch op.kind {
+	case convForward:
+		return c.Forward(args[0], args[1], args[2], dst)
+	case convGradInput:
+		return c.BackwardData(args[0], args[1], dst)
+	case convGradWeights:
+		db := op.dnn.bias.output(tensor.Shape{op.g.out}).Data().([]float32)
+		return c.BackwardWeights(args[0], args[1], dst, db)
+	}
+	// The bias gradient is in the bias op's output already (args[0] is the
+	// weight gradient, the input that orders this op after backward weights);
+	// into another buffer it is copied.
+	if db := op.dnn.bias.output(tensor.Shape{op.g.out}).Data().([]float32); &db[0] != &dst[0] {
+		copy(dst, db)
+	}
+	return nil
 }

@@ -77,7 +77,19 @@ func maxAbsDiff(a, b []float32) (d, scale float64) {
 	return d, scale
 }
 
+// TestParityWithPyTorch holds for each kernel path of this build (im2col +
+// BLAS, oneDNN): the same tolerances, as both sum in float32 in an order of
+// their own.
 func TestParityWithPyTorch(t *testing.T) {
+	for _, k := range buildKernels() {
+		t.Run(string(k), func(t *testing.T) {
+			useKernels(t, k)
+			parityWithPyTorch(t)
+		})
+	}
+}
+
+func parityWithPyTorch(t *testing.T) {
 	f := loadFixture(t, "testdata/tiny")
 	spec := f.params.Spec
 

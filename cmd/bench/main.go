@@ -2,7 +2,7 @@
 // one line "RESULT bench=NAME key=value ...", to put beside the peer's figure
 // measured in the same run on the same machine.
 //
-//	bench step   [--variant seed] [--batch 32] [--steps 20] [--warmup 3] [--gpu K --conv auto|cudnn|gemm]
+//	bench step   [--variant seed] [--batch 32] [--steps 20] [--warmup 3] [--cpu-kernels auto|onednn|openblas] [--gpu K --conv auto|cudnn|gemm]
 //	bench loader --data DIR [--goroutines G] [--images N] [--side 224]
 //	bench allreduce --world N --bytes B[,B...] [--fp16]
 //	bench scaling [--variant seed] [--batch 32] [--steps 10]
@@ -93,11 +93,16 @@ func benchStep(args []string, out io.Writer) error {
 	data := fs.String("data", "", "also time steps fed by the loader from this ImageFolder split (e.g. ../shared/datasets/flowers/train)")
 	gpu := fs.Int("gpu", -1, "GPU to run on (a build with -tags gpu); -1 is the CPU")
 	conv := fs.String("conv", "auto", "the GPU's convolution: auto, cudnn or gemm")
+	cpuKernels := fs.String("cpu-kernels", "auto", "the CPU's convolutions: auto (oneDNN where its JIT runs AVX2 or AVX-512, else im2col + BLAS), onednn or openblas")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	if *steps < 1 || *warmup < 0 {
 		return fmt.Errorf("--steps %d --warmup %d", *steps, *warmup)
+	}
+	kernels, err := alexnet.SetCPUKernels(*cpuKernels)
+	if err != nil {
+		return err
 	}
 	compute, err := devices.Select(*gpu, *conv)
 	if err != nil {
@@ -126,6 +131,10 @@ func benchStep(args []string, out io.Writer) error {
 	// stands beside the peer's.
 	result := fmt.Sprintf("RESULT bench=step variant=%s batch=%d img_per_s=%.1f ms_per_step=%.2f peak_rss_mb=%.0f%s",
 		*variant, *batch, ips, float64(med.Microseconds())/1e3, peakRSSMB(), deviceMemory(st.backend, " device_mb=%.0f"))
+	if *gpu < 0 {
+		fmt.Fprintf(out, "cpu kernels: %v; convolutions: %s\n", kernels, alexnet.ConvKernels())
+		result += fmt.Sprintf(" cpu_kernels=%s isa=%s", kernels.Kernels, kernels.ISA)
+	}
 	if *data != "" {
 		fed, err := st.timeFed(*data, *warmup, *steps)
 		if err != nil {

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"testing"
 
+	"github.com/alexring/alexring/alexnet/onednn"
 	"github.com/alexring/alexring/sharding"
 )
 
@@ -17,8 +18,31 @@ func TestStepAndLoaderPrintResults(t *testing.T) {
 	if code := run([]string{"step", "--variant", "tiny", "--batch", "4", "--steps", "2", "--warmup", "1"}, &out, &errb); code != 0 {
 		t.Fatalf("bench step: exit %d: %s", code, errb.String())
 	}
-	if !regexp.MustCompile(`(?m)^RESULT bench=step variant=tiny batch=4 img_per_s=[0-9.]+ ms_per_step=[0-9.]+ peak_rss_mb=[0-9]+$`).MatchString(out.String()) {
+	if !regexp.MustCompile(`(?m)^RESULT bench=step variant=tiny batch=4 img_per_s=[0-9.]+ ms_per_step=[0-9.]+ peak_rss_mb=[0-9]+ cpu_kernels=(onednn|openblas) isa=\w+$`).MatchString(out.String()) ||
+		!regexp.MustCompile(`(?m)^cpu kernels: (onednn|openblas) .*ISA \w+, auto: .*; convolutions: `).MatchString(out.String()) {
 		t.Errorf("bench step printed:\n%s", out.String())
+	}
+	// Each kernel path of the build, named with what ran; a bad name is refused.
+	kernels := []string{"openblas"}
+	if onednn.Available {
+		kernels = append(kernels, "onednn")
+	}
+	for _, k := range kernels {
+		out.Reset()
+		if code := run([]string{"step", "--variant", "tiny", "--batch", "2", "--steps", "1", "--warmup", "0", "--cpu-kernels", k}, &out, &errb); code != 0 {
+			t.Fatalf("bench step --cpu-kernels %s: exit %d: %s", k, code, errb.String())
+		}
+		ran := "none in oneDNN"
+		if k == "onednn" {
+			ran = "forward jit:"
+		}
+		if !regexp.MustCompile(`(?m) cpu_kernels=`+k+` `).MatchString(out.String()) || !bytes.Contains(out.Bytes(), []byte("convolutions: "+ran)) {
+			t.Errorf("bench step --cpu-kernels %s printed:\n%s", k, out.String())
+		}
+	}
+	errb.Reset()
+	if code := run([]string{"step", "--variant", "tiny", "--cpu-kernels", "fft"}, &out, &errb); code != 1 || !bytes.Contains(errb.Bytes(), []byte(`--cpu-kernels "fft"`)) {
+		t.Errorf("bench step --cpu-kernels fft: exit %d: %s", code, errb.String())
 	}
 	dir := t.TempDir()
 	if err := sharding.Synthesize(dir, sharding.SynthConfig{Train: 2, Val: 1, Size: 32, Seed: 1, JPEG: true}); err != nil {
