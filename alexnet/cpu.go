@@ -30,8 +30,8 @@ func NewCPU(cfg BackendConfig) (*CPU, error) {
 	return c, nil
 }
 
-// Describe names the BLAS the graphs multiply with.
-func (c *CPU) Describe() string { return "cpu, " + BLAS }
+// Describe names what the graphs convolve and multiply with.
+func (c *CPU) Describe() string { return "cpu, " + string(CurrentCPUKernels().Kernels) + ", " + BLAS }
 
 // SetBatch rebuilds the training graph when the batch changes.
 func (c *CPU) SetBatch(batch int) error {
