@@ -33,7 +33,7 @@ type Footprint struct {
 }
 
 // Total is the sum of the parts.
-func (f Footprint) Total() int64 { return addSat(addSat(f.State, f.Train), f.Eval) }
+func (f Footprint) Total() int64 { return AddSat(AddSat(f.State, f.Train), f.Eval) }
 
 // String names the parts.
 func (f Footprint) String() string {
@@ -47,12 +47,12 @@ func CPUFootprint(s Spec, batch, evalBatch int) Footprint {
 	n := int64(s.NumParams())
 	f := Footprint{State: 4 * 7 * n} // params, gradient, M, V; the checkpoint's 3 copies
 	if batch > 0 {
-		f.Train = mulSat(int64(batch), 4*s.ImageFloats(true))
-		f.Train = addSat(f.Train, 4*s.batchScratchFloats(batch, true))
+		f.Train = MulSat(int64(batch), 4*s.ImageFloats(true))
+		f.Train = AddSat(f.Train, 4*s.batchScratchFloats(batch, true))
 	}
 	if evalBatch > 0 {
-		f.Eval = mulSat(int64(evalBatch), 4*s.ImageFloats(false))
-		f.Eval = addSat(f.Eval, 4*s.batchScratchFloats(evalBatch, false))
+		f.Eval = MulSat(int64(evalBatch), 4*s.ImageFloats(false))
+		f.Eval = AddSat(f.Eval, 4*s.batchScratchFloats(evalBatch, false))
 	}
 	return f
 }
@@ -117,16 +117,16 @@ func (s Spec) batchScratchFloats(batch int, train bool) int64 {
 	return pieces * total
 }
 
-// mulSat and addSat saturate at MaxInt64: a batch of 10^15 images must give
+// MulSat and AddSat saturate at MaxInt64: a batch of 10^15 images must give
 // a huge estimate, not a wrapped one.
-func mulSat(a, b int64) int64 {
+func MulSat(a, b int64) int64 {
 	if a != 0 && b > math.MaxInt64/a {
 		return math.MaxInt64
 	}
 	return a * b
 }
 
-func addSat(a, b int64) int64 {
+func AddSat(a, b int64) int64 {
 	if a > math.MaxInt64-b {
 		return math.MaxInt64
 	}
@@ -191,7 +191,7 @@ func meminfoField(data []byte, name string) (int64, bool) {
 			return 0, false
 		}
 		if len(f) > 1 && f[1] == "kB" {
-			v = mulSat(v, 1024)
+			v = MulSat(v, 1024)
 		}
 		return v, true
 	}

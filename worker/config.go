@@ -3,7 +3,6 @@ package worker
 import (
 	"errors"
 	"fmt"
-	"math"
 	"path/filepath"
 	"strings"
 	"time"
@@ -182,7 +181,7 @@ func (c Config) CheckMemory(spec alexnet.Spec, batch int, onCPU bool, ranks int)
 	f := c.Footprint(spec, batch, onCPU)
 	per := f
 	per.Eval = 0
-	need := addBytes(mulBytes(int64(ranks), per.Total()), f.Eval)
+	need := alexnet.AddSat(alexnet.MulSat(int64(ranks), per.Total()), f.Eval)
 	avail, from, err := hostMemory()
 	if err != nil || need <= avail {
 		return nil
@@ -204,20 +203,6 @@ func (c Config) CheckMemory(spec alexnet.Spec, batch int, onCPU bool, ranks int)
 	}
 	return BadInput(fmt.Errorf("%s: %s %s need about %s (%v), more than the %s available (%s); lower %s (or %s)",
 		flag, who, where, alexnet.FormatBytes(need), f, alexnet.FormatBytes(avail), from, strings.Fields(flag)[0], strings.Fields(other)[0]))
-}
-
-func mulBytes(a, b int64) int64 {
-	if a != 0 && b > math.MaxInt64/a {
-		return math.MaxInt64
-	}
-	return a * b
-}
-
-func addBytes(a, b int64) int64 {
-	if a > math.MaxInt64-b {
-		return math.MaxInt64
-	}
-	return a + b
 }
 
 // WorkerBatch is each rank's share of the global batch.
