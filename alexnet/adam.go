@@ -70,21 +70,9 @@ func AdamElement(s AdamStep, p, g, m, v float32) (float32, float32, float32) {
 	return p - s.StepSize*(m/denom), m, v
 }
 
-// Update takes one step over the flat vectors with AdamElement.
-func (a *Adam) Update(params, grad []float32) error {
-	if len(params) != len(a.M) || len(grad) != len(a.M) {
-		return fmt.Errorf("alexnet: Adam over %d values given %d parameters and %d gradients", len(a.M), len(params), len(grad))
-	}
-	s := a.Advance()
-	m, v, p, gr := a.M, a.V, params, grad[:len(params)]
-	// Element-wise, so splitting the vector over the cores changes no bit.
-	parallelRanges(len(p), func(lo, hi int) {
-		for i := lo; i < hi; i++ {
-			p[i], m[i], v[i] = AdamElement(s, p[i], gr[i], m[i], v[i])
-		}
-	})
-	return nil
-}
+// Update takes one step over the flat vectors with AdamElement: UpdateFrom
+// from the first parameter, with the gradient of all of them.
+func (a *Adam) Update(params, grad []float32) error { return a.UpdateFrom(0, params, grad) }
 
 // parallelRanges runs fn over [0, n) cut into one range per core (below a
 // million elements, one range: the goroutines would cost more than they save).

@@ -23,16 +23,20 @@ type Backend interface {
 	// Gradient runs forward and backward on count images (NCHW, normalised)
 	// with their labels: the flat gradient (mean over the count real
 	// samples), the mean loss and whether every gradient value is finite.
+	// The gradient is that of the trained parameters, Flat[TrainFrom:]
+	// (BackendConfig.Freeze): grad holds NumParams-TrainFrom values, grad[i]
+	// for Flat[TrainFrom+i], and the frozen ones' is never computed.
 	// rng draws the dropout masks (DrawMasks). With grad nil the gradient
 	// stays in the backend for Update(nil) (a world of one: nothing to
 	// average); otherwise it is written into grad, a vector from HostVector,
 	// and when classifierReady is not nil that is called once, as soon as
-	// grad[ClassifierOffset():] is final and checked, while the rest of the
+	// grad[ClassifierOffset()-TrainFrom:] is final and checked, while the rest of the
 	// backward pass may still run; it must not touch grad below that offset.
 	Gradient(images []float32, labels []int, count int, rng *rand.Rand, grad []float32, classifierReady func()) (Step, error)
 	// Update takes one Adam step (Adam.Step counts it) on the backend's
-	// parameters with grad, the averaged gradient, or with nil the one the
-	// last Gradient kept.
+	// trained parameters with grad, the averaged gradient, or with nil the
+	// one the last Gradient kept; frozen parameters and their moments stay
+	// as they are.
 	Update(grad []float32) error
 	// Logits evaluates count images (no dropout) and returns count*K logits,
 	// a fresh slice.
@@ -66,6 +70,7 @@ type BackendConfig struct {
 	Batch     int     // training batch per rank; 0: inference only (predict)
 	EvalBatch int     // evaluation batch (Logits); 0: no evaluation
 	Dropout   float64 // the classifier's dropout probability in training
+	Freeze    Freeze  // the parameters that do not train ("": none)
 }
 
 // Validate rejects a config no backend can build.
@@ -81,6 +86,9 @@ func (c BackendConfig) Validate() error {
 		return fmt.Errorf("alexnet: Adam over %d values for %d parameters", len(c.Adam.M), len(c.Params.Flat))
 	case c.Dropout < 0 || c.Dropout >= 1:
 		return fmt.Errorf("alexnet: dropout probability %g, want [0, 1)", c.Dropout)
+	}
+	if _, err := ParseFreeze(string(c.Freeze)); err != nil {
+		return err
 	}
 	return nil
 }

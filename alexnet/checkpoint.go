@@ -1,6 +1,7 @@
 package alexnet
 
 import (
+	"cmp"
 	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
@@ -19,6 +20,8 @@ const (
 	metaClasses  = "classes"      // JSON list of class names by index
 	metaEpoch    = "epoch"        // 1-based epoch the parameters are from
 	metaAccuracy = "val_accuracy" // validation accuracy at that epoch
+	metaNorm     = "normalize"    // the inputs' normalisation (sharding.ParseNormalization)
+	metaFreeze   = "freeze"       // a training state's --freeze (ParseFreeze)
 	metaFormat   = "format"
 	formatModel  = "alexring-model-1"
 	formatState  = "alexring-train-state-1"
@@ -30,6 +33,11 @@ type ModelMeta struct {
 	Classes     []string // class names by index; empty when the file has none
 	Epoch       int
 	ValAccuracy float64
+	// Normalize is the inputs' normalisation the model trained with, by name
+	// ("seed" or "imagenet"; sharding.ParseNormalization reads it). A file
+	// without it (older ones, and a .pth, which has no metadata) loads as
+	// "seed".
+	Normalize string
 }
 
 // SaveModel writes the parameters to path as safetensors (atomically).
@@ -42,6 +50,10 @@ func SaveModel(path string, p *Params, meta ModelMeta) error {
 		metaVariant:  p.Spec.Variant,
 		metaEpoch:    strconv.Itoa(meta.Epoch),
 		metaAccuracy: strconv.FormatFloat(meta.ValAccuracy, 'g', -1, 64),
+		metaNorm:     meta.Normalize,
+	}
+	if meta.Normalize == "" {
+		md[metaNorm] = "seed"
 	}
 	if len(meta.Classes) > 0 {
 		js, _ := json.Marshal(meta.Classes)
@@ -66,6 +78,9 @@ func paramTensors(p *Params) ([]string, map[string]STTensor) {
 // saved by PyTorch has no metadata); the class count from classifier.6.bias.
 // Every tensor's name, dtype and shape is checked, and nothing extra is allowed.
 func LoadModel(path string) (*Params, ModelMeta, error) {
+	if pth, err := IsPthFile(path); err == nil && pth {
+		return loadPthModel(path)
+	}
 	f, err := ReadSafetensors(path)
 	if err != nil {
 		return nil, ModelMeta{}, err
@@ -79,6 +94,9 @@ func LoadModel(path string) (*Params, ModelMeta, error) {
 
 // ParseModel is LoadModel of a file's bytes.
 func ParseModel(data []byte) (*Params, ModelMeta, error) {
+	if isPth(data) {
+		return parsePthModel(data)
+	}
 	f, err := ParseSafetensors(data)
 	if err != nil {
 		return nil, ModelMeta{}, err
@@ -107,7 +125,10 @@ func modelOf(f *STFile) (*Params, ModelMeta, error) {
 }
 
 func modelMeta(md map[string]string) (ModelMeta, error) {
-	m := ModelMeta{Variant: md[metaVariant]}
+	m := ModelMeta{Variant: md[metaVariant], Normalize: md[metaNorm]}
+	if m.Normalize == "" {
+		m.Normalize = "seed" // written before the setting existed
+	}
 	if s, ok := md[metaClasses]; ok {
 		if err := json.Unmarshal([]byte(s), &m.Classes); err != nil {
 			return m, fmt.Errorf("metadata %q is not a JSON list of names: %v", metaClasses, err)
@@ -185,6 +206,9 @@ func fillParams(f *STFile, spec Spec) (*Params, error) {
 		sort.Strings(extra)
 		return nil, fmt.Errorf("unexpected tensors %v (variant %s)", extra, spec.Variant)
 	}
+	if flat := f.mappedFlat(layout); flat != nil { // OpenModel: no copy
+		return &Params{Spec: spec, Flat: flat, Layout: layout}, nil
+	}
 	p := NewParams(spec)
 	for _, t := range p.Layout {
 		decodeF32(p.Flat[t.Offset:t.Offset+t.Size], f.Tensors[t.Name].Data)
@@ -214,6 +238,11 @@ type TrainState struct {
 	Seed     uint64
 	RNGState []byte // the dropout RNG's MarshalBinary
 	Classes  []string
+	// Normalize and Freeze are the --normalize and --freeze it trained with,
+	// which a resume must keep. Empty is written as "seed" and "none"; a
+	// state without them (older ones) reads so too.
+	Normalize string
+	Freeze    Freeze
 }
 
 // SaveTrainState writes the training state to path as safetensors (atomically):
@@ -238,6 +267,8 @@ func SaveTrainState(path string, s *TrainState) error {
 		"adam.beta2":    strconv.FormatFloat(s.Adam.Config.Beta2, 'g', -1, 64),
 		"adam.eps":      strconv.FormatFloat(s.Adam.Config.Eps, 'g', -1, 64),
 		"rng":           hex.EncodeToString(s.RNGState),
+		metaNorm:        cmp.Or(s.Normalize, "seed"),
+		metaFreeze:      string(cmp.Or(s.Freeze, FreezeNone)),
 	}
 	tensors := map[string]STTensor{
 		"params": F32Tensor(s.Params.Flat, n),
@@ -306,6 +337,10 @@ func trainState(f *STFile) (*TrainState, error) {
 		bad("seed")
 	}
 	s.Seed = seed
+	s.Normalize = cmp.Or(md[metaNorm], "seed")
+	if s.Freeze, err = ParseFreeze(md[metaFreeze]); err != nil {
+		bad(metaFreeze)
+	}
 	if perr != nil {
 		return nil, perr
 	}

@@ -196,7 +196,8 @@ func TestTrainStateRoundTrip(t *testing.T) {
 	rng := rand.NewPCG(7, 8)
 	rng.Uint64()
 	rs, _ := rng.MarshalBinary()
-	st := &TrainState{Params: p, Adam: adam, Epoch: 3, BestAcc: 0.5, Seed: 1<<63 + 5, RNGState: rs, Classes: []string{"a", "b", "c", "d", "e"}}
+	st := &TrainState{Params: p, Adam: adam, Epoch: 3, BestAcc: 0.5, Seed: 1<<63 + 5, RNGState: rs, Classes: []string{"a", "b", "c", "d", "e"},
+		Normalize: "imagenet", Freeze: FreezeFeatures}
 	path := filepath.Join(t.TempDir(), "state.safetensors")
 	if err := SaveTrainState(path, st); err != nil {
 		t.Fatal(err)
@@ -206,8 +207,32 @@ func TestTrainStateRoundTrip(t *testing.T) {
 		t.Fatal(err)
 	}
 	if got.Epoch != 3 || got.BestAcc != 0.5 || got.Seed != st.Seed || got.Adam.Step != 2 || got.Adam.Config != adam.Config ||
-		!bytes.Equal(got.RNGState, rs) || strings.Join(got.Classes, "") != "abcde" || got.Params.Spec != p.Spec {
+		!bytes.Equal(got.RNGState, rs) || strings.Join(got.Classes, "") != "abcde" || got.Params.Spec != p.Spec ||
+		got.Normalize != "imagenet" || got.Freeze != FreezeFeatures {
 		t.Errorf("state %+v", got)
+	}
+	// A state written before normalize and freeze were recorded trained
+	// with the seed's normalisation and nothing frozen; a freeze that does
+	// not parse is refused.
+	f, err := ReadSafetensors(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	delete(f.Metadata, metaNorm)
+	delete(f.Metadata, metaFreeze)
+	old := filepath.Join(t.TempDir(), "old.safetensors")
+	if err := WriteSafetensors(old, []string{"params", "adam.m", "adam.v"}, f.Tensors, f.Metadata); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := LoadTrainState(old); err != nil || got.Normalize != "seed" || got.Freeze != FreezeNone {
+		t.Errorf("a state without normalize and freeze: %v, %v", got, err)
+	}
+	f.Metadata[metaFreeze] = "classifier"
+	if err := WriteSafetensors(old, []string{"params", "adam.m", "adam.v"}, f.Tensors, f.Metadata); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := LoadTrainState(old); err == nil || !strings.Contains(err.Error(), `"freeze"`) {
+		t.Errorf("freeze classifier: %v", err)
 	}
 	if !equalFloats(got.Params.Flat, p.Flat) || !equalFloats(got.Adam.M, adam.M) || !equalFloats(got.Adam.V, adam.V) {
 		t.Error("vectors changed in the round trip")

@@ -3,6 +3,7 @@ package alexnet
 import (
 	"fmt"
 	"hash"
+	"sync"
 
 	"github.com/chewxy/hm"
 	"gonum.org/v1/gonum/blas"
@@ -186,14 +187,24 @@ func (l *dnnLayer) primitives(g convGeom, dataInput bool) (*onednn.Conv, error) 
 }
 
 // opScratch is an op's reused memory: its output (rewritten every step; the
-// values of one step are dead by the next) and its patch buffer.
+// values of one step are dead by the next).
 type opScratch struct {
-	out     *tensor.Dense
-	cols    [parts][]float32 // patches, one buffer per piece of the batch
-	partial [parts][]float32 // weight-gradient sums per piece
+	out *tensor.Dense
 	// computed, when set, runs each time the op has written its output (the
 	// Net's OnClassifierGradient hook).
 	computed func()
+}
+
+// patches is the im2col path's scratch, shared by the convolution ops of
+// every graph: the patches and the weight-gradient sums, one buffer per
+// piece of the batch, as large as the largest op's. A graph's machine runs
+// its ops one at a time and a worker one graph at a time, so one set takes
+// the place of one per op (the seed model's training graph: 124 MiB of them,
+// 18 MiB shared); graphs run side by side (tests) take turns.
+var patches struct {
+	sync.Mutex
+	cols    [parts][]float32
+	partial [parts][]float32
 }
 
 func (s *opScratch) output(shape tensor.Shape) *tensor.Dense {
@@ -214,11 +225,11 @@ func grow[T any](buf *[]T, n int) []T {
 
 // conv2d applies the fused convolution and bias. An x without an op is the
 // graph's input: the images, which need no gradient.
-// The kernels are those chosen when the graph is built (CurrentCPUKernels).
-func conv2d(x, w, b *G.Node, c Conv, batch int) (*G.Node, error) {
+// The kernels are the network's (CPUKernelsFor, when the graph is built).
+func conv2d(x, w, b *G.Node, c Conv, batch int, kernels CPUKernels) (*G.Node, error) {
 	g := convGeom{batch: batch, in: c.In, out: c.Out, kernel: c.Kernel, stride: c.Stride, pad: c.Pad, side: c.InSide, outSide: c.OutSide}
 	op := convOp{g: g, kind: convForward, dataInput: x.Op() == nil, scratch: &opScratch{}}
-	if CurrentCPUKernels().Kernels == KernelsOneDNN {
+	if kernels == KernelsOneDNN {
 		op.dnn = &dnnLayer{}
 	}
 	return G.ApplyOp(op, x, w, b)
@@ -332,6 +343,8 @@ func (op convOp) UsePreallocDo(prealloc G.Value, in ...G.Value) (G.Value, error)
 		}
 		return out, nil
 	}
+	patches.Lock()
+	defer patches.Unlock()
 	g := op.g
 	hw, rows := g.hw(), g.colRows()
 	inSize, outSize := g.in*g.side*g.side, g.out*hw
@@ -342,7 +355,7 @@ func (op convOp) UsePreallocDo(prealloc G.Value, in ...G.Value) (G.Value, error)
 	case convForward:
 		x, w, b := args[0], args[1], args[2]
 		parallel(pieces, func(k int) {
-			col := grow(&op.scratch.cols[k], rows*hw)
+			col := grow(&patches.cols[k], rows*hw)
 			lo, hi := span(g.batch, pieces, k)
 			for i := lo; i < hi; i++ {
 				y := dst[i*outSize : (i+1)*outSize]
@@ -359,7 +372,7 @@ func (op convOp) UsePreallocDo(prealloc G.Value, in ...G.Value) (G.Value, error)
 	case convGradInput:
 		w, dy := args[0], args[1]
 		parallel(pieces, func(k int) {
-			col := grow(&op.scratch.cols[k], rows*hw)
+			col := grow(&patches.cols[k], rows*hw)
 			lo, hi := span(g.batch, pieces, k)
 			for i := lo; i < hi; i++ {
 				dx := dst[i*inSize : (i+1)*inSize]
@@ -373,8 +386,8 @@ func (op convOp) UsePreallocDo(prealloc G.Value, in ...G.Value) (G.Value, error)
 		// order, so the result does not depend on the number of cores.
 		x, dy := args[0], args[1]
 		parallel(pieces, func(k int) {
-			col := grow(&op.scratch.cols[k], rows*hw)
-			dw := grow(&op.scratch.partial[k], len(dst))
+			col := grow(&patches.cols[k], rows*hw)
+			dw := grow(&patches.partial[k], len(dst))
 			clear(dw)
 			lo, hi := span(g.batch, pieces, k)
 			for i := lo; i < hi; i++ {
@@ -382,9 +395,9 @@ func (op convOp) UsePreallocDo(prealloc G.Value, in ...G.Value) (G.Value, error)
 				sgemm(blas.NoTrans, blas.Trans, g.out, rows, hw, 1, dy[i*outSize:(i+1)*outSize], hw, col, hw, 1, dw, rows)
 			}
 		})
-		copy(dst, op.scratch.partial[0][:len(dst)])
+		copy(dst, patches.partial[0][:len(dst)])
 		for k := 1; k < pieces; k++ {
-			for j, v := range op.scratch.partial[k][:len(dst)] {
+			for j, v := range patches.partial[k][:len(dst)] {
 				dst[j] += v
 			}
 		}

@@ -30,10 +30,14 @@ type linearOp struct {
 	batch, in, out int
 	kind           linearKind
 	scratch        *opScratch
+	// noInputGrad marks a layer whose input needs no gradient (the first
+	// of the classifier when the features are frozen): the op computes none,
+	// a GEMM as large as the weights' gradient saved.
+	noInputGrad bool
 }
 
-func linear(x, w, b *G.Node, l Linear, batch int) (*G.Node, error) {
-	return G.ApplyOp(linearOp{batch: batch, in: l.In, out: l.Out, kind: linearForward, scratch: &opScratch{}}, x, w, b)
+func linear(x, w, b *G.Node, l Linear, batch int, noInputGrad bool) (*G.Node, error) {
+	return G.ApplyOp(linearOp{batch: batch, in: l.In, out: l.Out, kind: linearForward, scratch: &opScratch{}, noInputGrad: noInputGrad}, x, w, b)
 }
 
 func (op linearOp) Arity() int {
@@ -83,7 +87,7 @@ func (op linearOp) String() string {
 
 func (op linearOp) DiffWRT(int) []bool {
 	if op.kind == linearForward {
-		return []bool{true, true, true}
+		return []bool{!op.noInputGrad, true, true}
 	}
 	return nil
 }
@@ -98,9 +102,12 @@ func (op linearOp) SymDiff(inputs G.Nodes, output, grad *G.Node) (G.Nodes, error
 		o.kind, o.scratch = k, &opScratch{}
 		return G.ApplyOp(o, in...)
 	}
-	dx, err := next(linearGradInput, w, grad)
-	if err != nil {
-		return nil, err
+	var dx *G.Node
+	if !op.noInputGrad {
+		var err error
+		if dx, err = next(linearGradInput, w, grad); err != nil {
+			return nil, err
+		}
 	}
 	dw, err := next(linearGradWeights, x, grad)
 	if err != nil {

@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+
+	"github.com/alexring/alexring/alexnet/onednn"
 )
 
 // What a model holds in memory, estimated from its spec before anything is
@@ -22,11 +24,13 @@ import (
 
 // Footprint is an estimate in bytes, by part.
 type Footprint struct {
-	// State is the parameter-sized vectors: parameters, gradient, Adam's two
-	// moments, and the copies a checkpoint write makes of three of them.
+	// State is the parameter-sized vectors: parameters, gradient and Adam's
+	// two moments.
 	State int64
 	// Train is the training graph for its batch: activations, their
-	// gradients, dropout masks, targets, and the ops' patch buffers.
+	// gradients, dropout masks, targets, and the convolutions' scratch
+	// (im2col's patch buffers, or oneDNN's buffers and arena), which every
+	// graph shares.
 	Train int64
 	// Eval is the evaluation graph for its batch.
 	Eval int64
@@ -43,19 +47,95 @@ func (f Footprint) String() string {
 
 // CPUFootprint is what the CPU backend and the trainer around it hold for a
 // training batch (0: none) and an evaluation batch (0: none).
+// The graphs built next convolve with the kernels CurrentCPUKernels would
+// give them; where none were chosen yet, with what auto would choose (judged
+// without loading oneDNN: a coordinator checking its local workers' batch
+// never convolves).
 func CPUFootprint(s Spec, batch, evalBatch int) Footprint {
+	return cpuFootprint(s, batch, evalBatch, footprintKernels(s))
+}
+
+func cpuFootprint(s Spec, batch, evalBatch int, k CPUKernels) Footprint {
 	n := int64(s.NumParams())
-	f := Footprint{State: 4 * 7 * n} // params, gradient, M, V; the checkpoint's 3 copies
+	f := Footprint{State: 4 * 4 * n} // params, gradient, M, V (a checkpoint writes them as they are)
+	dnn := k == KernelsOneDNN
 	if batch > 0 {
 		f.Train = MulSat(int64(batch), 4*s.ImageFloats(true))
-		f.Train = AddSat(f.Train, 4*s.batchScratchFloats(batch, true))
+		if dnn {
+			kept, arena := s.dnnFloats(batch, true)
+			_, evalArena := s.dnnFloats(evalBatch, false)
+			f.Train = AddSat(f.Train, MulSat(4, AddSat(kept, max(arena, evalArena)))) // one arena for both
+		} else { // the patches are shared too
+			f.Train = AddSat(f.Train, 4*s.batchScratchFloats(max(batch, evalBatch), true))
+		}
 	}
 	if evalBatch > 0 {
 		f.Eval = MulSat(int64(evalBatch), 4*s.ImageFloats(false))
-		f.Eval = AddSat(f.Eval, 4*s.batchScratchFloats(evalBatch, false))
+		switch {
+		case batch > 0: // the shared scratch is counted in Train
+		case !dnn:
+			f.Eval = AddSat(f.Eval, 4*s.batchScratchFloats(evalBatch, false))
+		default:
+			_, arena := s.dnnFloats(evalBatch, false)
+			f.Eval = AddSat(f.Eval, MulSat(4, arena))
+		}
 	}
 	return f
 }
+
+// footprintKernels is what the next graph of s convolves with.
+func footprintKernels(s Spec) CPUKernels {
+	kernelsMu.Lock()
+	chosen := kernels
+	kernelsMu.Unlock()
+	if chosen != nil {
+		return resolve(*chosen, s).Kernels
+	}
+	noDNN := ""
+	if !onednn.Available {
+		noDNN = "no oneDNN"
+	}
+	k, _ := autoKernels(noDNN, goISA(), s)
+	return k
+}
+
+// dnnFloats is what oneDNN holds in C memory for a graph of batch, in 4-byte
+// values: kept, the layers' buffers kept from one call to the next (in
+// training every layer but the first keeps x and dy in its primitives'
+// layout, for backward weights and data), and the arena that all layers
+// share, as large as the largest call's temporary tensors: the weights and
+// the output in the primitive's layout (in inference also the input; in
+// backward data the input's gradient). The layouts block the channels by 16
+// (AVX-512; 8 on AVX2), so the channels are rounded up to 16. For the seed
+// model this is what oneDNN 2.6.3 reports (TestDNNFloatsMatchOneDNN); its
+// scratchpads (under 2 MB for the seed at batch 64) are left out.
+func (s Spec) dnnFloats(batch int, train bool) (kept, arena int64) {
+	if batch < 1 {
+		return 0, 0
+	}
+	b := int64(batch)
+	for i, c := range s.Convs() {
+		in, out := int64(c.In), int64(roundUp(c.Out, 16))
+		if i > 0 {
+			in = int64(roundUp(c.In, 16))
+		}
+		x := in * int64(c.InSide) * int64(c.InSide)
+		y := out * int64(c.OutSide) * int64(c.OutSide)
+		w := out * in * int64(c.Kernel) * int64(c.Kernel)
+		per := y // forward's output; in training its input is kept, or plain (the first layer's)
+		switch {
+		case !train:
+			per = x + y
+		case i > 0:
+			kept = AddSat(kept, MulSat(b, x+y))
+			per = max(x, y) // backward data's dx is as large as x
+		}
+		arena = max(arena, AddSat(w, MulSat(b, per)))
+	}
+	return kept, arena
+}
+
+func roundUp(n, m int) int { return (n + m - 1) / m * m }
 
 // ImageBytes is one input image as the loader hands it over (CHW float32).
 func (s Spec) ImageBytes() int64 { return 4 * 3 * int64(s.Input) * int64(s.Input) }
@@ -97,24 +177,20 @@ func (s Spec) ImageFloats(train bool) int64 {
 	return total + 2*int64(s.Classes)*grad // the targets and the logits' gradient
 }
 
-// batchScratchFloats is what a graph's ops hold per piece of the batch (one
-// piece per goroutine, at most parts): each convolution's patch buffer, in
-// training also those of its two gradients and the weight gradient's partial
-// sums.
+// batchScratchFloats is what the im2col path's ops hold per piece of the
+// batch (one piece per goroutine, at most parts), in buffers every op of
+// every graph shares (conv.go's patches): the largest layer's patches and,
+// in training, the largest weight gradient's partial sums.
 func (s Spec) batchScratchFloats(batch int, train bool) int64 {
 	pieces := int64(min(parts, batch))
-	var total int64
-	for i, c := range s.Convs() {
-		cols := int64(c.In) * int64(c.Kernel) * int64(c.Kernel) * int64(c.OutSide) * int64(c.OutSide)
-		total += cols // forward
+	var cols, sums int64
+	for _, c := range s.Convs() {
+		cols = max(cols, int64(c.In)*int64(c.Kernel)*int64(c.Kernel)*int64(c.OutSide)*int64(c.OutSide))
 		if train {
-			total += cols + int64(c.Out)*int64(c.In)*int64(c.Kernel)*int64(c.Kernel) // weight gradient: patches, partial sums
-			if i > 0 {
-				total += cols // the input's gradient
-			}
+			sums = max(sums, int64(c.Out)*int64(c.In)*int64(c.Kernel)*int64(c.Kernel))
 		}
 	}
-	return pieces * total
+	return pieces * (cols + sums)
 }
 
 // MulSat and AddSat saturate at MaxInt64: a batch of 10^15 images must give

@@ -8,6 +8,8 @@ import (
 	"runtime"
 	"strings"
 	"testing"
+
+	"github.com/alexring/alexring/alexnet/onednn"
 )
 
 func liveHeap() int64 {
@@ -18,11 +20,20 @@ func liveHeap() int64 {
 	return int64(m.HeapAlloc)
 }
 
+// resetPatches drops the im2col buffers that every graph shares, so that
+// what a graph then grows of them is measured with it.
+func resetPatches() {
+	patches.Lock()
+	patches.cols, patches.partial = [parts][]float32{}, [parts][]float32{}
+	patches.Unlock()
+}
+
 // heldPerImage measures what a graph holds per image: the heap of a net of
 // batch 12 less one of batch 4 (the fixed parts cancel), after two steps.
 func heldPerImage(t *testing.T, p *Params, train bool) int64 {
 	var held [2]int64
 	for i, b := range []int{4, 12} {
+		resetPatches()
 		before := liveHeap()
 		n, err := NewNet(p, NetOptions{Batch: b, Train: train, Dropout: 0.5})
 		if err != nil {
@@ -79,8 +90,8 @@ func TestFootprintSaturates(t *testing.T) {
 	seed, _ := NewSpec("seed", 5)
 	small := CPUFootprint(seed, 32, 16)
 	// The seed at batch 32: 6.7 MB an image in training, 58 MB a vector.
-	if gib := float64(small.Total()) / (1 << 30); gib < 0.5 || gib > 1.5 {
-		t.Errorf("the seed at batch 32 needs %s, want about 0.85 GiB", FormatBytes(small.Total()))
+	if gib := float64(small.Total()) / (1 << 30); gib < 0.4 || gib > 0.8 {
+		t.Errorf("the seed at batch 32 needs %s, want about 0.5 GiB", FormatBytes(small.Total()))
 	}
 	if s := small.String(); !strings.Contains(s, "training ") || !strings.Contains(s, "MiB") {
 		t.Errorf("%q", s)
@@ -146,4 +157,112 @@ func TestHostMemoryHonoursCgroupLimits(t *testing.T) {
 	if _, _, err := hostMemory(t.TempDir()); err == nil {
 		t.Error("no /proc/meminfo: no error")
 	}
+}
+
+// The oneDNN part of the estimate is what oneDNN's primitives report they
+// keep and need of the arena, for the seed model's layers.
+func TestDNNFloatsMatchOneDNN(t *testing.T) {
+	if _, err := onednn.Runtime(); err != nil {
+		t.Skip(err)
+	}
+	spec, _ := NewSpec("seed", 5)
+	for _, batch := range []int{1, 17, 32} {
+		for _, train := range []bool{true, false} {
+			var shapes []onednn.Shape
+			for i, c := range spec.Convs() {
+				shapes = append(shapes, onednn.Shape{Batch: batch, In: c.In, Out: c.Out, Side: c.InSide, OutSide: c.OutSide,
+					Kernel: c.Kernel, Stride: c.Stride, Pad: c.Pad, Train: train, DiffSrc: i > 0})
+			}
+			got, err := onednn.Footprint(shapes)
+			if err != nil {
+				t.Fatal(err)
+			}
+			kept, arena := spec.dnnFloats(batch, train)
+			t.Logf("batch %d train=%v: oneDNN keeps %d and needs an arena of %d bytes (scratchpad %d); estimated %d and %d",
+				batch, train, got.Kept, got.Temp, got.Scratch, 4*kept, 4*arena)
+			near := func(a, b int64) bool { return math.Abs(float64(a-b)) <= 0.01*float64(max(a, b)) }
+			if !near(4*kept, got.Kept) || !near(4*arena, got.Temp) {
+				t.Errorf("batch %d train=%v: oneDNN keeps %d bytes and needs %d of arena; the estimate says %d and %d",
+					batch, train, got.Kept, got.Temp, 4*kept, 4*arena)
+			}
+		}
+	}
+}
+
+// A training graph holds what its part of the estimate says, on either
+// kernels: its activations, the im2col path's patch buffers and partial sums,
+// oneDNN's kept buffers (the arena, shared by every graph, is checked above).
+func TestTrainFootprintMatchesWhatAGraphHolds(t *testing.T) {
+	if testing.Short() {
+		t.Skip("seed model steps: 4 s on two cores")
+	}
+	before := CurrentCPUKernels()
+	defer func() {
+		kernelsMu.Lock()
+		kernels = &before
+		kernelsMu.Unlock()
+	}()
+	spec, _ := NewSpec("seed", 5)
+	p := NewParams(spec)
+	p.Init(1)
+	const batch = 8
+	for _, k := range []CPUKernels{KernelsOneDNN, KernelsOpenBLAS} {
+		if _, err := SetCPUKernels(string(k)); err != nil {
+			t.Log(err)
+			continue
+		}
+		images := make([]float32, batch*3*spec.Input*spec.Input)
+		grad := make([]float32, len(p.Flat))
+		resetPatches()
+		heap0 := liveHeap()
+		n, err := NewNet(p, NetOptions{Batch: batch, Train: true, Dropout: 0.5})
+		if err != nil {
+			t.Fatal(err)
+		}
+		n.BindGrad(grad)
+		rng := rand.New(rand.NewPCG(1, 2))
+		for range 2 {
+			if _, err := n.Gradient(images, make([]int, batch), batch, rng, grad); err != nil {
+				t.Fatal(err)
+			}
+		}
+		kept := dnnKept(n)
+		if (k == KernelsOneDNN) != (kept > 0) {
+			t.Errorf("%s: oneDNN keeps %d bytes for the graph's layers", k, kept)
+		}
+		got := liveHeap() - heap0 + kept
+		// The images were in heap0; collected before the second count, they
+		// would take 4.6 MiB off what the graph holds.
+		runtime.KeepAlive(images)
+		want := cpuFootprint(spec, batch, 0, k).Train
+		if k == KernelsOneDNN {
+			_, arena := spec.dnnFloats(batch, true)
+			want -= 4 * arena
+		}
+		t.Logf("%s: a training graph of batch %d holds %s (oneDNN keeps %s of it), estimated %s", k, batch, FormatBytes(got), FormatBytes(kept), FormatBytes(want))
+		// 5%, as per image: leaving out oneDNN's kept buffers would be 15%
+		// under, counting the patch buffers on oneDNN 36% over.
+		if math.Abs(float64(want-got)) > 0.05*float64(got) {
+			t.Errorf("%s: a training graph of batch %d holds %d bytes, the estimate says %d", k, batch, got, want)
+		}
+		n.Close()
+		runtime.KeepAlive(n)
+	}
+}
+
+// dnnKept is what oneDNN keeps between calls for n's layers, by its own
+// count. The process's count (onednn.Memory) would not do: an earlier net's
+// layers free theirs when its cleanups run, which may be in the middle of a
+// measurement (that took 9.2 MiB off the im2col graph measured after the
+// oneDNN one).
+func dnnKept(n *Net) int64 {
+	var kept int64
+	seen := map[*dnnLayer]bool{}
+	for _, node := range n.g.AllNodes() {
+		if op, ok := node.Op().(convOp); ok && op.dnn != nil && op.dnn.conv != nil && !seen[op.dnn] {
+			seen[op.dnn] = true
+			kept += op.dnn.conv.Mem.Kept
+		}
+	}
+	return kept
 }

@@ -27,6 +27,9 @@ type Net struct {
 	params  *Params
 	train   bool
 	dropout float64
+	// trainFrom is NetOptions.TrainFrom; grads are those of
+	// params.Layout[gradFirst:], the tensors from there.
+	trainFrom, gradFirst int
 
 	g       *G.ExprGraph
 	vm      G.VM
@@ -35,7 +38,7 @@ type Net struct {
 	masks   [][]float32
 	logits  *G.Node
 	loss    *G.Node
-	grads   G.Nodes   // in Layout order
+	grads   G.Nodes   // in Layout order, from Layout[gradFirst]
 	bound   []float32 // the gradient vector of BindGrad
 
 	// OnClassifierGradient's hook: the classifier's gradient ops, those still
@@ -55,6 +58,11 @@ type NetOptions struct {
 	// Dropout is the drop probability on the classifier's two dropout layers in
 	// training (the seed's is 0.5; 0 turns dropout off).
 	Dropout float64
+	// TrainFrom is the first parameter of the flat vector that trains (0, or
+	// Spec.TrainFrom's offset to freeze the features): the gradient is that
+	// of Flat[TrainFrom:], and the backward pass stops where nothing before
+	// it needs one.
+	TrainFrom int
 }
 
 // NewNet builds the graph for params' spec.
@@ -65,9 +73,18 @@ func NewNet(params *Params, opt NetOptions) (*Net, error) {
 	if opt.Dropout < 0 || opt.Dropout >= 1 {
 		return nil, fmt.Errorf("alexnet: dropout probability %g, want [0, 1)", opt.Dropout)
 	}
-	n := &Net{Spec: params.Spec, Batch: opt.Batch, params: params, train: opt.Train}
+	n := &Net{Spec: params.Spec, Batch: opt.Batch, params: params, train: opt.Train, trainFrom: opt.TrainFrom, gradFirst: -1}
 	if opt.Train {
 		n.dropout = opt.Dropout
+	}
+	for i, t := range params.Layout {
+		if t.Offset == opt.TrainFrom {
+			n.gradFirst = i
+			break
+		}
+	}
+	if n.gradFirst < 0 {
+		return nil, fmt.Errorf("alexnet: training from parameter %d, which does not start a tensor of the %s model", opt.TrainFrom, params.Spec.Variant)
 	}
 	buildMu.Lock()
 	err := n.build()
@@ -100,6 +117,7 @@ func (n *Net) build() error {
 	n.input = make([]float32, b*3*s.Input*s.Input)
 	x := tensorNode("input", n.input, b, 3, s.Input, s.Input)
 	var err error
+	kernels := CPUKernelsFor(s).Kernels
 	for _, c := range s.Convs() {
 		w, err := param(c.WeightName, c.Out, c.In, c.Kernel, c.Kernel)
 		if err != nil {
@@ -109,7 +127,7 @@ func (n *Net) build() error {
 		if err != nil {
 			return err
 		}
-		if x, err = conv2d(x, w, bias, c, b); err != nil {
+		if x, err = conv2d(x, w, bias, c, b, kernels); err != nil {
 			return fmt.Errorf("%s: %w", c.WeightName, err)
 		}
 		if x, err = relu(x); err != nil {
@@ -140,7 +158,9 @@ func (n *Net) build() error {
 		if err != nil {
 			return err
 		}
-		if x, err = linear(x, w, bias, l, b); err != nil {
+		// The classifier's input needs a gradient only when a convolution trains.
+		noInputGrad := l.WeightName == s.Linears()[0].WeightName && n.trainFrom >= s.ClassifierOffset()
+		if x, err = linear(x, w, bias, l, b, noInputGrad); err != nil {
 			return fmt.Errorf("%s: %w", l.WeightName, err)
 		}
 		if l.ReLUAfter {
@@ -158,7 +178,9 @@ func (n *Net) build() error {
 	if n.loss, err = G.ApplyOp(softmaxCE{computed: &n.lossAt}, x, tensorNode("targets", n.targets, b, s.Classes)); err != nil {
 		return err
 	}
-	if n.grads, err = G.Grad(n.loss, weights...); err != nil {
+	// Only the trained tensors': gorgonia then builds no backward op for a
+	// layer that no trained tensor feeds (the frozen convolutions).
+	if n.grads, err = G.Grad(n.loss, weights[n.gradFirst:]...); err != nil {
 		return fmt.Errorf("gradient: %w", err)
 	}
 	n.vm = G.NewTapeMachine(g)
@@ -171,11 +193,11 @@ func (n *Net) build() error {
 // less, for the seed model. It reports whether every parameter's gradient op
 // could be bound.
 func (n *Net) BindGrad(grad []float32) bool {
-	if !n.train || len(grad) != len(n.params.Flat) {
+	if !n.train || len(grad) != len(n.params.Flat)-n.trainFrom {
 		return false
 	}
 	all := true
-	for i, t := range n.params.Layout {
+	for i, t := range n.params.Layout[n.gradFirst:] {
 		var s *opScratch
 		switch op := n.grads[i].Op().(type) {
 		case convOp:
@@ -187,7 +209,8 @@ func (n *Net) BindGrad(grad []float32) bool {
 			all = false
 			continue
 		}
-		s.out = tensor.New(tensor.WithShape(n.grads[i].Shape().Clone()...), tensor.WithBacking(grad[t.Offset:t.Offset+t.Size:t.Offset+t.Size]))
+		lo, hi := t.Offset-n.trainFrom, t.Offset-n.trainFrom+t.Size
+		s.out = tensor.New(tensor.WithShape(n.grads[i].Shape().Clone()...), tensor.WithBacking(grad[lo:hi:hi]))
 	}
 	n.bound = nil
 	if all {
@@ -218,8 +241,11 @@ func (n *Net) OnClassifierGradient(ready func()) (from int, err error) {
 	if first < 0 {
 		return 0, fmt.Errorf("alexnet: no %s in the parameter layout", n.Spec.Linears()[0].WeightName)
 	}
+	if first < n.gradFirst { // the classifier trains whatever else is frozen
+		return 0, errors.New("alexnet: OnClassifierGradient with part of the classifier frozen")
+	}
 	var scratches []*opScratch
-	for _, g := range n.grads[first:] {
+	for _, g := range n.grads[first-n.gradFirst:] {
 		op, ok := g.Op().(linearOp)
 		if !ok {
 			return 0, fmt.Errorf("alexnet: the classifier's gradient %v is not a linear op", g.Op())
@@ -237,7 +263,7 @@ func (n *Net) OnClassifierGradient(ready func()) (from int, err error) {
 			}
 		}
 	}
-	return n.params.Layout[first].Offset, nil
+	return n.params.Layout[first].Offset - n.trainFrom, nil
 }
 
 // Phases are the durations of the last Gradient call's forward pass (from
@@ -298,7 +324,7 @@ func (n *Net) Logits(images []float32, count int) ([]float32, error) {
 
 // Gradient runs forward and backward on count images with their labels and
 // writes the flat gradient (Layout order, mean over the count real samples) into
-// grad. rng draws the dropout masks (nil only when dropout is off). It returns
+// grad: that of Flat[TrainFrom:], grad[i] for Flat[TrainFrom+i]. rng draws the dropout masks (nil only when dropout is off). It returns
 // the mean loss.
 func (n *Net) Gradient(images []float32, labels []int, count int, rng *rand.Rand, grad []float32) (float32, error) {
 	if !n.train {
@@ -309,8 +335,8 @@ func (n *Net) Gradient(images []float32, labels []int, count int, rng *rand.Rand
 	if err := n.load(images, count); err != nil {
 		return 0, err
 	}
-	if len(labels) < count || len(grad) != len(n.params.Flat) {
-		return 0, fmt.Errorf("%w: %d labels for %d images, gradient of %d for %d parameters", ErrBatch, len(labels), count, len(grad), len(n.params.Flat))
+	if len(labels) < count || len(grad) != len(n.params.Flat)-n.trainFrom {
+		return 0, fmt.Errorf("%w: %d labels for %d images, gradient of %d for %d trained parameters", ErrBatch, len(labels), count, len(grad), len(n.params.Flat)-n.trainFrom)
 	}
 	if n.classifierReady != nil && (n.bound == nil || &grad[0] != &n.bound[0]) {
 		return 0, errors.New("alexnet: with OnClassifierGradient, Gradient must write into the bound gradient vector")
@@ -333,7 +359,7 @@ func (n *Net) Gradient(images []float32, labels []int, count int, rng *rand.Rand
 	if err := n.run(); err != nil {
 		return 0, fmt.Errorf("alexnet: forward/backward: %w", err)
 	}
-	for i, t := range n.params.Layout {
+	for i, t := range n.params.Layout[n.gradFirst:] {
 		v := n.grads[i].Value()
 		if v == nil {
 			return 0, fmt.Errorf("alexnet: no gradient for %s", t.Name)
@@ -342,7 +368,7 @@ func (n *Net) Gradient(images []float32, labels []int, count int, rng *rand.Rand
 		if !ok || len(d) != t.Size {
 			return 0, fmt.Errorf("alexnet: gradient of %s has %d values, want %d", t.Name, len(d), t.Size)
 		}
-		if dst := grad[t.Offset : t.Offset+t.Size]; &dst[0] != &d[0] {
+		if dst := grad[t.Offset-n.trainFrom : t.Offset-n.trainFrom+t.Size]; &dst[0] != &d[0] {
 			copy(dst, d) // not bound (BindGrad), or bound to another vector
 		}
 	}

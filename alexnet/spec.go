@@ -9,18 +9,23 @@ import (
 // Spec is one AlexNet: the conv widths, the hidden width of the classifier, the
 // input side in pixels and the number of classes. Every shape follows from it.
 type Spec struct {
-	Variant string // the name the spec was made from ("seed", "full", "tiny")
+	Variant string // the name the spec was made from ("seed", "full", "tiny", "torchvision")
 	Widths  [5]int // output channels of the five convolutions
 	Hidden  int    // width of the two hidden linear layers
 	Input   int    // input side in pixels (square images)
 	Classes int    // outputs of the last linear layer
 }
 
-// variants are the named models; the seed's is the default.
+// variants are the named models; the seed's is the default. "torchvision" is
+// torchvision.models.alexnet (its widths, its state_dict names), for
+// fine-tuning its ImageNet weights: its AdaptiveAvgPool2d((6, 6)) between
+// features and classifier is the identity at the 224 input, where the
+// features are already 6x6, so the model leaves it out (TestTorchvisionVariant).
 var variants = map[string]Spec{
-	"seed": {Variant: "seed", Widths: [5]int{48, 128, 192, 192, 128}, Hidden: 2048, Input: 224},
-	"full": {Variant: "full", Widths: [5]int{96, 256, 384, 384, 256}, Hidden: 4096, Input: 224},
-	"tiny": {Variant: "tiny", Widths: [5]int{8, 16, 24, 24, 16}, Hidden: 64, Input: 67},
+	"seed":        {Variant: "seed", Widths: [5]int{48, 128, 192, 192, 128}, Hidden: 2048, Input: 224},
+	"full":        {Variant: "full", Widths: [5]int{96, 256, 384, 384, 256}, Hidden: 4096, Input: 224},
+	"tiny":        {Variant: "tiny", Widths: [5]int{8, 16, 24, 24, 16}, Hidden: 64, Input: 67},
+	"torchvision": {Variant: "torchvision", Widths: [5]int{64, 192, 384, 256, 256}, Hidden: 4096, Input: 224},
 }
 
 // DefaultVariant is the seed's model.

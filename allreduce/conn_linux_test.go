@@ -8,14 +8,20 @@ import (
 	"math/rand/v2"
 	"net"
 	"os"
+	"path/filepath"
 	"testing"
 	"time"
 )
 
-// ringConnPair is a dialled and an accepted ring connection on loopback.
-func ringConnPair(t *testing.T) (dialled, accepted net.Conn) {
+// ringConnPair is a dialled and an accepted ring connection on loopback TCP
+// or a Unix socket (network "tcp" or "unix").
+func ringConnPair(t *testing.T, network string) (dialled, accepted net.Conn) {
 	t.Helper()
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	addr := "127.0.0.1:0"
+	if network == "unix" {
+		addr = filepath.Join(t.TempDir(), localSocket)
+	}
+	lis, err := net.Listen(network, addr)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -28,7 +34,7 @@ func ringConnPair(t *testing.T) (dialled, accepted net.Conn) {
 		}
 		got <- c
 	}()
-	dialled, err = dialRing(context.Background(), lis.Addr().String())
+	dialled, err = dialRing(context.Background(), network, lis.Addr().String())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -49,7 +55,13 @@ func ringConnPair(t *testing.T) (dialled, accepted net.Conn) {
 // those that wait for the reader, reads of any size, EOF, deadlines and closed
 // connections as errors.
 func TestRawConnIsAConn(t *testing.T) {
-	w, r := ringConnPair(t)
+	for _, network := range []string{"tcp", "unix"} {
+		t.Run(network, func(t *testing.T) { testRawConn(t, network) })
+	}
+}
+
+func testRawConn(t *testing.T, network string) {
+	w, r := ringConnPair(t, network)
 	if n, err := r.Read(nil); n != 0 || err != nil {
 		t.Fatalf("an empty read gave %d, %v", n, err)
 	}
@@ -89,7 +101,7 @@ func TestRawConnIsAConn(t *testing.T) {
 	}
 
 	// A read deadline on a silent connection, then a closed one.
-	a, b := ringConnPair(t)
+	a, b := ringConnPair(t, network)
 	a.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
 	if _, err := a.Read(buf); !errors.Is(err, os.ErrDeadlineExceeded) {
 		t.Fatalf("a read past its deadline gave %v", err)

@@ -4,5 +4,8 @@ package allreduce
 
 import "net"
 
-// Elsewhere than Linux the ring's connections are Go's own.
+// Elsewhere than Linux the ring's connections are Go's own, read through
+// gRPC's buffer.
 func newRingConn(c net.Conn) net.Conn { return c }
+
+const readBufferSize = writeBufferSize

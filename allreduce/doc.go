@@ -2,7 +2,8 @@
 //
 // Each rank serves a Service (one per process) and opens a Ring per job (or per
 // re-formed membership): one long-lived stream to its successor carries every
-// collective. An all-reduce cuts the vector into N segments; in N-1
+// collective. A successor on the same host is reached over its Unix socket,
+// others over TCP (local.go). An all-reduce cuts the vector into N segments; in N-1
 // reduce-scatter steps each rank adds the segment its predecessor sends into its
 // own and passes it on, in N-1 all-gather steps the finished segments go round.
 // Segments travel in chunks so that sending, receiving and adding overlap

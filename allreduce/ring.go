@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unsafe"
 
@@ -30,6 +31,10 @@ type Config struct {
 	World  int
 	// Peers is every rank's gRPC address, by rank.
 	Peers []string
+	// LocalPeers is, by rank, the Unix socket of each rank on this host, ""
+	// for the others (nil: none): the ring dials it instead of Peers[r], and
+	// Peers[r] if it fails (local.go).
+	LocalPeers []string
 	// ChunkBytes is the size of one message's payload: small enough to overlap
 	// sending, receiving and adding, large enough to amortise per-message costs.
 	ChunkBytes int
@@ -58,6 +63,8 @@ func (c *Config) validate() error {
 		return fmt.Errorf("allreduce: rank %d outside world of %d", c.Rank, c.World)
 	case c.World > 1 && len(c.Peers) != c.World:
 		return fmt.Errorf("allreduce: %d peer addresses for a world of %d", len(c.Peers), c.World)
+	case c.LocalPeers != nil && len(c.LocalPeers) != c.World:
+		return fmt.Errorf("allreduce: %d local peer sockets for a world of %d", len(c.LocalPeers), c.World)
 	case c.ChunkBytes < 8 || c.ChunkBytes > 4<<20-1024:
 		return fmt.Errorf("allreduce: chunk of %d bytes; want 8 B to 4 MiB less headers (gRPC's message limit)", c.ChunkBytes)
 	case c.OpTimeout <= 0 || c.ConnectTimeout <= 0:
@@ -96,6 +103,7 @@ type Ring struct {
 	pred int
 
 	conn      *grpc.ClientConn
+	via       atomic.Value // "unix" or "tcp": how the successor was dialled
 	out       ringpb.Ring_PipeClient
 	outCancel context.CancelFunc
 	inbox     chan inbound
@@ -176,7 +184,7 @@ func Open(ctx context.Context, svc *Service, cfg Config, log *zap.Logger) (*Ring
 		return nil, &PeerError{Rank: r.pred, Collective: "ring open", Err: fmt.Errorf("rank %d (%s) did not connect within %v", r.pred, cfg.Peers[r.pred], cfg.ConnectTimeout)}
 	}
 	go r.execute()
-	log.Debug("ring open", zap.String("ring", cfg.RingID), zap.Int("rank", cfg.Rank), zap.Int("world", cfg.World))
+	log.Debug("ring open", zap.String("ring", cfg.RingID), zap.Int("rank", cfg.Rank), zap.Int("world", cfg.World), zap.String("via", r.Via()))
 	return r, nil
 }
 
@@ -186,12 +194,16 @@ func (r *Ring) connect(ctx context.Context) error {
 	if creds == nil {
 		creds = insecure.NewCredentials()
 	}
-	addr := r.cfg.Peers[r.succ]
+	addr, local := r.cfg.Peers[r.succ], ""
+	if r.cfg.LocalPeers != nil {
+		local = r.cfg.LocalPeers[r.succ]
+	}
+	dial := dialPeer(local, r.succ, r.log, func(via string) { r.via.Store(via) })
 	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(creds),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 10 * time.Second, Timeout: 5 * time.Second, PermitWithoutStream: true}),
 		grpc.WithInitialWindowSize(32<<20), grpc.WithInitialConnWindowSize(64<<20),
-		grpc.WithWriteBufferSize(4<<20), grpc.WithReadBufferSize(4<<20), experimental.WithBufferPool(reusedBuffers),
-		grpc.WithContextDialer(dialRing))
+		grpc.WithWriteBufferSize(writeBufferSize), grpc.WithReadBufferSize(readBufferSize), experimental.WithBufferPool(reusedBuffers),
+		grpc.WithContextDialer(dial))
 	if err != nil {
 		return fmt.Errorf("allreduce: rank %d address %q: %w", r.succ, addr, err)
 	}
@@ -232,6 +244,13 @@ func (r *Ring) connect(ctx context.Context) error {
 	}
 	r.out = out
 	return nil
+}
+
+// Via is how the stream to the successor goes: "unix" (a Unix socket, its
+// rank on this host), "tcp", or "" (none: a world of one).
+func (r *Ring) Via() string {
+	v, _ := r.via.Load().(string)
+	return v
 }
 
 // Rank is this end's rank.

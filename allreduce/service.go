@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"os"
 	"sync"
 	"time"
 
@@ -149,38 +150,77 @@ func (s *Service) Pipe(stream ringpb.Ring_PipeServer) error {
 type Node struct {
 	Service *Service
 	Server  *grpc.Server
-	Addr    string
-	lis     net.Listener
-	served  chan error
-	close   sync.Once
+	Addr    string // TCP
+	// Local is the Unix socket for the ranks on this host ("" for none; see
+	// local.go).
+	Local  string
+	dir    string // Local's private directory, removed by Close ("" for none)
+	served chan error
+	serves int
+	close  sync.Once
 }
 
-// Listen serves a ring Service on addr (e.g. "127.0.0.1:0"); creds secure it
-// (nil for plaintext on loopback).
+// Listen serves a ring Service on the TCP address addr (e.g. "127.0.0.1:0")
+// and, for the ranks on the same host, on a new Unix socket (Node.Local; see
+// local.go; without one, a warning and TCP only). creds secure both (nil for
+// plaintext on loopback).
 func Listen(addr string, creds credentials.TransportCredentials, log *zap.Logger) (*Node, error) {
+	return ListenAt(addr, "", creds, log)
+}
+
+// ListenAt is Listen with the Unix socket at the path socket, whose directory
+// exists (and should be private), removed by Close: what a caller that hands
+// out the paths itself uses. With socket "", it is Listen.
+func ListenAt(addr, socket string, creds credentials.TransportCredentials, log *zap.Logger) (*Node, error) {
+	// The Unix socket first: a peer that reaches the TCP address finds it
+	// too, rather than falling back for the ring's life.
+	local, dir, err := listenLocal(socket)
+	if err != nil {
+		if socket != "" {
+			return nil, fmt.Errorf("allreduce: listen on the Unix socket %s: %w", socket, err)
+		}
+		log.Warn("allreduce: no Unix socket for the ranks on this host; they will use TCP", zap.Error(err))
+	}
 	lis, err := net.Listen("tcp", addr)
 	if err != nil {
+		if local != nil {
+			local.Close()
+			os.RemoveAll(dir)
+		}
 		return nil, fmt.Errorf("allreduce: listen on %s: %w", addr, err)
 	}
 	opts := []grpc.ServerOption{
 		grpc.InitialWindowSize(32 << 20), grpc.InitialConnWindowSize(64 << 20),
-		grpc.WriteBufferSize(4 << 20), grpc.ReadBufferSize(4 << 20), experimental.BufferPool(reusedBuffers),
+		grpc.WriteBufferSize(writeBufferSize), grpc.ReadBufferSize(readBufferSize), experimental.BufferPool(reusedBuffers),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
 	}
 	if creds != nil {
 		opts = append(opts, grpc.Creds(creds))
 	}
-	n := &Node{Service: NewService(log), Server: grpc.NewServer(opts...), Addr: lis.Addr().String(), lis: lis, served: make(chan error, 1)}
+	n := &Node{Service: NewService(log), Server: grpc.NewServer(opts...), Addr: lis.Addr().String(), dir: dir, served: make(chan error, 2)}
 	n.Service.Register(n.Server)
-	go func() { n.served <- n.Server.Serve(ringListener{lis}) }()
+	for _, l := range []net.Listener{lis, local} {
+		if l != nil {
+			n.serves++
+			go func() { n.served <- n.Server.Serve(ringListener{l}) }()
+		}
+	}
+	if local != nil {
+		n.Local = local.Addr().String()
+	}
 	return n, nil
 }
 
-// Close stops the server at once (streams of open rings break). It is safe to
-// call more than once.
+// Close stops the server at once (streams of open rings break) and removes
+// the Unix socket. It is safe to call more than once.
 func (n *Node) Close() {
 	n.close.Do(func() {
 		n.Server.Stop()
-		<-n.served
+		for range n.serves {
+			<-n.served
+		}
+		if n.dir != "" {
+			os.RemoveAll(n.dir)
+		}
 	})
 }

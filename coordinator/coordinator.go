@@ -354,7 +354,7 @@ func (c *Coordinator) alreadyDone() error {
 	c.log.Info("the job has already trained all its epochs: nothing to do", zap.String("job", c.jobID), zap.Int("epochs", c.resumedAt))
 	fmt.Fprintf(c.out, "Job %s is done: %s has trained its %d epochs\n", c.jobID, filepath.Join(c.cfg.Job.Out, worker.StateFile), c.cfg.Job.Epochs)
 	fmt.Fprintf(c.out, "Finished Training in %s: best Val Accuracy %.4f at epoch %d; model in %s\n",
-		took, c.summary.bestAcc, c.summary.bestEpoch, filepath.Join(c.cfg.Job.Out, worker.BestFile))
+		took, c.summary.bestAcc, c.summary.bestEpoch, c.cfg.Job.BestModel())
 	return nil
 }
 
@@ -438,7 +438,7 @@ func (c *Coordinator) Run(ctx context.Context, ready func(gossip string)) error 
 		}
 	}
 	fmt.Fprintf(c.out, "Finished Training in %s: best Val Accuracy %.4f at epoch %d; model in %s\n",
-		time.Since(start).Round(time.Second), c.summary.bestAcc, c.summary.bestEpoch, filepath.Join(c.cfg.Job.Out, worker.BestFile))
+		time.Since(start).Round(time.Second), c.summary.bestAcc, c.summary.bestEpoch, c.cfg.Job.BestModel())
 	return nil
 }
 
@@ -539,6 +539,7 @@ func (c *Coordinator) formRing(names []string, epoch int, root string) {
 			JobId: c.jobID, Rank: int32(r), World: int32(world), Peers: peers, RingId: fmt.Sprintf("%s-%s-ring-%d", c.jobID, c.incarnation, c.ring.gen),
 			ConfigJson: cfgJSON, Classes: c.train.Classes, Dataset: c.train.Fingerprint(),
 			Generation: int32(c.ring.gen), BatchPerRank: int32(batch), Epoch: int32(epoch), StateRoot: int32(rootRank),
+			LocalPeers: c.localPeers(names, name),
 		}
 		c.log.Info("rank assigned", zap.String("worker", name), zap.Int("rank", r), zap.Int("generation", c.ring.gen),
 			zap.String("ring_addr", peers[r]), zap.String("device", c.workers[name].Device))
@@ -549,6 +550,27 @@ func (c *Coordinator) formRing(names []string, epoch int, root string) {
 		consumed += seg.Consumed
 	}
 	c.epochStarted(epoch+1, consumed == 0)
+}
+
+// localPeers are, by rank, the Unix sockets of the ranks of names on self's
+// host ("" for the others; nil when there are none): self's ring dials them
+// instead of their ring addresses (allreduce's local.go). The ring address
+// stays a worker's identity here. Called with c.mu held.
+func (c *Coordinator) localPeers(names []string, self string) []string {
+	host := c.workers[self].Host
+	if host == "" {
+		return nil
+	}
+	var local []string
+	for r, name := range names {
+		if w := c.workers[name]; name != self && w.Host == host && w.LocalAddr != "" {
+			if local == nil {
+				local = make([]string, len(names))
+			}
+			local[r] = w.LocalAddr
+		}
+	}
+	return local
 }
 
 // planConfig is the job config the plans carry, with the coordinator's own

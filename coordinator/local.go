@@ -193,6 +193,41 @@ func freeGossipAddr(host string) (string, error) {
 	return "", fmt.Errorf("no free gossip port on %s: %w", host, err)
 }
 
+// CheckAddrsFree says whether the coordinator's gossip address (TCP and UDP,
+// as memberlist listens) and control address (TCP) can be bound, so that a
+// taken one fails before the job generates its data. Port 0 is always free;
+// an address taken between this check and the job's own bind fails there.
+// local says whether the coordinator runs its workers (--local), whose
+// gossip port is a free one when --bind is left out.
+func CheckAddrsFree(gossip, control string, local bool) error {
+	bindHint := "give another --bind"
+	if local {
+		bindHint = "give another --bind, or leave it out with --local for a free port"
+	}
+	for _, a := range []struct {
+		flag, addr, hint string
+		udp              bool
+	}{{"--bind", gossip, bindHint, true}, {"--control", control, "give another --control, or leave it out for a free port", false}} {
+		if _, port, err := net.SplitHostPort(a.addr); err != nil || port == "0" {
+			continue // a bad address is the bind's to report
+		}
+		l, err := net.Listen("tcp", a.addr)
+		if err == nil {
+			l.Close()
+			if a.udp {
+				var p net.PacketConn
+				if p, err = net.ListenPacket("udp", a.addr); err == nil {
+					p.Close()
+				}
+			}
+		}
+		if err != nil {
+			return fmt.Errorf("coordinator: %s %s is not free (another job's?): %w; %s", a.flag, a.addr, err, a.hint)
+		}
+	}
+	return nil
+}
+
 // supervise runs w until it exits 0, the job ends, or it dies with no restart
 // left. started gets the first start's error.
 func (lw *LocalWorkers) supervise(w *localWorker, started chan<- error) {

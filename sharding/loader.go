@@ -24,11 +24,17 @@ type LoaderConfig struct {
 	Epoch      int
 	Goroutines int // decode+augment goroutines; 0 means GOMAXPROCS
 	Prefetch   int // batches decoded ahead of the consumer; 0 means 2
+
+	// Normalize is the mean and std after ToTensor (the zero value: the seed's).
+	Normalize Normalization
 }
 
 func (c *LoaderConfig) validate() error {
 	if c.Side < 1 || c.Batch < 1 {
 		return fmt.Errorf("sharding: loader side %d batch %d", c.Side, c.Batch)
+	}
+	if c.Normalize != NormalizeSeed && c.Normalize != NormalizeImageNet {
+		return fmt.Errorf("sharding: loader normalisation %d", c.Normalize)
 	}
 	if c.Goroutines <= 0 {
 		c.Goroutines = runtime.GOMAXPROCS(0)
@@ -349,16 +355,16 @@ func (st *sampleState) transform(index int, cfg LoaderConfig, dst []float32) err
 		st.square = make([]uint8, n)
 	}
 	st.resizer.Resize(&st.rgb, crop, cfg.Side, cfg.Side, st.square[:n])
-	ToTensor(st.square[:n], cfg.Side, flip, dst)
+	ToTensor(st.square[:n], cfg.Side, flip, cfg.Normalize, dst)
 	return nil
 }
 
 // LoadImage decodes one file with the evaluation transform (Resize to side,
-// normalise) into dst: what predict does to its inputs.
-func LoadImage(path string, side int, dst []float32) error {
+// normalise with norm) into dst: what predict does to its inputs.
+func LoadImage(path string, side int, norm Normalization, dst []float32) error {
 	var st sampleState
 	defer st.close()
-	if err := st.load(path, 0, LoaderConfig{Side: side}, dst); err != nil {
+	if err := st.load(path, 0, LoaderConfig{Side: side, Normalize: norm}, dst); err != nil {
 		if errors.Is(err, ErrDecode) {
 			return err // it names the file already
 		}

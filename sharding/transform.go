@@ -1,8 +1,10 @@
 package sharding
 
 import (
+	"fmt"
 	"math"
 	"math/rand/v2"
+	"strings"
 )
 
 // Crop is a rectangle of an image: top row, left column, height, width.
@@ -187,22 +189,68 @@ func (r *Resizer) Resize(src *RGB, crop Crop, w, h int, dst []uint8) {
 	}
 }
 
-// normalized is ToTensor then Normalize(0.5, 0.5) of every byte value, computed
-// as torchvision does (divide by 255, subtract 0.5, divide by 0.5, in float32).
-var normalized = func() (t [256]float32) {
-	for v := range t {
-		t[v] = (float32(v)/255 - 0.5) / 0.5
+// Normalization is the per-channel mean and std that ToTensor normalises
+// with: a job setting (normalize: in the job file), also written into the
+// model file so that predict does what training did.
+type Normalization int
+
+const (
+	// NormalizeSeed is the seed's Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)).
+	NormalizeSeed Normalization = iota
+	// NormalizeImageNet is ImageNet's mean (0.485, 0.456, 0.406) and std
+	// (0.229, 0.224, 0.225), which torchvision's pretrained weights expect.
+	NormalizeImageNet
+)
+
+// Normalizations are the settings' names, as ParseNormalization takes them.
+var Normalizations = []string{"seed", "imagenet"}
+
+// ParseNormalization reads a normalize setting (spaces around it ignored);
+// empty is the seed's. Its error is the value and the choices: the caller
+// names the flag or field.
+func ParseNormalization(s string) (Normalization, error) {
+	switch strings.TrimSpace(s) {
+	case "", "seed":
+		return NormalizeSeed, nil
+	case "imagenet":
+		return NormalizeImageNet, nil
+	}
+	return 0, fmt.Errorf("%q, want seed or imagenet", s)
+}
+
+func (n Normalization) String() string {
+	if n == NormalizeImageNet {
+		return "imagenet"
+	}
+	return "seed"
+}
+
+// normTables are ToTensor then Normalize of every byte value, by
+// normalisation and channel, computed as torchvision does in float32: divide
+// by 255, subtract the mean, divide by the std, each rounded. The mean and
+// std are Python floats (float64) that torch.as_tensor rounds to float32.
+var normTables = func() (t [2][3][256]float32) {
+	mean := [2][3]float64{{0.5, 0.5, 0.5}, {0.485, 0.456, 0.406}}
+	std := [2][3]float64{{0.5, 0.5, 0.5}, {0.229, 0.224, 0.225}}
+	for n := range t {
+		for c := range t[n] {
+			m, s := float32(mean[n][c]), float32(std[n][c])
+			for v := range t[n][c] {
+				t[n][c][v] = (float32(v)/255 - m) / s
+			}
+		}
 	}
 	return t
 }()
 
 // ToTensor writes an RGB square (HWC bytes) as normalised CHW floats:
-// ToTensor (/255) then Normalize(mean 0.5, std 0.5), flipped horizontally if
-// asked.
-func ToTensor(rgb []uint8, side int, flip bool, dst []float32) {
+// ToTensor (/255) then Normalize with norm's mean and std, flipped
+// horizontally if asked.
+func ToTensor(rgb []uint8, side int, flip bool, norm Normalization, dst []float32) {
 	plane := side * side
 	// One channel at a time, so that the stores run along each plane.
 	for c := 0; c < 3; c++ {
+		normalized := &normTables[norm][c]
 		out := dst[c*plane : (c+1)*plane]
 		for y := 0; y < side; y++ {
 			row := rgb[y*side*3 : (y+1)*side*3]

@@ -84,7 +84,7 @@ func TestRandomResizedCropStatistics(t *testing.T) {
 func TestToTensorNormalizesAndFlips(t *testing.T) {
 	rgb := []uint8{0, 255, 51, 255, 0, 102} // 2 pixels of one row... side 1 needs 1 pixel
 	dst := make([]float32, 3)
-	ToTensor(rgb[:3], 1, false, dst)
+	ToTensor(rgb[:3], 1, false, NormalizeSeed, dst)
 	if dst[0] != -1 || dst[1] != 1 || math.Abs(float64(dst[2])-(-0.6)) > 1e-6 {
 		t.Errorf("normalised %v", dst)
 	}
@@ -93,8 +93,8 @@ func TestToTensorNormalizesAndFlips(t *testing.T) {
 		sq[i] = uint8(i * 20)
 	}
 	a, b := make([]float32, 12), make([]float32, 12)
-	ToTensor(sq, 2, false, a)
-	ToTensor(sq, 2, true, b)
+	ToTensor(sq, 2, false, NormalizeSeed, a)
+	ToTensor(sq, 2, true, NormalizeSeed, b)
 	if a[0] != b[1] || a[1] != b[0] || a[6] != b[7] {
 		t.Errorf("flip: %v vs %v", a, b)
 	}

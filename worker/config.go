@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/alexring/alexring/alexnet"
+	"github.com/alexring/alexring/sharding"
 )
 
 // Config is one training job as a rank sees it. DefaultConfig is the seed's
@@ -18,6 +19,30 @@ type Config struct {
 	Out     string `yaml:"out" json:"out"`         // where rank 0 writes best.safetensors, state.safetensors, class_indices.json
 	Resume  string `yaml:"resume" json:"resume"`   // a state.safetensors to continue from (empty: start fresh)
 	Variant string `yaml:"variant" json:"variant"` // model variant (alexnet.Variants)
+	// Init is a state_dict to fine-tune from (safetensors or PyTorch's
+	// .pth/.pt): its tensors of the model's names and shapes, the rest drawn
+	// as the seed does (alexnet.Params.InitFrom). Rank 0 reads it and
+	// broadcasts the result, so it must be at this path on whichever worker
+	// becomes rank 0 (or the ring's state root, when the first ring did not
+	// open and another replaced it). Resume, when set, wins over it.
+	Init string `yaml:"init" json:"init"`
+	// initRank is the rank that reads Init: the one whose state SyncState
+	// gives the others (0 but for a ring that replaced one that never opened).
+	initRank int
+	// Freeze is what does not train: "none" (or empty) or "features", which
+	// trains the classifier only (the convolutions' gradient is neither
+	// computed nor all-reduced).
+	Freeze string `yaml:"freeze" json:"freeze"`
+	// SaveFormat is how rank 0 writes the best model: "safetensors"
+	// (best.safetensors), "pth" (best.pth, a state_dict that PyTorch's
+	// torch.load + load_state_dict takes) or "both" (also when empty).
+	SaveFormat string `yaml:"save_format" json:"save_format"`
+	// Normalize is the mean and std the images are normalised with after
+	// ToTensor, in training, validation and (from the model file's
+	// metadata) predict: "seed" (0.5, 0.5 per channel, as train.py; also
+	// when empty) or "imagenet" (what torchvision's pretrained weights
+	// expect, for fine-tuning them).
+	Normalize string `yaml:"normalize" json:"normalize"`
 
 	Epochs int `yaml:"epochs" json:"epochs"`
 	// Batch is the global batch: the samples of one optimiser step summed over
@@ -63,7 +88,7 @@ type RingConfig struct {
 func DefaultConfig() Config {
 	return Config{
 		Out: "out", Variant: alexnet.DefaultVariant, Epochs: 10, Batch: 32, LR: 2e-4,
-		Dropout: 0.5, Augment: true, EvalBatch: 16,
+		Dropout: 0.5, Augment: true, EvalBatch: 16, SaveFormat: "both", Normalize: "seed",
 		Ring: RingConfig{ChunkBytes: 1 << 20, OpTimeout: 60 * time.Second},
 	}
 }
@@ -119,10 +144,43 @@ func (c Config) validate() error {
 	if _, err := alexnet.NewSpec(c.Variant, 1); err != nil {
 		return fmt.Errorf("--variant: %w", err)
 	}
+	if _, err := alexnet.ParseFreeze(c.Freeze); err != nil {
+		return fmt.Errorf("--freeze: %w", err)
+	}
+	switch c.SaveFormat {
+	case "", "both", "safetensors", "pth":
+	default:
+		return fmt.Errorf("--save-format %q, want safetensors, pth or both", c.SaveFormat)
+	}
+	if _, err := sharding.ParseNormalization(c.Normalize); err != nil {
+		return fmt.Errorf("--normalize: %w", err)
+	}
 	if err := c.Adam().Validate(); err != nil {
 		return fmt.Errorf("--lr: %w", err)
 	}
 	return nil
+}
+
+// Normalization is the parsed Normalize (the seed's when it does not parse:
+// Validate reports that).
+func (c Config) Normalization() sharding.Normalization {
+	n, _ := sharding.ParseNormalization(c.Normalize)
+	return n
+}
+
+// SavesSafetensors reports whether rank 0 writes best.safetensors.
+func (c Config) SavesSafetensors() bool { return c.SaveFormat != "pth" }
+
+// SavesPth reports whether rank 0 writes best.pth.
+func (c Config) SavesPth() bool { return c.SaveFormat != "safetensors" }
+
+// BestModel is the best model's path: best.safetensors where it is written,
+// else best.pth.
+func (c Config) BestModel() string {
+	if c.SavesSafetensors() {
+		return filepath.Join(c.Out, BestFile)
+	}
+	return filepath.Join(c.Out, BestPthFile)
 }
 
 // CheckWorld reports a global batch that the world size does not divide.

@@ -406,7 +406,8 @@ func (j *job) registerAt(ctx context.Context, addr string) (*grpc.ClientConn, er
 	var plan *controlpb.JobPlan
 	err = j.call(ctx, "register", "the job to start (or, joining late, the next epoch boundary)", j.jc.StartTimeout, true,
 		func(ctx context.Context) (err error) {
-			plan, err = j.control.Register(ctx, &controlpb.RegisterRequest{JobId: j.jc.Job, Name: j.jc.Name, RingAddr: j.node.Addr, Device: j.jc.Compute.Device})
+			plan, err = j.control.Register(ctx, &controlpb.RegisterRequest{JobId: j.jc.Job, Name: j.jc.Name, RingAddr: j.node.Addr, Device: j.jc.Compute.Device,
+				LocalAddr: j.node.Local, Host: allreduce.HostID()})
 			return err
 		})
 	if err == nil {
@@ -484,6 +485,8 @@ func checkPlan(p *controlpb.JobPlan, ringAddr, job string, after int32) error {
 		return fmt.Errorf("world size %d, want 1 to %d", p.World, maxWorld)
 	case len(p.Peers) != int(p.World):
 		return fmt.Errorf("%d ring addresses for a world of %d", len(p.Peers), p.World)
+	case p.LocalPeers != nil && len(p.LocalPeers) != int(p.World):
+		return fmt.Errorf("%d local ring sockets for a world of %d", len(p.LocalPeers), p.World)
 	case p.Rank < 0 || p.Rank >= p.World:
 		return fmt.Errorf("rank %d outside the world of %d", p.Rank, p.World)
 	case p.Peers[p.Rank] != ringAddr:
@@ -517,6 +520,7 @@ func checkPlan(p *controlpb.JobPlan, ringAddr, job string, after int32) error {
 func (j *job) openRing(ctx context.Context) (*allreduce.Ring, error) {
 	rcfg := allreduce.DefaultConfig()
 	rcfg.RingID, rcfg.Rank, rcfg.World, rcfg.Peers = j.plan.RingId, int(j.plan.Rank), int(j.plan.World), j.plan.Peers
+	rcfg.LocalPeers = j.plan.LocalPeers // the ranks on this host, over Unix sockets
 	rcfg.ChunkBytes, rcfg.FP16, rcfg.OpTimeout = j.cfg.Ring.ChunkBytes, j.cfg.Ring.FP16, j.cfg.Ring.OpTimeout
 	rcfg.ConnectTimeout = j.cfg.Ring.OpTimeout
 	rcfg.Creds = j.jc.Security.ClientCreds()
@@ -590,7 +594,16 @@ func (j *job) watchPeers(ctx context.Context, member *membership.Member) {
 // startTrainer makes the trainer of the job's config on ring, at the plan's
 // position, and gives the coordinator the report its predecessor lost.
 func (j *job) startTrainer(ctx context.Context, ring *allreduce.Ring) (_ *Trainer, err error) {
-	t, err := NewTrainer(j.cfg, ring, j.jc.Compute, j.log)
+	cfg := j.cfg
+	// The rank whose state the others take (SyncState) reads --init: rank 0
+	// of a first ring, or the root of a ring that replaced one that never
+	// opened (as fresh as this rank). A rank joining a later ring takes the
+	// ring's state, not the file's.
+	cfg.initRank = int(j.plan.StateRoot)
+	if j.plan.Generation > 1 && j.plan.Rank != j.plan.StateRoot {
+		cfg.Init = ""
+	}
+	t, err := NewTrainer(cfg, ring, j.jc.Compute, j.log)
 	if err != nil {
 		return nil, err
 	}
@@ -670,7 +683,7 @@ func shardPlan(s *controlpb.Shard, world int) (sharding.Plan, error) {
 func (j *job) report(ctx context.Context, r EpochResult, valImages int) error {
 	plan := j.plan
 	j.log.Info("epoch done", zap.Int("rank", int(plan.Rank)), zap.Int("epoch", r.Epoch), zap.Float64("train_loss", r.TrainLoss),
-		zap.Float64("img_per_s", float64(r.Images)/r.Duration.Seconds()), zap.Uint64("checksum", r.Checksum), zap.Int("bad_train_files", r.BadTrainFiles), zap.Int("bad_val_files", r.BadValFiles), zap.Int("skipped_steps", r.Skipped))
+		zap.Float64("img_per_s", float64(r.Images)/r.Duration.Seconds()), zap.Uint64("checksum", r.Checksum), zap.Int("bad_train_files", r.BadTrainFiles), zap.Int("bad_val_files", r.BadValFiles), zap.Int("skipped_steps", r.Skipped), peakRSSField())
 	rep := &controlpb.EpochReport{
 		JobId: plan.JobId, Rank: plan.Rank, Epoch: int32(r.Epoch), TrainLoss: r.TrainLoss, ValAccuracy: r.ValAccuracy,
 		ImagesPerS: float64(r.Images) / r.Duration.Seconds(), Checksum: r.Checksum, Best: r.Best,

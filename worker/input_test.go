@@ -116,6 +116,8 @@ func TestBadInputFilesAreMarked(t *testing.T) {
 		{"truncated resume", func(c *Config) { c.Resume = truncated }, "truncated.safetensors"},
 		{"model as resume", func(c *Config) { c.Resume = model }, "not a training state"},
 		{"other variant", func(c *Config) { c.Resume, c.Variant = state, "seed" }, "holds a tiny model"},
+		{"other normalize", func(c *Config) { c.Resume, c.Normalize = state, "imagenet" }, `trained with normalize "seed"; --normalize is "imagenet"`},
+		{"other freeze", func(c *Config) { c.Resume, c.Freeze = state, "features" }, `trained with freeze "none"; --freeze is "features"`},
 	}
 	for _, c := range cases {
 		cfg := tinyConfig(data, t.TempDir())

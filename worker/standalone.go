@@ -15,7 +15,7 @@ import (
 
 // DemoData is the built-in default dataset: synthetic shapes, small enough to
 // train the tiny variant in a minute on two cores.
-var DemoData = sharding.SynthConfig{Train: 200, Val: 40, Size: 64, Seed: 1}
+var DemoData = sharding.SynthConfig{Train: 400, Val: 40, Size: 64, Seed: 1}
 
 // WithDemoData runs fn with cfg.Data set: the given folder, or when none is
 // given, a synthetic dataset generated into a temporary folder removed after.
@@ -67,7 +67,8 @@ func RunStandalone(ctx context.Context, cfg Config, compute alexnet.Compute, tel
 			log.Info("epoch done", zap.Int("epoch", r.Epoch), zap.Float64("train_loss", r.TrainLoss),
 				zap.Float64("val_accuracy", r.ValAccuracy), zap.Bool("best", r.Best),
 				zap.Float64("img_per_s", float64(r.Images)/r.Duration.Seconds()), zap.Duration("took", r.Duration),
-				zap.Int("bad_train_files", r.BadTrainFiles), zap.Int("bad_val_files", r.BadValFiles), zap.Int("skipped_steps", r.Skipped))
+				zap.Int("bad_train_files", r.BadTrainFiles), zap.Int("bad_val_files", r.BadValFiles), zap.Int("skipped_steps", r.Skipped),
+				peakRSSField())
 			return nil
 		}
 		if err := t.Run(ctx); err != nil {

@@ -7,7 +7,9 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
 
+	"github.com/alexring/alexring/internal/rss"
 	"github.com/alexring/alexring/internal/timeline"
 )
 
@@ -102,6 +104,11 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		m.badFiles, m.allreduceBytes, m.busBandwidth, m.rank, m.world)
 	m.coordinatorWait = prometheus.NewCounter(prometheus.CounterOpts{Name: "alexring_coordinator_wait_seconds_total",
 		Help: "Seconds spent waiting for the coordinator's answers (control calls)."})
+	if PeakRSS() > 0 { // omitted where the system does not say
+		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "alexring_peak_rss_bytes",
+			Help: "The most resident memory this process has held (getrusage's maxrss): Go heap, C libraries' buffers and code."},
+			func() float64 { return float64(PeakRSS()) }))
+	}
 	reg.MustRegister(m.coordinatorWait, prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "alexring_coordinator_wait_seconds",
 		Help: "How long the control call in flight has waited for the coordinator (0: none in flight)."}, func() float64 {
 		if since := m.coordinatorSince.Load(); since != 0 {
@@ -110,6 +117,20 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		return 0
 	}))
 	return m
+}
+
+// PeakRSS is the most resident memory this process has held, in bytes, or 0
+// where the system does not say (rss.Peak). It counts what the Go heap
+// figures leave out: oneDNN's and OpenBLAS's buffers, libjpeg's, the code.
+func PeakRSS() int64 { return rss.Peak() }
+
+// peakRSSField is PeakRSS for a log line: "unknown" where the system does
+// not say, rather than a 0 that reads as a figure.
+func peakRSSField() zap.Field {
+	if n := PeakRSS(); n > 0 {
+		return zap.Int64("peak_rss_bytes", n)
+	}
+	return zap.String("peak_rss_bytes", "unknown")
 }
 
 // waitingForCoordinator marks a control call begun at since, or with the

@@ -77,7 +77,7 @@ func TestTelemetryDuringTraining(t *testing.T) {
 		`alexring_step_phase_seconds_count{phase="allreduce"} 5`,
 		`alexring_step_phase_seconds_count{phase="optimizer"} 5`,
 		"alexring_steps_total 5", "alexring_epoch 1", "alexring_world_size 1",
-		"alexring_images_per_second ", "alexring_train_loss ", "alexring_val_accuracy ",
+		"alexring_images_per_second ", "alexring_train_loss ", "alexring_val_accuracy ", "alexring_peak_rss_bytes ",
 	} {
 		if !strings.Contains(during, want) {
 			t.Errorf("/metrics after epoch 1 lacks %q", want)

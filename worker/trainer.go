@@ -114,6 +114,9 @@ type Trainer struct {
 	// backend instead.
 	ringVec  []float32
 	flagRoom int
+	// trainFrom is where the trained parameters start (cfg.Freeze): the
+	// gradient, and so the ring's vector, is that of Flat[trainFrom:].
+	trainFrom int
 	// The unreadable images of each split, counted apart: rank 0 meets the
 	// validation's after the epoch's training.
 	badTrain, badVal *sharding.BadFiles
@@ -159,37 +162,56 @@ func NewTrainer(cfg Config, coll Collective, compute alexnet.Compute, log *zap.L
 	}
 	t := &Trainer{cfg: cfg, log: log, coll: coll, train: train, val: val, badTrain: sharding.NewBadFiles(log), badVal: sharding.NewBadFiles(log),
 		batch: cfg.WorkerBatch(coll.World()), compute: compute}
+	freeze, err := alexnet.ParseFreeze(cfg.Freeze)
+	if err != nil {
+		return nil, BadInput(fmt.Errorf("worker: --freeze: %w", err))
+	}
 	if cfg.Resume != "" {
-		if err := t.restore(spec); err != nil {
+		if err := t.restore(spec, freeze); err != nil {
 			return nil, err
 		}
+		if cfg.Init != "" { // a fine-tuning job that resumes goes on from its state
+			log.Info("--resume wins over --init: the parameters are the state's", zap.String("resume", cfg.Resume), zap.String("init", cfg.Init))
+		}
 	} else {
-		t.params = alexnet.NewParams(spec)
-		t.params.Init(cfg.Seed)
+		if err := t.initParams(spec, freeze); err != nil {
+			return nil, err
+		}
 		if t.adam, err = alexnet.NewAdam(cfg.Adam(), len(t.params.Flat)); err != nil {
 			return nil, err
 		}
 		t.pcg = rand.NewPCG(cfg.Seed, uint64(coll.Rank())+1)
 	}
 	t.rng = rand.New(t.pcg)
-	if t.backend, err = compute.New(alexnet.BackendConfig{Params: t.params, Adam: t.adam, Batch: t.batch, EvalBatch: cfg.EvalBatch, Dropout: cfg.Dropout}); err != nil {
+	if t.trainFrom, err = spec.TrainFrom(freeze); err != nil {
+		return nil, BadInput(fmt.Errorf("worker: --freeze: %w", err))
+	}
+	if t.backend, err = compute.New(alexnet.BackendConfig{Params: t.params, Adam: t.adam, Batch: t.batch, EvalBatch: cfg.EvalBatch, Dropout: cfg.Dropout, Freeze: freeze}); err != nil {
 		return nil, fmt.Errorf("worker: %s: %w", compute.Device, err)
 	}
 	if err := t.Reconfigure(coll, t.batch, t.epoch); err != nil {
 		t.backend.Close()
 		return nil, err
 	}
+	if alexnet.BLASCoreNote != "" { // why OpenBLAS runs the core compute's BLAS names
+		log = log.With(zap.String("blas_core_note", alexnet.BLASCoreNote))
+	}
 	log.Info("model ready",
 		zap.String("variant", spec.Variant), zap.Int("parameters", len(t.params.Flat)),
 		zap.Int("classes", spec.Classes), zap.Int("train_images", len(train.Samples)), zap.Int("val_images", len(val.Samples)),
 		zap.Int("rank", coll.Rank()), zap.Int("world", coll.World()), zap.Int("batch_per_rank", t.batch),
 		zap.String("compute", t.backend.Describe()), zap.Int("start_epoch", t.epoch))
+	if coll.Rank() == 0 && cfg.SavesPth() && cfg.Normalization() == sharding.NormalizeImageNet {
+		// best.safetensors names its normalisation; a .pth holds tensors only.
+		log.Info("best.pth carries no normalize setting: give predict --normalize imagenet with it", zap.String("file", filepath.Join(cfg.Out, BestPthFile)))
+	}
 	return t, nil
 }
 
 // The files rank 0 writes into the output folder.
 const (
 	BestFile         = "best.safetensors"
+	BestPthFile      = "best.pth" // with --save-format pth or both
 	StateFile        = "state.safetensors"
 	ClassIndicesFile = "class_indices.json"
 )
@@ -218,8 +240,46 @@ func fit(cfg Config, spec alexnet.Spec, trainImages, valImages, world int, compu
 	return cfg, nil
 }
 
+// initParams draws the parameters from the seed or, with cfg.Init, takes
+// those of the file by name (on cfg.initRank, the rank SyncState gives the
+// others its parameters from, so the file is read once and every rank
+// starts from the same bits). With the features frozen, a file that does not hold them all is
+// refused: the convolutions would stay random.
+func (t *Trainer) initParams(spec alexnet.Spec, freeze alexnet.Freeze) error {
+	t.params = alexnet.NewParams(spec)
+	if freeze == alexnet.FreezeFeatures && t.cfg.Init == "" {
+		t.log.Warn("--freeze features without --init: the classifier trains on convolutions that stay as the seed drew them")
+	}
+	if t.cfg.Init == "" || t.coll.Rank() != t.cfg.initRank {
+		t.params.Init(t.cfg.Seed)
+		if t.cfg.Init != "" {
+			t.log.Info(fmt.Sprintf("the initial parameters come from rank %d's --init file", t.cfg.initRank), zap.String("init", t.cfg.Init))
+		}
+		return nil
+	}
+	rep, err := t.params.InitFrom(t.cfg.Init, t.cfg.Seed)
+	if err != nil {
+		return BadInput(fmt.Errorf("worker: --init (rank %d): %w", t.cfg.initRank, err))
+	}
+	if freeze == alexnet.FreezeFeatures {
+		frozen := map[string]bool{}
+		for _, tn := range t.params.Layout {
+			frozen[tn.Name] = tn.Offset < spec.ClassifierOffset()
+		}
+		for i, name := range rep.ReinitNames() {
+			if frozen[name] {
+				return BadInput(fmt.Errorf("worker: --freeze features keeps the convolutions as --init %s gives them, but it does not hold them (%s): is it the state_dict of the %s variant (--variant)?",
+					t.cfg.Init, rep.Reinit[i], spec.Variant))
+			}
+		}
+	}
+	t.log.Info("initialised from --init", zap.String("init", t.cfg.Init), zap.Int("loaded", len(rep.Loaded)),
+		zap.Strings("reinitialised", rep.Reinit), zap.Strings("ignored", rep.Ignored), zap.Uint64("seed", t.cfg.Seed))
+	return nil
+}
+
 // restore loads cfg.Resume; what is wrong with it is bad input.
-func (t *Trainer) restore(spec alexnet.Spec) error {
+func (t *Trainer) restore(spec alexnet.Spec, freeze alexnet.Freeze) error {
 	st, err := alexnet.LoadTrainState(t.cfg.Resume)
 	if err != nil {
 		return BadInput(fmt.Errorf("worker: --resume: %w", err))
@@ -227,6 +287,14 @@ func (t *Trainer) restore(spec alexnet.Spec) error {
 	if st.Params.Spec != spec {
 		return BadInput(fmt.Errorf("worker: --resume %s holds a %s model with %d classes; the data and config make a %s model with %d classes",
 			t.cfg.Resume, st.Params.Spec.Variant, st.Params.Spec.Classes, spec.Variant, spec.Classes))
+	}
+	// Going on with other inputs or other trained parameters would not be
+	// the run the state is from.
+	if norm := t.cfg.Normalization().String(); st.Normalize != norm {
+		return BadInput(fmt.Errorf("worker: --resume %s trained with normalize %q; --normalize is %q", t.cfg.Resume, st.Normalize, norm))
+	}
+	if st.Freeze != freeze {
+		return BadInput(fmt.Errorf("worker: --resume %s trained with freeze %q; --freeze is %q", t.cfg.Resume, st.Freeze, freeze))
 	}
 	t.pcg = &rand.PCG{}
 	if err := t.pcg.UnmarshalBinary(st.RNGState); err != nil {
@@ -250,7 +318,7 @@ func (t *Trainer) Reconfigure(coll Collective, batch, epoch int) error {
 	if world := coll.World(); world > 1 && world > t.flagRoom {
 		t.flagRoom = max(world, 16) // room to grow: a late joiner then costs no new vector
 		var err error
-		if t.ringVec, err = t.backend.HostVector(t.flagRoom + len(t.params.Flat)); err != nil {
+		if t.ringVec, err = t.backend.HostVector(t.flagRoom + len(t.params.Flat) - t.trainFrom); err != nil {
 			return fmt.Errorf("worker: the gradient's host vector: %w", err)
 		}
 	}
@@ -271,7 +339,7 @@ func (t *Trainer) Reconfigure(coll Collective, batch, epoch int) error {
 }
 
 // OutputFiles are the files rank 0 writes into the output folder.
-var OutputFiles = []string{BestFile, StateFile, ClassIndicesFile}
+var OutputFiles = []string{BestFile, BestPthFile, StateFile, ClassIndicesFile}
 
 // sweep removes, once, the temporary files that a rank 0 killed while
 // writing left in the output folder. Another process writing one now (a
@@ -390,7 +458,7 @@ func (t *Trainer) runEpoch(ctx context.Context, epoch int) (EpochResult, error) 
 		return res, err
 	}
 	loader, err := sharding.NewLoader(ctx, t.train, shard, sharding.LoaderConfig{
-		Side: t.params.Spec.Input, Batch: t.batch, Augment: t.cfg.Augment,
+		Side: t.params.Spec.Input, Batch: t.batch, Augment: t.cfg.Augment, Normalize: t.cfg.Normalization(),
 		Seed: t.cfg.Seed, Epoch: epoch, Goroutines: t.cfg.LoaderGoroutines,
 	}, t.badTrain)
 	if err != nil {
@@ -422,11 +490,12 @@ func (t *Trainer) runEpoch(ctx context.Context, epoch int) (EpochResult, error) 
 		// With overlap the classifier's gradients, final early in the
 		// backward pass, are all-reduced while the convolutions' backward
 		// runs, and the rest with the flags after it; otherwise all of it
-		// after.
+		// after. With the features frozen the gradient is the classifier's
+		// alone: nothing runs after it to overlap with.
 		from := len(grad)
 		var classifierReady func()
 		var classifierWait func() error
-		if world > 1 && (t.cfg.Ring.Overlap || t.compute.FreesCPU) {
+		if world > 1 && t.trainFrom == 0 && (t.cfg.Ring.Overlap || t.compute.FreesCPU) {
 			from = t.params.Spec.ClassifierOffset()
 			classifierReady = func() { classifierWait = t.coll.StartAllReduceAvg(ctx, grad[from:]) }
 		}
@@ -498,9 +567,16 @@ func (t *Trainer) runEpoch(ctx context.Context, epoch int) (EpochResult, error) 
 		if acc > t.bestAcc || epoch == 0 {
 			t.bestAcc = acc
 			res.Best = true
-			meta := alexnet.ModelMeta{Classes: t.train.Classes, Epoch: epoch + 1, ValAccuracy: acc}
-			if err := alexnet.SaveModel(filepath.Join(t.cfg.Out, BestFile), t.params, meta); err != nil {
-				return res, err
+			meta := alexnet.ModelMeta{Classes: t.train.Classes, Epoch: epoch + 1, ValAccuracy: acc, Normalize: t.cfg.Normalization().String()}
+			if t.cfg.SavesSafetensors() {
+				if err := alexnet.SaveModel(filepath.Join(t.cfg.Out, BestFile), t.params, meta); err != nil {
+					return res, err
+				}
+			}
+			if t.cfg.SavesPth() {
+				if err := alexnet.SavePthModel(filepath.Join(t.cfg.Out, BestPthFile), t.params); err != nil {
+					return res, err
+				}
 			}
 		}
 	}
@@ -567,7 +643,7 @@ func (t *Trainer) Validate(ctx context.Context) (float64, error) {
 		all[i] = i
 	}
 	loader, err := sharding.NewLoader(ctx, t.val, all, sharding.LoaderConfig{
-		Side: t.params.Spec.Input, Batch: t.cfg.EvalBatch, Goroutines: t.cfg.LoaderGoroutines,
+		Side: t.params.Spec.Input, Batch: t.cfg.EvalBatch, Normalize: t.cfg.Normalization(), Goroutines: t.cfg.LoaderGoroutines,
 	}, t.badVal)
 	if err != nil {
 		return 0, err
@@ -633,8 +709,10 @@ func (t *Trainer) saveState() error {
 	if err != nil {
 		return err
 	}
+	freeze, _ := alexnet.ParseFreeze(t.cfg.Freeze) // checked by NewTrainer
 	return alexnet.SaveTrainState(filepath.Join(t.cfg.Out, StateFile), &alexnet.TrainState{
 		Params: t.params, Adam: t.adam, Epoch: t.epoch, BestAcc: t.bestAcc,
 		Seed: t.cfg.Seed, RNGState: rs, Classes: t.train.Classes,
+		Normalize: t.cfg.Normalization().String(), Freeze: freeze,
 	})
 }

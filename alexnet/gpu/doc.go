@@ -35,4 +35,8 @@
 // PyTorch flattens them. The host waits for the classifier's mark and hands
 // its part of the gradient to the ring while the device computes the
 // convolutions' backward.
+//
+// With the features frozen (alexnet.FreezeFeatures) the step ends at the
+// classifier's mark: no convolution's backward, no gradient buffers for
+// their activations, and Adam runs over the classifier's range only.
 package gpu

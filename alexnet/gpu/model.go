@@ -20,6 +20,9 @@ type Model struct {
 
 	size int // parameters
 	from int // where the classifier starts in the flat vectors
+	// trainFrom is where the trained parameters start (cfg.Freeze): the
+	// host's gradient vectors hold those from there.
+	trainFrom int
 	// The flat vectors, in the host's layout; offsets[name] is a tensor's.
 	params, grad, adamM, adamV Ptr
 	offsets                    map[string]int
@@ -50,6 +53,10 @@ func (m *Model) build() error {
 	}
 	m.spec = m.cfg.Params.Spec
 	m.size, m.from = m.spec.NumParams(), m.spec.ClassifierOffset()
+	var err error
+	if m.trainFrom, err = m.spec.TrainFrom(m.cfg.Freeze); err != nil {
+		return err
+	}
 	if len(m.cfg.Params.Flat) != m.size {
 		return fmt.Errorf("gpu: %d parameters for the %s model's %d", len(m.cfg.Params.Flat), m.spec.Variant, m.size)
 	}
@@ -238,7 +245,7 @@ func (m *Model) issueStep(p *pass, images []float32, count int, grad []float32) 
 	d.Launch("nonfinite", int64(m.size-m.from), m.grad.Add(m.from), p.flags.Add(1))
 	d.DownloadAsync(p.pinned[k+1:k+2], p.flags.Add(1))
 	if grad != nil {
-		d.DownloadAsync(grad[m.from:], m.grad.Add(m.from))
+		d.DownloadAsync(grad[m.from-m.trainFrom:], m.grad.Add(m.from))
 	}
 	if err := m.layerErr("copy the classifier's gradient"); err != nil {
 		return nil, nil, err
@@ -247,6 +254,11 @@ func (m *Model) issueStep(p *pass, images []float32, count int, grad []float32) 
 		return nil, nil, fmt.Errorf("mark the classifier's gradient: %w", err)
 	}
 
+	if m.trainFrom >= m.from {
+		// Frozen features: the backward pass ends at the classifier's input.
+		p.pinned[k] = 0 // no convolution's gradient to be non-finite
+		return lossAt, classifierAt, nil
+	}
 	if err := m.backwardFeatures(p); err != nil {
 		return nil, nil, err
 	}
@@ -264,8 +276,8 @@ func (m *Model) prepareStep(p *pass, images []float32, labels []int, count int, 
 	if err := p.checkImages(m.spec, images, count); err != nil {
 		return err
 	}
-	if len(labels) < count || (grad != nil && len(grad) != m.size) {
-		return fmt.Errorf("%w: %d labels for %d images, gradient of %d for %d parameters", alexnet.ErrBatch, len(labels), count, len(grad), m.size)
+	if len(labels) < count || (grad != nil && len(grad) != m.size-m.trainFrom) {
+		return fmt.Errorf("%w: %d labels for %d images, gradient of %d for %d trained parameters", alexnet.ErrBatch, len(labels), count, len(grad), m.size-m.trainFrom)
 	}
 	if grad != nil && !m.fromHostVector(grad) {
 		return errors.New("gpu: the gradient vector does not come from HostVector (the device copies into page-locked memory)")
@@ -329,21 +341,22 @@ func (m *Model) Update(grad []float32) error {
 	if m.cfg.Adam == nil {
 		return errors.New("gpu: Update on a backend built for inference")
 	}
+	n, at := m.size-m.trainFrom, m.trainFrom // frozen parameters are not stepped
 	if grad != nil {
-		if len(grad) != m.size {
-			return fmt.Errorf("%w: Update given a gradient of %d for %d parameters", alexnet.ErrBatch, len(grad), m.size)
+		if len(grad) != n {
+			return fmt.Errorf("%w: Update given a gradient of %d for %d trained parameters", alexnet.ErrBatch, len(grad), n)
 		}
-		m.dev.Upload(m.grad, grad)
+		m.dev.Upload(m.grad.Add(at), grad)
 		m.haveGrad = true
 	} else if !m.haveGrad {
 		return errors.New("gpu: Update(nil) before any Gradient")
 	}
 	s := m.cfg.Adam.Advance()
 	// float32 coefficients as doubles: exact, so the kernel computes the CPU's bits.
-	m.dev.Launch("adam", int64(m.size), m.params, m.grad, m.adamM, m.adamV,
+	m.dev.Launch("adam", int64(n), m.params.Add(at), m.grad.Add(at), m.adamM.Add(at), m.adamV.Add(at),
 		float64(s.Beta1), float64(s.Beta2), float64(s.OneMinusBeta1), float64(s.OneMinusBeta2),
 		float64(s.StepSize), float64(s.BiasCorrection2Sqrt), float64(s.Eps))
-	return m.check(fmt.Sprintf("Adam step %d over %d parameters", m.cfg.Adam.Step, m.size))
+	return m.check(fmt.Sprintf("Adam step %d over %d parameters", m.cfg.Adam.Step, n))
 }
 
 // Logits evaluates count images at the evaluation batch (no dropout); its

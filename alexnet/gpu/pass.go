@@ -92,6 +92,13 @@ func (m *Model) allocPass(p *pass) (err error) {
 		}
 		return alloc("the gradient of "+what, n)
 	}
+	// With the features frozen no gradient flows below the classifier.
+	featureGradient := func(what string, n int) Ptr {
+		if m.trainFrom >= m.from {
+			return 0
+		}
+		return gradient(what, n)
+	}
 	s := m.spec
 	per := 3 * s.Input * s.Input
 	p.staging = alloc("the images", batch*per)
@@ -103,10 +110,10 @@ func (m *Model) allocPass(p *pass) (err error) {
 		l.w, l.dw = m.tensor(c.WeightName)
 		l.b, l.db = m.tensor(c.BiasName)
 		n := c.Out * batch * c.OutSide * c.OutSide
-		l.y, l.dy = alloc(c.WeightName+"'s output", n), gradient(c.WeightName+"'s output", n)
+		l.y, l.dy = alloc(c.WeightName+"'s output", n), featureGradient(c.WeightName+"'s output", n)
 		if c.PoolAfter {
 			n := c.Out * batch * c.PooledSide * c.PooledSide
-			l.pooled, l.dpooled = alloc(c.WeightName+"'s pooling", n), gradient(c.WeightName+"'s pooling", n)
+			l.pooled, l.dpooled = alloc(c.WeightName+"'s pooling", n), featureGradient(c.WeightName+"'s pooling", n)
 			l.argmax = alloc(c.WeightName+"'s pooling argmax", n)
 		}
 		if err != nil {
@@ -118,7 +125,7 @@ func (m *Model) allocPass(p *pass) (err error) {
 		p.convs = append(p.convs, l)
 		x, dx = l.out()
 	}
-	p.features, p.dfeatures = alloc("the features", batch*s.Flat()), gradient("the features", batch*s.Flat())
+	p.features, p.dfeatures = alloc("the features", batch*s.Flat()), featureGradient("the features", batch*s.Flat())
 	x, dx = p.features, p.dfeatures
 	var sizes []int
 	if train && m.cfg.Dropout > 0 {

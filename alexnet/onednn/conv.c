@@ -179,6 +179,7 @@ struct al_conv {
 	uintptr_t src_ptr, dy_ptr;
 	int src_fresh, dy_fresh;
 	int reorders;
+	size_t kept_bytes; // this layer's share of kept
 };
 
 #define TRY(call)                                   \
@@ -402,6 +403,8 @@ dnnl_status_t al_conv_create(const al_conv_shape *s, al_conv **out, char *err, s
 	if (c->bwd_w.temp > need) need = c->bwd_w.temp;
 	if (c->bwd_d.temp > need) need = c->bwd_d.temp;
 	if (need > arena_need) arena_need = need;
+	al_operand *own[] = {&c->f_src, &c->w_src_own, &c->w_dy, &c->d_dy_own};
+	for (size_t i = 0; i < sizeof own / sizeof own[0]; i++) c->kept_bytes += own[i]->own_bytes;
 	*out = c;
 	return dnnl_success;
 }
@@ -585,3 +588,18 @@ void al_conv_layouts(const al_conv *c, int k, char *buf, size_t len) {
 }
 
 int al_conv_reorders(const al_conv *c) { return c->reorders; }
+
+void al_conv_memory(const al_conv *c, size_t *kept_bytes, size_t *temp, size_t *scratch) {
+	*kept_bytes = c->kept_bytes;
+	*temp = c->fwd.temp;
+	if (c->bwd_w.temp > *temp) *temp = c->bwd_w.temp;
+	if (c->bwd_d.temp > *temp) *temp = c->bwd_d.temp;
+	*scratch = 0;
+	const al_prim *ps[] = {&c->fwd, &c->bwd_d, &c->bwd_w};
+	for (int i = 0; i < 3; i++) {
+		int64_t n = 0;
+		if (ps[i]->pd && dnnl_primitive_desc_query(ps[i]->pd, dnnl_query_memory_consumption_s64, 0, &n) == dnnl_success &&
+		    n > 0 && (size_t)n > *scratch)
+			*scratch = (size_t)n;
+	}
+}

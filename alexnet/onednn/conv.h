@@ -47,6 +47,11 @@ void al_conv_layouts(const al_conv *c, int k, char *buf, size_t len);
 // backward data and weights together, each tensor once).
 int al_conv_reorders(const al_conv *c);
 
+// al_conv_memory is what the layer holds beyond the caller's tensors: its
+// kept buffers, the arena one of its calls needs, and the largest
+// scratchpad oneDNN's library allocates for one of its primitives.
+void al_conv_memory(const al_conv *c, size_t *kept_bytes, size_t *temp, size_t *scratch);
+
 // al_arena_bytes is the size of the scratch shared by every layer (temporary
 // layouts and scratchpads); al_persistent_bytes what the layers keep.
 size_t al_arena_bytes(void);

@@ -26,6 +26,12 @@ func Runtime() (Info, error) { return Info{}, ErrNotAvailable }
 // Memory is zero: there is no oneDNN.
 func Memory() (arena, kept int64) { return 0, 0 }
 
+// ConvMemory is a layer's C memory (see the oneDNN build).
+type ConvMemory struct{ Kept, Temp, Scratch int64 }
+
+// Footprint fails: there is no oneDNN.
+func Footprint([]Shape) (ConvMemory, error) { return ConvMemory{}, ErrNotAvailable }
+
 // Shape is one convolution (see the oneDNN build).
 type Shape struct {
 	Batch, In, Out, Side, OutSide, Kernel, Stride, Pad int
@@ -40,6 +46,7 @@ func (s Shape) String() string {
 type Conv struct {
 	Impl, Layouts [3]string
 	Reorders      int
+	Mem           ConvMemory
 }
 
 // The primitives, in Impl's order.

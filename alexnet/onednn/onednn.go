@@ -195,6 +195,33 @@ type Conv struct {
 	Impl, Layouts [3]string
 	// Reorders is how many layout changes a training step of the layer runs.
 	Reorders int
+	// Mem is what the layer holds in C memory beyond the caller's tensors.
+	Mem ConvMemory
+}
+
+// ConvMemory is a layer's C memory, in bytes: Kept is its own (x and dy in
+// the primitives' layouts, kept from one call to the next), Temp what one of
+// its calls needs of the arena that all layers share, Scratch the largest
+// scratchpad of its primitives (oneDNN's library keeps one, for the largest
+// primitive it ran).
+type ConvMemory struct{ Kept, Temp, Scratch int64 }
+
+// Footprint is what the layers of shapes hold in C memory together: their
+// kept buffers, and the largest arena and scratchpad of any one (both are
+// shared). It creates each layer's primitives to ask and frees them; the
+// buffers they allocate are never touched, so they cost no resident memory.
+func Footprint(shapes []Shape) (ConvMemory, error) {
+	var f ConvMemory
+	for _, s := range shapes {
+		c, err := NewConv(s)
+		if err != nil {
+			return ConvMemory{}, err
+		}
+		f.Kept += c.Mem.Kept
+		f.Temp, f.Scratch = max(f.Temp, c.Mem.Temp), max(f.Scratch, c.Mem.Scratch)
+		c.Close()
+	}
+	return f, nil
 }
 
 // The primitives, in Impl's order.
@@ -237,6 +264,9 @@ func NewConv(s Shape) (*Conv, error) {
 			c.Layouts[k] = C.GoString(&buf[0])
 		}
 		c.Reorders = int(C.al_conv_reorders(c.h.c))
+		var kept, temp, scratch C.size_t
+		C.al_conv_memory(c.h.c, &kept, &temp, &scratch)
+		c.Mem = ConvMemory{Kept: int64(kept), Temp: int64(temp), Scratch: int64(scratch)}
 	})
 	if err != nil {
 		return nil, err

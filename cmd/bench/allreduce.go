@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
 	"runtime/pprof"
 	"slices"
@@ -32,7 +33,7 @@ type allReduceFlags struct {
 	world, iters, warmup, chunk, procs int
 	sizes                              []int
 	fp16                               bool
-	cpuprofile                         string
+	cpuprofile, transport              string
 }
 
 func (a *allReduceFlags) define(fs *flag.FlagSet) *string {
@@ -43,6 +44,7 @@ func (a *allReduceFlags) define(fs *flag.FlagSet) *string {
 	fs.BoolVar(&a.fp16, "fp16", false, "half floats on the wire")
 	fs.IntVar(&a.procs, "procs", 0, "GOMAXPROCS of each rank; 0 shares the cores: cores/world, at least 1")
 	fs.StringVar(&a.cpuprofile, "cpuprofile", "", "write rank 0's CPU profile to this file")
+	fs.StringVar(&a.transport, "transport", "unix", "unix: the ranks reach each other over Unix sockets, as workers on one host do; tcp: over loopback TCP")
 	return fs.String("bytes", "1048576,58366740", "comma-separated payload sizes in bytes (float32: multiples of 4)")
 }
 
@@ -56,6 +58,9 @@ func (a *allReduceFlags) parseSizes(s string) error {
 	}
 	if a.world < 1 || a.iters < 1 || a.warmup < 0 || a.procs < 0 {
 		return fmt.Errorf("--world %d --iters %d --warmup %d --procs %d: want positive counts", a.world, a.iters, a.warmup, a.procs)
+	}
+	if a.transport != "unix" && a.transport != "tcp" {
+		return fmt.Errorf("--transport %q: want unix or tcp", a.transport)
 	}
 	return nil
 }
@@ -80,6 +85,12 @@ func benchAllReduce(args []string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
+	// The ranks' Unix sockets, in a private directory (mode 0700).
+	sockets, err := os.MkdirTemp("", "alexring-bench-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(sockets)
 	// Ranks sharing a host should share its cores, as the workers of one host
 	// do (coordinator --local): a Go process per rank, each with every core,
 	// spends much of its CPU waking idle threads of its own (measured: a
@@ -89,7 +100,7 @@ func benchAllReduce(args []string, out io.Writer) error {
 		procs = max(1, runtime.NumCPU()/a.world)
 	}
 	return runRanks(a.world, func(ctx context.Context, r int) *exec.Cmd {
-		cmd := exec.CommandContext(ctx, self, append([]string{"allreduce-rank", "--rank", strconv.Itoa(r), "--peers", strings.Join(peers, ",")}, args...)...)
+		cmd := exec.CommandContext(ctx, self, append([]string{"allreduce-rank", "--rank", strconv.Itoa(r), "--peers", strings.Join(peers, ","), "--sockets", sockets}, args...)...)
 		cmd.Env = append(os.Environ(), "GOMAXPROCS="+strconv.Itoa(procs))
 		cmd.Stderr = os.Stderr
 		if r == 0 {
@@ -152,6 +163,7 @@ func benchAllReduceRank(args []string, out io.Writer) error {
 	sizes := a.define(fs)
 	rank := fs.Int("rank", 0, "this rank")
 	peers := fs.String("peers", "", "every rank's address")
+	sockets := fs.String("sockets", "", "the folder of every rank's Unix socket (rank-N.sock)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -172,13 +184,23 @@ func benchAllReduceRank(args []string, out io.Writer) error {
 		return fmt.Errorf("%d peers for world %d", len(addrs), a.world)
 	}
 	log := zap.NewNop()
-	node, err := allreduce.Listen(addrs[*rank], nil, log)
+	if *sockets == "" {
+		return errors.New("--sockets: want the folder of the ranks' Unix sockets")
+	}
+	local := make([]string, a.world)
+	for r := range local {
+		local[r] = filepath.Join(*sockets, fmt.Sprintf("rank-%d.sock", r))
+	}
+	node, err := allreduce.ListenAt(addrs[*rank], local[*rank], nil, log)
 	if err != nil {
 		return err
 	}
 	defer node.Close()
 	cfg := allreduce.DefaultConfig()
 	cfg.RingID, cfg.Rank, cfg.World, cfg.Peers = "bench", *rank, a.world, addrs
+	if a.transport == "unix" {
+		cfg.LocalPeers = local
+	}
 	cfg.ChunkBytes, cfg.FP16 = a.chunk, a.fp16
 	ctx := context.Background()
 	ring, err := allreduce.Open(ctx, node.Service, cfg, log)
@@ -188,7 +210,7 @@ func benchAllReduceRank(args []string, out io.Writer) error {
 	defer ring.Close()
 	w := bufio.NewWriter(out)
 	defer w.Flush()
-	fmt.Fprintf(w, "# alexring ring all-reduce over gRPC, world %d, chunk %d B, fp16 %v, GOMAXPROCS %d per rank, %d iterations (median)\n", a.world, a.chunk, a.fp16, runtime.GOMAXPROCS(0), a.iters)
+	fmt.Fprintf(w, "# alexring ring all-reduce over gRPC, world %d, via %s, chunk %d B, fp16 %v, GOMAXPROCS %d per rank, %d iterations (median)\n", a.world, ring.Via(), a.chunk, a.fp16, runtime.GOMAXPROCS(0), a.iters)
 	// As gloo_allreduce.py: the time of an all-reduce is the slowest rank's.
 	// cpu_ms is this rank's CPU time (user and system, every thread) per
 	// all-reduce: where ranks share cores it, not the wire, sets the time.
@@ -209,7 +231,7 @@ func benchAllReduceRank(args []string, out io.Writer) error {
 	if err := ring.Barrier(ctx); err != nil {
 		return err
 	}
-	fmt.Fprintf(w, "RESULT bench=allreduce world=%d bytes=%d fp16=%v busbw_gbps=%.3f cpu_ms=%.2f\n", a.world, a.sizes[len(a.sizes)-1], a.fp16, last, lastCPU)
+	fmt.Fprintf(w, "RESULT bench=allreduce world=%d bytes=%d fp16=%v busbw_gbps=%.3f cpu_ms=%.2f via=%s\n", a.world, a.sizes[len(a.sizes)-1], a.fp16, last, lastCPU, ring.Via())
 	return nil
 }
 

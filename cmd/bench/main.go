@@ -2,7 +2,7 @@
 // one line "RESULT bench=NAME key=value ...", to put beside the peer's figure
 // measured in the same run on the same machine.
 //
-//	bench step   [--variant seed] [--batch 32] [--steps 20] [--warmup 3] [--cpu-kernels auto|onednn|openblas] [--gpu K --conv auto|cudnn|gemm]
+//	bench step   [--variant seed] [--batch 32] [--steps 20] [--warmup 3] [--freeze none|features] [--cpu-kernels auto|onednn|openblas] [--gpu K --conv auto|cudnn|gemm]
 //	bench loader --data DIR [--goroutines G] [--images N] [--side 224]
 //	bench allreduce --world N --bytes B[,B...] [--fp16]
 //	bench scaling [--variant seed] [--batch 32] [--steps 10]
@@ -27,6 +27,7 @@ import (
 	"github.com/alexring/alexring/alexnet"
 	"github.com/alexring/alexring/allreduce"
 	"github.com/alexring/alexring/internal/devices"
+	"github.com/alexring/alexring/internal/rss"
 	"github.com/alexring/alexring/sharding"
 )
 
@@ -54,14 +55,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
-// peakRSSMB is the process's peak resident set size (getrusage's ru_maxrss).
-func peakRSSMB() float64 {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0
-	}
-	return float64(ru.Maxrss) / 1024
-}
+// peakRSSMB is the process's peak resident set size in MiB, 0 where the
+// system does not say.
+func peakRSSMB() float64 { return float64(rss.Peak()) / (1 << 20) }
 
 // cpuTime is the CPU time (user and system) the process has used so far.
 func cpuTime() time.Duration {
@@ -90,10 +86,11 @@ func benchStep(args []string, out io.Writer) error {
 	steps := fs.Int("steps", 20, "timed steps")
 	warmup := fs.Int("warmup", 3, "untimed steps first")
 	classes := fs.Int("classes", 5, "classes")
+	freezeFlag := fs.String("freeze", "none", "parameters that do not train: none, or features (fine-tuning the classifier only)")
 	data := fs.String("data", "", "also time steps fed by the loader from this ImageFolder split (e.g. ../shared/datasets/flowers/train)")
 	gpu := fs.Int("gpu", -1, "GPU to run on (a build with -tags gpu); -1 is the CPU")
 	conv := fs.String("conv", "auto", "the GPU's convolution: auto, cudnn or gemm")
-	cpuKernels := fs.String("cpu-kernels", "auto", "the CPU's convolutions: auto (oneDNN where its JIT runs AVX2 or AVX-512, else im2col + BLAS), onednn or openblas")
+	cpuKernels := fs.String("cpu-kernels", "auto", "the CPU's convolutions: auto (oneDNN where its JIT runs AVX2 or AVX-512 and the model is large enough, else im2col + BLAS), onednn or openblas")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -108,7 +105,11 @@ func benchStep(args []string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	st, err := newStepper(*variant, *batch, *classes, compute)
+	freeze, err := alexnet.ParseFreeze(*freezeFlag)
+	if err != nil {
+		return err
+	}
+	st, err := newStepper(*variant, *batch, *classes, compute, freeze)
 	if err != nil {
 		return err
 	}
@@ -125,14 +126,21 @@ func benchStep(args []string, out io.Writer) error {
 	}
 	med := median(times)
 	ips := float64(*batch) / med.Seconds()
-	fmt.Fprintf(out, "alexring %s on %s GOMAXPROCS=%d variant=%s batch=%d: median %.2f ms/step, %.1f img/s, peak RSS %.0f MB%s\n",
-		runtime.Version(), st.backend.Describe(), runtime.GOMAXPROCS(0), *variant, *batch, float64(med.Microseconds())/1e3, ips, peakRSSMB(), deviceMemory(st.backend, " (device memory %.0f MB)"))
+	fmt.Fprintf(out, "alexring %s on %s GOMAXPROCS=%d variant=%s batch=%d freeze=%s: median %.2f ms/step, %.1f img/s, peak RSS %.0f MB%s\n",
+		runtime.Version(), st.backend.Describe(), runtime.GOMAXPROCS(0), *variant, *batch, freeze, float64(med.Microseconds())/1e3, ips, peakRSSMB(), deviceMemory(st.backend, " (device memory %.0f MB)"))
 	// The same line on every device (a GPU's adds its memory), so that it
 	// stands beside the peer's.
 	result := fmt.Sprintf("RESULT bench=step variant=%s batch=%d img_per_s=%.1f ms_per_step=%.2f peak_rss_mb=%.0f%s",
 		*variant, *batch, ips, float64(med.Microseconds())/1e3, peakRSSMB(), deviceMemory(st.backend, " device_mb=%.0f"))
+	if freeze != alexnet.FreezeNone {
+		result += " freeze=" + string(freeze)
+	}
 	if *gpu < 0 {
+		kernels = alexnet.CPUKernelsFor(st.params.Spec) // auto's choice for this model
 		fmt.Fprintf(out, "cpu kernels: %v; convolutions: %s\n", kernels, alexnet.ConvKernels())
+		if alexnet.BLASCoreNote != "" { // why OpenBLAS runs the core BLAS names
+			fmt.Fprintf(out, "blas core: %s: %s\n", alexnet.BLAS, alexnet.BLASCoreNote)
+		}
 		result += fmt.Sprintf(" cpu_kernels=%s isa=%s", kernels.Kernels, kernels.ISA)
 	}
 	if *data != "" {
@@ -207,8 +215,10 @@ type stepper struct {
 	rng     *rand.Rand
 	images  []float32
 	labels  []int
-	grad    []float32 // the host vector the ring averages
+	grad    []float32 // the host vector the ring averages (the trained parameters')
 	batch   int
+	// trainFrom is where the trained parameters start (--freeze).
+	trainFrom int
 	// ring, when set, averages the gradient with the other ranks before Adam,
 	// as the worker does: with overlap, the classifier's part while the
 	// convolutions' backward runs. reduceWaits are the steps' waits for it
@@ -218,18 +228,21 @@ type stepper struct {
 	reduceWaits []time.Duration
 }
 
-func newStepper(variant string, batch, classes int, compute alexnet.Compute) (*stepper, error) {
+func newStepper(variant string, batch, classes int, compute alexnet.Compute, freeze alexnet.Freeze) (*stepper, error) {
 	spec, err := alexnet.NewSpec(variant, classes)
 	if err != nil {
 		return nil, err
 	}
 	st := &stepper{params: alexnet.NewParams(spec), rng: rand.New(rand.NewPCG(0, 1)), batch: batch, compute: compute}
+	if st.trainFrom, err = spec.TrainFrom(freeze); err != nil {
+		return nil, err
+	}
 	st.params.Init(0)
 	adam, err := alexnet.NewAdam(alexnet.DefaultAdam(), len(st.params.Flat))
 	if err != nil {
 		return nil, err
 	}
-	if st.backend, err = compute.New(alexnet.BackendConfig{Params: st.params, Adam: adam, Batch: batch, Dropout: 0.5}); err != nil {
+	if st.backend, err = compute.New(alexnet.BackendConfig{Params: st.params, Adam: adam, Batch: batch, Dropout: 0.5, Freeze: freeze}); err != nil {
 		return nil, err
 	}
 	st.images = make([]float32, batch*3*spec.Input*spec.Input)
@@ -240,7 +253,7 @@ func newStepper(variant string, batch, classes int, compute alexnet.Compute) (*s
 	for i := range st.labels {
 		st.labels[i] = st.rng.IntN(spec.Classes)
 	}
-	if st.grad, err = st.backend.HostVector(len(st.params.Flat)); err != nil {
+	if st.grad, err = st.backend.HostVector(len(st.params.Flat) - st.trainFrom); err != nil {
 		st.backend.Close()
 		return nil, err
 	}
@@ -258,7 +271,7 @@ func (st *stepper) stepOn(images []float32, labels []int, count int) error {
 	from := 0
 	if st.ring != nil {
 		grad, from = st.grad, len(st.grad)
-		if st.overlap || st.compute.FreesCPU {
+		if st.trainFrom == 0 && (st.overlap || st.compute.FreesCPU) {
 			from = st.params.Spec.ClassifierOffset()
 			classifierReady = func() { classifierWait = st.ring.StartAllReduceAvg(ctx, grad[from:]) }
 		}

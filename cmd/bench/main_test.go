@@ -86,11 +86,28 @@ func TestMultiProcessBenchesPrintResults(t *testing.T) {
 	out, err = exec.Command(bin, "allreduce", "--world", "2", "--bytes", "12,40000", "--iters", "2", "--warmup", "1").CombinedOutput()
 	share := runtime.NumCPU() / 2
 	if err != nil || !regexp.MustCompile(`(?m)^# alexring ring all-reduce over gRPC, world 2, .*GOMAXPROCS `+strconv.Itoa(share)+` per rank`).Match(out) ||
-		!regexp.MustCompile(`(?m)^RESULT bench=allreduce world=2 bytes=40000 fp16=false busbw_gbps=[0-9.]+ cpu_ms=[0-9.]+$`).Match(out) {
+		!regexp.MustCompile(`(?m)^RESULT bench=allreduce world=2 bytes=40000 fp16=false busbw_gbps=[0-9.]+ cpu_ms=[0-9.]+ via=unix$`).Match(out) {
 		t.Errorf("bench allreduce: %v\n%s", err, out)
 	}
 	out, err = exec.Command(bin, "allreduce", "--world", "3", "--bytes", "10").CombinedOutput()
 	if err == nil || !bytes.Contains(out, []byte(`--bytes "10": want positive multiples of 4`)) {
 		t.Errorf("bench allreduce --bytes 10: %v\n%s", err, out)
+	}
+}
+
+// bench step --freeze features times the fine-tuning step (the classifier's
+// backward and Adam only) and says so in its RESULT line.
+func TestStepWithFrozenFeatures(t *testing.T) {
+	var out, errb bytes.Buffer
+	if code := run([]string{"step", "--variant", "tiny", "--batch", "4", "--steps", "2", "--warmup", "1", "--freeze", "features"}, &out, &errb); code != 0 {
+		t.Fatalf("bench step --freeze features: exit %d: %s", code, errb.String())
+	}
+	if !regexp.MustCompile(`(?m)^RESULT bench=step variant=tiny batch=4 img_per_s=[0-9.]+ ms_per_step=[0-9.]+ peak_rss_mb=[0-9]+ freeze=features cpu_kernels=`).MatchString(out.String()) {
+		t.Errorf("bench step --freeze features printed:\n%s", out.String())
+	}
+	out.Reset()
+	errb.Reset()
+	if code := run([]string{"step", "--variant", "tiny", "--freeze", "convs"}, &out, &errb); code == 0 || !bytes.Contains(errb.Bytes(), []byte("want none or features")) {
+		t.Errorf("bench step --freeze convs: exit %d: %s", code, errb.String())
 	}
 }

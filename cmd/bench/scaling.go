@@ -3,11 +3,13 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -93,10 +95,16 @@ func runScaling(taskset string, world int, args []string) ([]float64, error) {
 	if err != nil {
 		return nil, err
 	}
+	// The ranks' Unix sockets: workers of one host reach each other over them.
+	sockets, err := os.MkdirTemp("", "alexring-bench-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(sockets)
 	outs := make([]bytes.Buffer, world)
 	err = runRanks(world, func(ctx context.Context, r int) *exec.Cmd {
 		cmd := exec.CommandContext(ctx, taskset, append([]string{"-c", strconv.Itoa(r), self, "scaling-rank",
-			"--rank", strconv.Itoa(r), "--peers", strings.Join(peers, ",")}, args...)...)
+			"--rank", strconv.Itoa(r), "--peers", strings.Join(peers, ","), "--sockets", sockets}, args...)...)
 		cmd.Env = append(os.Environ(), "GOMAXPROCS=1", "OPENBLAS_NUM_THREADS=1")
 		cmd.Stdout, cmd.Stderr = &outs[r], os.Stderr
 		return cmd
@@ -121,24 +129,32 @@ func benchScalingRank(args []string, out io.Writer) error {
 	s.define(fs)
 	rank := fs.Int("rank", 0, "this rank")
 	peers := fs.String("peers", "", "every rank's address")
+	sockets := fs.String("sockets", "", "the folder of every rank's Unix socket (rank-N.sock)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	addrs := strings.Split(*peers, ",")
-	st, err := newStepper(s.variant, s.batch, 5, alexnet.CPUCompute())
+	st, err := newStepper(s.variant, s.batch, 5, alexnet.CPUCompute(), alexnet.FreezeNone)
 	if err != nil {
 		return err
 	}
 	defer st.backend.Close()
 	ctx := context.Background()
 	if len(addrs) > 1 {
-		node, err := allreduce.Listen(addrs[*rank], nil, zap.NewNop())
+		if *sockets == "" {
+			return errors.New("--sockets: want the folder of the ranks' Unix sockets")
+		}
+		local := make([]string, len(addrs))
+		for r := range local {
+			local[r] = filepath.Join(*sockets, fmt.Sprintf("rank-%d.sock", r))
+		}
+		node, err := allreduce.ListenAt(addrs[*rank], local[*rank], nil, zap.NewNop())
 		if err != nil {
 			return err
 		}
 		defer node.Close()
 		cfg := allreduce.DefaultConfig()
-		cfg.RingID, cfg.Rank, cfg.World, cfg.Peers = "scaling", *rank, len(addrs), addrs
+		cfg.RingID, cfg.Rank, cfg.World, cfg.Peers, cfg.LocalPeers = "scaling", *rank, len(addrs), addrs, local
 		if st.ring, err = allreduce.Open(ctx, node.Service, cfg, zap.NewNop()); err != nil {
 			return err
 		}

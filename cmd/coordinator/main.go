@@ -13,11 +13,13 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
 	"go.uber.org/zap"
 
+	"github.com/alexring/alexring/alexnet"
 	"github.com/alexring/alexring/coordinator"
 	"github.com/alexring/alexring/internal/cli"
 	"github.com/alexring/alexring/internal/metrics"
@@ -33,12 +35,17 @@ func run() int {
 	fs.IntVar(&c.Workers, "workers", 1, "workers (ranks) the job waits for")
 	configPath := fs.String("config", "", "job file: a path or a built-in name (demo, flowers, tiny); default: demo without --data, flowers' settings with it")
 	data := fs.String("data", "", "ImageFolder root with train/ and val/ (default: generate the synthetic demo dataset)")
-	out := fs.String("out", "", "output folder for best.safetensors, state.safetensors, class_indices.json (default: the config's)")
+	out := fs.String("out", "", "output folder for best.safetensors and/or best.pth (--save-format), state.safetensors, class_indices.json (default: the config's)")
+	saveFormat := fs.String("save-format", "", "the best model's format: safetensors, pth (PyTorch's torch.save) or both (default: the config's, else both)")
 	epochs := fs.Int("epochs", 0, "epochs (default: the config's)")
 	batch := fs.Int("batch", 0, "global batch size (default: the config's)")
 	lr := fs.Float64("lr", 0, "Adam learning rate (default: the config's)")
 	seed := fs.Uint64("seed", 0, "seed (default: the config's)")
-	fs.StringVar(&c.Bind, "bind", "127.0.0.1:7946", "gossip address (host:port) workers --join")
+	variant := fs.String("variant", "", "model variant: "+strings.Join(alexnet.Variants(), ", ")+" (default: the config's)")
+	initFile := fs.String("init", "", "fine-tune from this state_dict (safetensors or PyTorch .pth) at this path on the workers' machines: rank 0 reads it and broadcasts (default: the config's)")
+	freeze := fs.String("freeze", "", "parameters that do not train: none, or features (default: the config's)")
+	normalize := fs.String("normalize", "", "the images' mean and std after ToTensor: seed (0.5, 0.5, as train.py) or imagenet (torchvision's pretrained weights') (default: the config's, else seed)")
+	fs.StringVar(&c.Bind, "bind", "127.0.0.1:7946", "gossip address (host:port) workers --join (with --local: default a free port of 127.0.0.1)")
 	fs.StringVar(&c.Control, "control", "127.0.0.1:0", "control-plane gRPC address (advertised through gossip)")
 	fs.DurationVar(&c.WaitTimeout, "wait-timeout", 5*time.Minute, "how long to wait for all workers to join")
 	fs.IntVar(&c.MinWorkers, "min-workers", 1, "the smallest ring the job goes on with when workers are lost (below it, the job fails)")
@@ -75,7 +82,9 @@ func run() int {
 		return 2
 	}
 	// Flags given on the command line override the file.
+	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) {
+		set[f.Name] = true
 		switch f.Name {
 		case "data":
 			job.Data = *data
@@ -89,6 +98,16 @@ func run() int {
 			job.LR = *lr
 		case "seed":
 			job.Seed = *seed
+		case "variant":
+			job.Variant = *variant
+		case "init":
+			job.Init = *initFile
+		case "freeze":
+			job.Freeze = *freeze
+		case "save-format":
+			job.SaveFormat = *saveFormat
+		case "normalize":
+			job.Normalize = *normalize
 		}
 	})
 	if *configPath == "demo" && *data == "" {
@@ -96,6 +115,12 @@ func run() int {
 	}
 	c.Local = *local
 	c.Job = job
+	if *local && !set["bind"] {
+		// Free ports (the control address's default is one too), so that two
+		// --local jobs on one machine do not collide; "waiting for workers"
+		// logs the ones taken.
+		c.Bind = "127.0.0.1:0"
+	}
 	gpus, err := coordinator.ParseGPUs(*gpuList, c.Workers)
 	if err == nil && gpus != nil && !*local {
 		err = fmt.Errorf("--gpus %s chooses the devices of --local workers; a worker started by hand takes --gpu", *gpuList)
@@ -120,9 +145,23 @@ func run() int {
 			c.Resume = true
 		}
 	}
+	// --local workers read --init on this machine: a missing file fails now,
+	// not once they have joined (remote workers' rank 0 checks its own).
+	if *local && job.Init != "" && !c.Resume {
+		if _, err := os.Stat(job.Init); err != nil {
+			cli.PrintError(os.Stderr, "coordinator", fmt.Errorf("--init: %w", err))
+			return 2
+		}
+	}
 	if c.Security, err = security.Setup(sec, []string{c.Bind, c.Control}, log); err != nil {
 		cli.PrintError(os.Stderr, "coordinator", err)
 		return 2
+	}
+	// An address given and taken fails now, not after the demo data is
+	// generated (the job binds it for real later).
+	if err := coordinator.CheckAddrsFree(c.Bind, c.Control, *local); err != nil {
+		cli.PrintError(os.Stderr, "coordinator", err)
+		return 1
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()

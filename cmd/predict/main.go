@@ -1,6 +1,7 @@
 // Command predict classifies images with a trained model on this machine, as
 // the seed's predict.py does: Resize((224, 224)), ToTensor, Normalize(0.5, 0.5),
-// softmax over the logits.
+// softmax over the logits. A model trained with ImageNet's normalisation says
+// so in its metadata, and its images get that Normalize instead.
 //
 //	predict [--model best.safetensors] [--class-indices class_indices.json] [--json] [--plot out.png] [--gpu K] IMAGE...
 //
@@ -44,12 +45,13 @@ type Prediction struct {
 func run(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("predict", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	model := fs.String("model", "best.safetensors", "model file (safetensors, as written by training or by PyTorch)")
+	model := fs.String("model", "best.safetensors", "model file: safetensors, or PyTorch's .pth/.pt state_dict (torch.save), as written by training or by PyTorch")
 	indices := fs.String("class-indices", "class_indices.json", "class names ({\"0\": name, ...}); if the default is missing, the model's own names")
 	asJSON := fs.Bool("json", false, "print one JSON object per image")
 	plot := fs.String("plot", "", "write a PNG of each image beside a bar chart of its class probabilities")
 	gpu := fs.Int("gpu", -1, "GPU to predict on (a build with -tags gpu); -1 is the CPU")
 	conv := fs.String("conv", "auto", "the GPU's convolution: auto, cudnn or gemm")
+	normalize := fs.String("normalize", "", "the images' mean and std after ToTensor: seed (0.5, 0.5) or imagenet (default: the model's metadata; seed for a .pth, which has none)")
 	if done, code := cli.Parse(fs, args); done {
 		return code
 	}
@@ -63,13 +65,32 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "predict:", err)
 		return 2
 	}
-	indicesSet := false
-	fs.Visit(func(f *flag.Flag) { indicesSet = indicesSet || f.Name == "class-indices" })
+	indicesSet, normSet := false, false
+	fs.Visit(func(f *flag.Flag) {
+		indicesSet = indicesSet || f.Name == "class-indices"
+		normSet = normSet || f.Name == "normalize"
+	})
+	var norm sharding.Normalization
+	if normSet {
+		if norm, err = sharding.ParseNormalization(*normalize); err != nil {
+			fmt.Fprintf(stderr, "predict: --normalize: %v\n", err)
+			return 2
+		}
+	}
 
-	params, meta, err := alexnet.LoadModel(*model)
+	// The parameters are the model file's pages (no copy, no decode) when
+	// it is one that training wrote; closed after the backend, below.
+	params, meta, closeModel, err := alexnet.OpenModel(*model)
 	if err != nil {
 		fmt.Fprintln(stderr, "predict:", err)
 		return 2
+	}
+	defer closeModel()
+	if !normSet {
+		if norm, err = sharding.ParseNormalization(meta.Normalize); err != nil {
+			fmt.Fprintf(stderr, "predict: %s: the normalize metadata is %v (give --normalize)\n", *model, err)
+			return 2
+		}
 	}
 	classes, err := classNames(*indices, indicesSet, meta.Classes, params.Spec.Classes)
 	if err != nil {
@@ -88,7 +109,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	code := 0
 	var plotted []plotRow
 	for _, path := range fs.Args() {
-		if err := sharding.LoadImage(path, side, input); err != nil {
+		if err := sharding.LoadImage(path, side, norm, input); err != nil {
 			fmt.Fprintln(stderr, "predict:", err)
 			code = 1
 			continue
@@ -127,6 +148,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintln(stderr, "predict:", err)
 			return 1
 		}
+		// On stderr: stdout stays predict.py's lines (or the JSON stream).
+		fmt.Fprintf(stderr, "predict: plot of %d %s written to %s\n", len(plotted), plural(len(plotted), "image", "images"), *plot)
 	}
 	return code
 }
@@ -148,6 +171,13 @@ func classNames(path string, explicit bool, fromModel []string, count int) ([]st
 		return nil, fmt.Errorf("%s names %d classes but the model has %d outputs", path, len(classes), count)
 	}
 	return classes, nil
+}
+
+func plural(n int, one, many string) string {
+	if n == 1 {
+		return one
+	}
+	return many
 }
 
 // nonFinite is the index of the first NaN or infinite value, or -1.

@@ -113,8 +113,19 @@ func TestPredictClassCountMismatch(t *testing.T) {
 func TestPredictPlot(t *testing.T) {
 	dir, model, images := setup(t)
 	out := filepath.Join(dir, "plot.png")
-	if code, _, errOut := runPredict(append([]string{"--model", model, "--plot", out}, images...)...); code != 0 {
+	code, stdout, errOut := runPredict(append([]string{"--model", model, "--plot", out}, images...)...)
+	if code != 0 {
 		t.Fatalf("exit %d: %s", code, errOut)
+	}
+	// Where the plot went is said on stderr, so stdout stays predict.py's
+	// lines (or, with --json, JSON only).
+	if errOut != "predict: plot of 2 images written to "+out+"\n" || strings.Contains(stdout, out) {
+		t.Errorf("stderr %q, stdout %q: want one line on stderr naming %s", errOut, stdout, out)
+	}
+	one := filepath.Join(dir, "one.png")
+	code, stdout, errOut = runPredict("--model", model, "--json", "--plot", one, images[0])
+	if code != 0 || errOut != "predict: plot of 1 image written to "+one+"\n" || strings.Count(stdout, "\n") != 1 || !strings.HasPrefix(stdout, "{") {
+		t.Errorf("--json --plot: exit %d, stderr %q, stdout %q", code, errOut, stdout)
 	}
 	f, err := os.Open(out)
 	if err != nil {

@@ -13,6 +13,8 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime/debug"
+	"strings"
 	"syscall"
 
 	"go.uber.org/zap"
@@ -48,11 +50,15 @@ func run(args []string, stdout, stderr io.Writer) int {
 	sec.Flags(fs)
 	gpu := fs.Int("gpu", -1, "GPU to train on (a build with -tags gpu); -1 is the CPU")
 	conv := fs.String("conv", "auto", "the GPU's convolution: auto, cudnn or gemm (im2col + cuBLAS)")
-	cpuKernels := fs.String("cpu-kernels", "auto", "the CPU's convolutions: auto (oneDNN where its JIT runs AVX2 or AVX-512, else im2col + BLAS), onednn or openblas")
+	cpuKernels := fs.String("cpu-kernels", "auto", "the CPU's convolutions: auto (oneDNN where its JIT runs AVX2 or AVX-512 and the model is large enough, else im2col + BLAS), onednn or openblas")
 	fs.StringVar(&cfg.Data, "data", "", "ImageFolder root with train/ and val/ (standalone default: generate the synthetic demo dataset; joined: the job's)")
-	fs.StringVar(&cfg.Out, "out", cfg.Out, "output folder for best.safetensors, state.safetensors and class_indices.json")
+	fs.StringVar(&cfg.Out, "out", cfg.Out, "output folder for best.safetensors and/or best.pth (--save-format), state.safetensors and class_indices.json")
+	fs.StringVar(&cfg.SaveFormat, "save-format", cfg.SaveFormat, "the best model's format: safetensors, pth (best.pth, PyTorch's torch.save) or both")
 	fs.StringVar(&cfg.Resume, "resume", "", "continue from this state.safetensors")
-	fs.StringVar(&cfg.Variant, "variant", cfg.Variant, "model variant: seed, full or tiny")
+	fs.StringVar(&cfg.Variant, "variant", cfg.Variant, "model variant: "+strings.Join(alexnet.Variants(), ", ")+" (torchvision: torchvision's alexnet, to fine-tune its weights)")
+	fs.StringVar(&cfg.Init, "init", "", "fine-tune from this state_dict (safetensors or PyTorch .pth): its tensors of the model's names and shapes, the rest drawn from --seed; --resume wins over it")
+	fs.StringVar(&cfg.Freeze, "freeze", "none", "parameters that do not train: none, or features (train the classifier only)")
+	fs.StringVar(&cfg.Normalize, "normalize", cfg.Normalize, "the images' mean and std after ToTensor: seed (0.5, 0.5, as train.py) or imagenet (0.485/0.456/0.406, 0.229/0.224/0.225: what torchvision's pretrained weights expect)")
 	fs.IntVar(&cfg.Epochs, "epochs", cfg.Epochs, "epochs to train (in all, counting those of --resume)")
 	fs.IntVar(&cfg.Batch, "batch", cfg.Batch, "global batch size")
 	fs.Float64Var(&cfg.LR, "lr", cfg.LR, "Adam learning rate")
@@ -78,6 +84,16 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if *debug {
 		cfg.StepLog = 1
 	}
+	jobOnly := ""
+	fs.Visit(func(f *flag.Flag) {
+		if f.Name == "init" || f.Name == "freeze" || f.Name == "save-format" || f.Name == "normalize" {
+			jobOnly = f.Name
+		}
+	})
+	if jc.Join != "" && jobOnly != "" {
+		fmt.Fprintf(stderr, "worker: --%s is the job's setting: give it to the coordinator (or the job's config); a joined worker takes the coordinator's\n", jobOnly)
+		return 2
+	}
 	if *standalone == (jc.Join != "") {
 		fmt.Fprintln(stderr, "worker: give either --standalone (train alone) or --join HOST:PORT (a rank of a job)")
 		fs.Usage()
@@ -90,6 +106,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	log.Info("compute", zap.String("device", compute.Device))
 	if *gpu < 0 {
+		tuneGC()
 		kernels, err := alexnet.SetCPUKernels(*cpuKernels)
 		if err != nil {
 			cli.PrintError(stderr, "worker", err)
@@ -165,4 +182,13 @@ func telemetry(ctx context.Context, progressMode, logFormat, metricsAddr, timeli
 		}
 	}
 	return tel, nil
+}
+
+// tuneGC sets a CPU worker's GC target to alexnet.GCPercent (why: there),
+// unless the environment's GOGC sets one. cmd/coordinator --local starts
+// cmd/worker processes, so its workers get it too.
+func tuneGC() {
+	if _, set := os.LookupEnv("GOGC"); !set {
+		debug.SetGCPercent(alexnet.GCPercent)
+	}
 }

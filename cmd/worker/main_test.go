@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -51,7 +52,7 @@ func TestStandaloneBadInputsExit2(t *testing.T) {
 		{"missing resume", []string{"--data", d, "--out", t.TempDir(), "--resume", filepath.Join(d, "nope.safetensors")}, "worker: --resume: "},
 		{"truncated resume", []string{"--data", d, "--out", t.TempDir(), "--resume", truncated}, truncated},
 		{"batch beyond the data", []string{"--data", d, "--out", t.TempDir(), "--batch", "100000000"}, "--batch 100000000: a global batch larger than the 20 training images"},
-		{"batch beyond the demo data", []string{"--out", t.TempDir(), "--batch", "100000000"}, "--batch 100000000: a global batch larger than the 1000 training images"},
+		{"batch beyond the demo data", []string{"--out", t.TempDir(), "--batch", "100000000"}, fmt.Sprintf("--batch 100000000: a global batch larger than the %d training images", worker.DemoData.Train*len(sharding.SynthClasses))},
 	}
 	for _, c := range cases {
 		code, _, stderr := runWorker(append(tiny, c.args...)...)
@@ -71,5 +72,29 @@ func TestHugeEvalBatchRuns(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(out, worker.BestFile)); err != nil {
 		t.Error(err)
+	}
+}
+
+// Fine-tuning's inputs: a missing --init file and an unknown --freeze are bad
+// input; a joined worker refuses both, which are the job's.
+func TestFineTuneFlagsExit2(t *testing.T) {
+	d := data(t)
+	tiny := []string{"--standalone", "--variant", "tiny", "--epochs", "1", "--batch", "4", "--data", d, "--out", t.TempDir()}
+	for _, c := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"missing init", append(tiny, "--init", filepath.Join(d, "nope.pth")), "worker: --init (rank 0): "},
+		{"unknown freeze", append(tiny, "--freeze", "classifier"), "--freeze: alexnet: freeze \"classifier\": want none or features"},
+		{"joined init", []string{"--join", "127.0.0.1:1", "--init", "x.pth"}, "--init is the job's setting"},
+		{"joined freeze", []string{"--join", "127.0.0.1:1", "--freeze", "features"}, "--freeze is the job's setting"},
+		{"unknown normalize", append(tiny, "--normalize", "ImageNet"), "--normalize: \"ImageNet\", want seed or imagenet"},
+		{"joined normalize", []string{"--join", "127.0.0.1:1", "--normalize", "imagenet"}, "--normalize is the job's setting"},
+	} {
+		code, _, stderr := runWorker(c.args...)
+		if code != 2 || !strings.Contains(stderr, c.want) {
+			t.Errorf("%s: exit %d, want 2 with %q:\n%s", c.name, code, c.want, stderr)
+		}
 	}
 }

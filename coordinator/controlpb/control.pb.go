@@ -25,11 +25,16 @@ const (
 )
 
 type RegisterRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	JobId         string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
-	Name          string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`                         // the worker's membership name
-	RingAddr      string                 `protobuf:"bytes,3,opt,name=ring_addr,json=ringAddr,proto3" json:"ring_addr,omitempty"` // where its ring service listens
-	Device        string                 `protobuf:"bytes,4,opt,name=device,proto3" json:"device,omitempty"`                     // "cpu", "cuda:0", ...
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	JobId    string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
+	Name     string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`                         // the worker's membership name
+	RingAddr string                 `protobuf:"bytes,3,opt,name=ring_addr,json=ringAddr,proto3" json:"ring_addr,omitempty"` // where its ring service listens
+	Device   string                 `protobuf:"bytes,4,opt,name=device,proto3" json:"device,omitempty"`                     // "cpu", "cuda:0", ...
+	// The ring service's Unix socket ("" for none) and this worker's host
+	// (allreduce.HostID): the ranks on the same host dial local_addr instead
+	// of ring_addr.
+	LocalAddr     string `protobuf:"bytes,5,opt,name=local_addr,json=localAddr,proto3" json:"local_addr,omitempty"`
+	Host          string `protobuf:"bytes,6,opt,name=host,proto3" json:"host,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -92,20 +97,38 @@ func (x *RegisterRequest) GetDevice() string {
 	return ""
 }
 
+func (x *RegisterRequest) GetLocalAddr() string {
+	if x != nil {
+		return x.LocalAddr
+	}
+	return ""
+}
+
+func (x *RegisterRequest) GetHost() string {
+	if x != nil {
+		return x.Host
+	}
+	return ""
+}
+
 type JobPlan struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	JobId         string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
-	Rank          int32                  `protobuf:"varint,2,opt,name=rank,proto3" json:"rank,omitempty"`
-	World         int32                  `protobuf:"varint,3,opt,name=world,proto3" json:"world,omitempty"`
-	Peers         []string               `protobuf:"bytes,4,rep,name=peers,proto3" json:"peers,omitempty"` // ring addresses by rank
-	RingId        string                 `protobuf:"bytes,5,opt,name=ring_id,json=ringId,proto3" json:"ring_id,omitempty"`
-	ConfigJson    []byte                 `protobuf:"bytes,6,opt,name=config_json,json=configJson,proto3" json:"config_json,omitempty"` // the job configuration (coordinator.JobConfig)
-	Classes       []string               `protobuf:"bytes,7,rep,name=classes,proto3" json:"classes,omitempty"`
-	Dataset       uint64                 `protobuf:"varint,8,opt,name=dataset,proto3" json:"dataset,omitempty"`       // fingerprint of the train split
-	Generation    int32                  `protobuf:"varint,9,opt,name=generation,proto3" json:"generation,omitempty"` // 1 for the first ring, +1 per re-formation
-	BatchPerRank  int32                  `protobuf:"varint,10,opt,name=batch_per_rank,json=batchPerRank,proto3" json:"batch_per_rank,omitempty"`
-	Epoch         int32                  `protobuf:"varint,11,opt,name=epoch,proto3" json:"epoch,omitempty"`                          // 0-based epoch this ring starts in
-	StateRoot     int32                  `protobuf:"varint,12,opt,name=state_root,json=stateRoot,proto3" json:"state_root,omitempty"` // the rank whose parameters and Adam state every rank takes on opening
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	JobId        string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
+	Rank         int32                  `protobuf:"varint,2,opt,name=rank,proto3" json:"rank,omitempty"`
+	World        int32                  `protobuf:"varint,3,opt,name=world,proto3" json:"world,omitempty"`
+	Peers        []string               `protobuf:"bytes,4,rep,name=peers,proto3" json:"peers,omitempty"` // ring addresses by rank
+	RingId       string                 `protobuf:"bytes,5,opt,name=ring_id,json=ringId,proto3" json:"ring_id,omitempty"`
+	ConfigJson   []byte                 `protobuf:"bytes,6,opt,name=config_json,json=configJson,proto3" json:"config_json,omitempty"` // the job configuration (coordinator.JobConfig)
+	Classes      []string               `protobuf:"bytes,7,rep,name=classes,proto3" json:"classes,omitempty"`
+	Dataset      uint64                 `protobuf:"varint,8,opt,name=dataset,proto3" json:"dataset,omitempty"`       // fingerprint of the train split
+	Generation   int32                  `protobuf:"varint,9,opt,name=generation,proto3" json:"generation,omitempty"` // 1 for the first ring, +1 per re-formation
+	BatchPerRank int32                  `protobuf:"varint,10,opt,name=batch_per_rank,json=batchPerRank,proto3" json:"batch_per_rank,omitempty"`
+	Epoch        int32                  `protobuf:"varint,11,opt,name=epoch,proto3" json:"epoch,omitempty"`                          // 0-based epoch this ring starts in
+	StateRoot    int32                  `protobuf:"varint,12,opt,name=state_root,json=stateRoot,proto3" json:"state_root,omitempty"` // the rank whose parameters and Adam state every rank takes on opening
+	// By rank, the Unix socket of each rank on this worker's host ("" for the
+	// others): dialled instead of peers[r], which stays the rank's identity and
+	// the fallback.
+	LocalPeers    []string `protobuf:"bytes,13,rep,name=local_peers,json=localPeers,proto3" json:"local_peers,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -222,6 +245,13 @@ func (x *JobPlan) GetStateRoot() int32 {
 		return x.StateRoot
 	}
 	return 0
+}
+
+func (x *JobPlan) GetLocalPeers() []string {
+	if x != nil {
+		return x.LocalPeers
+	}
+	return nil
 }
 
 type ReformRequest struct {
@@ -732,12 +762,15 @@ var File_control_proto protoreflect.FileDescriptor
 
 const file_control_proto_rawDesc = "" +
 	"\n" +
-	"\rcontrol.proto\x12\x17alexring.coordinator.v1\"q\n" +
+	"\rcontrol.proto\x12\x17alexring.coordinator.v1\"\xa4\x01\n" +
 	"\x0fRegisterRequest\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x1b\n" +
 	"\tring_addr\x18\x03 \x01(\tR\bringAddr\x12\x16\n" +
-	"\x06device\x18\x04 \x01(\tR\x06device\"\xc9\x02\n" +
+	"\x06device\x18\x04 \x01(\tR\x06device\x12\x1d\n" +
+	"\n" +
+	"local_addr\x18\x05 \x01(\tR\tlocalAddr\x12\x12\n" +
+	"\x04host\x18\x06 \x01(\tR\x04host\"\xea\x02\n" +
 	"\aJobPlan\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x12\n" +
 	"\x04rank\x18\x02 \x01(\x05R\x04rank\x12\x14\n" +
@@ -755,7 +788,9 @@ const file_control_proto_rawDesc = "" +
 	" \x01(\x05R\fbatchPerRank\x12\x14\n" +
 	"\x05epoch\x18\v \x01(\x05R\x05epoch\x12\x1d\n" +
 	"\n" +
-	"state_root\x18\f \x01(\x05R\tstateRoot\"\xbb\x01\n" +
+	"state_root\x18\f \x01(\x05R\tstateRoot\x12\x1f\n" +
+	"\vlocal_peers\x18\r \x03(\tR\n" +
+	"localPeers\"\xbb\x01\n" +
 	"\rReformRequest\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x1e\n" +

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The built-in demo: a coordinator and 2 workers on this machine train the tiny
-# model on the synthetic shapes dataset (generated into a temporary folder), then
-# predict classifies a freshly generated image with the best checkpoint.
+# The built-in demo (configs/demo.yaml): a coordinator and 2 workers on this
+# machine train the tiny model on the synthetic shapes dataset (generated into a
+# temporary folder, seed 1), then predict classifies a freshly generated image
+# with the best checkpoint: a triangle of seed 7, which no training image is.
 # usage: bash deploy/local/demo.sh [OUT_DIR]   (default: ./demo-out)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
