@@ -33,14 +33,16 @@ const (
 // moves by about lr whatever its gradient's size: where a gradient element is
 // a rounding error away from 0 (a sum that cancels), or its moment m cancels
 // over the steps, the two sides' rounding gives it visibly different steps.
-// So a few outliers are allowed (measured: at most 8 of 221184 in a tensor,
-// 26 of the seed's 14.6M parameters beyond lr/1000, the largest 7.3e-6),
-// while everything else must agree to lr/1000 (measured: a few 1e-8). A
-// wrong mask or gradient moves most elements by about lr instead.
+// So a few outliers are allowed (measured with OpenBLAS's SkylakeX kernels,
+// whose sums part further from oneDNN's than its generic ones: at most 42 of
+// 331776 in a tensor, 139 of the seed's 14.6M parameters beyond lr/1000, the
+// largest 5.1e-5; with the generic kernels 26 and 7.3e-6), while everything
+// else must agree to lr/1000 (measured: a few 1e-8). A wrong mask or
+// gradient moves most elements by about lr instead.
 const (
 	adamNear     = 2e-7 // lr/1000
-	adamOutliers = 1e-4 // the fraction of a tensor allowed beyond adamNear, plus one
-	adamFar      = 5e-5 // lr/4: no element beyond
+	adamOutliers = 5e-4 // the fraction of a tensor allowed beyond adamNear, plus one
+	adamFar      = 1e-4 // lr/2: no element beyond
 )
 
 // TestParity compares the GPU model on the host device with the CPU's Net:
