@@ -7,12 +7,15 @@ import (
 
 // BenchmarkStep is one training step of the seed model (forward, backward,
 // Adam); bench step in cmd/bench is the figure to quote against PyTorch.
-func BenchmarkStep(b *testing.B) {
+func BenchmarkStep(b *testing.B) { benchmarkStep(b, 0) }
+
+// benchmarkStep steps the seed model training Flat[from:] (0: all of it).
+func benchmarkStep(b *testing.B, from int) {
 	spec, _ := NewSpec("seed", 5)
 	p := NewParams(spec)
 	p.Init(0)
 	const batch = 32
-	net, err := NewNet(p, NetOptions{Batch: batch, Train: true, Dropout: 0.5})
+	net, err := NewNet(p, NetOptions{Batch: batch, Train: true, Dropout: 0.5, TrainFrom: from})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -24,13 +27,13 @@ func BenchmarkStep(b *testing.B) {
 		x[i] = float32(rng.NormFloat64())
 	}
 	labels := make([]int, batch)
-	grad := make([]float32, len(p.Flat))
+	grad := make([]float32, len(p.Flat)-from)
 	net.BindGrad(grad)
 	b.ResetTimer()
 	for range b.N {
 		if _, err := net.Gradient(x, labels, batch, rng, grad); err != nil {
 			b.Fatal(err)
 		}
-		adam.Update(p.Flat, grad)
+		adam.UpdateFrom(from, p.Flat, grad)
 	}
 }
