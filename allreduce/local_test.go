@@ -6,7 +6,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -38,26 +37,11 @@ func localCluster(t *testing.T, world int, m *security.Material, log *zap.Logger
 	if prepare != nil {
 		prepare(locals)
 	}
-	c.rings = make([]*Ring, world)
-	errs := make([]error, world)
-	var wg sync.WaitGroup
-	for r := range world {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			cfg := DefaultConfig()
-			cfg.RingID, cfg.Rank, cfg.World, cfg.Peers, cfg.LocalPeers = "local-ring", r, world, addrs, locals
-			cfg.ChunkBytes, cfg.Creds = 64<<10, m.ClientCreds()
-			cfg.OpTimeout, cfg.ConnectTimeout = 10*time.Second, 10*time.Second
-			c.rings[r], errs[r] = Open(context.Background(), c.nodes[r].Service, cfg, log)
-		}()
-	}
-	wg.Wait()
-	for r, err := range errs {
-		if err != nil {
-			t.Fatalf("rank %d: open: %v", r, err)
-		}
-	}
+	c.open(t, log, func(cfg *Config) {
+		cfg.RingID, cfg.Peers, cfg.LocalPeers = "local-ring", addrs, locals
+		cfg.ChunkBytes, cfg.Creds = 64<<10, m.ClientCreds()
+		cfg.OpTimeout, cfg.ConnectTimeout = 10*time.Second, 10*time.Second
+	})
 	return c
 }
 

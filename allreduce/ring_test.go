@@ -36,6 +36,22 @@ func startCluster(t testing.TB, world int, edit func(*Config)) *cluster {
 		addrs = append(addrs, n.Addr)
 	}
 	t.Cleanup(c.close)
+	c.open(t, zap.NewNop(), func(cfg *Config) {
+		cfg.RingID, cfg.Peers = "test-ring", addrs
+		cfg.ChunkBytes = 4096
+		cfg.OpTimeout, cfg.ConnectTimeout = 5*time.Second, 5*time.Second
+		if edit != nil {
+			edit(cfg)
+		}
+	})
+	return c
+}
+
+// open opens a ring on every node at once (each Open waits for its
+// neighbours); config gives each rank's Config, Rank and World filled in.
+func (c *cluster) open(t testing.TB, log *zap.Logger, config func(*Config)) {
+	t.Helper()
+	world := len(c.nodes)
 	c.rings = make([]*Ring, world)
 	errs := make([]error, world)
 	var wg sync.WaitGroup
@@ -44,13 +60,9 @@ func startCluster(t testing.TB, world int, edit func(*Config)) *cluster {
 		go func() {
 			defer wg.Done()
 			cfg := DefaultConfig()
-			cfg.RingID, cfg.Rank, cfg.World, cfg.Peers = "test-ring", r, world, addrs
-			cfg.ChunkBytes = 4096
-			cfg.OpTimeout, cfg.ConnectTimeout = 5*time.Second, 5*time.Second
-			if edit != nil {
-				edit(&cfg)
-			}
-			c.rings[r], errs[r] = Open(context.Background(), c.nodes[r].Service, cfg, zap.NewNop())
+			cfg.Rank, cfg.World = r, world
+			config(&cfg)
+			c.rings[r], errs[r] = Open(context.Background(), c.nodes[r].Service, cfg, log)
 		}()
 	}
 	wg.Wait()
@@ -59,7 +71,6 @@ func startCluster(t testing.TB, world int, edit func(*Config)) *cluster {
 			t.Fatalf("rank %d: open: %v", r, err)
 		}
 	}
-	return c
 }
 
 func (c *cluster) close() {
