@@ -460,20 +460,26 @@ func TestCutOffWorkerFollowsTheGrace(t *testing.T) {
 	}
 }
 
-// A re-formed ring that does not open is reported to the coordinator, naming
-// the rank it could not reach in that ring and no steps trained in it, and the
-// coordinator asked again, rather than the worker exiting; the same for the
-// first ring.
-func TestRingThatDoesNotOpenIsReportedAndAskedAgain(t *testing.T) {
-	// A peer that accepts connections but runs no ring: opening a ring
-	// through it fails at once.
+// bogusPeer is a peer that accepts connections but runs no ring: opening a
+// ring through it fails at once. It stops when the test ends.
+func bogusPeer(t *testing.T) string {
+	t.Helper()
 	bogus := grpc.NewServer()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	go bogus.Serve(lis)
-	defer bogus.Stop()
+	t.Cleanup(bogus.Stop)
+	return lis.Addr().String()
+}
+
+// A re-formed ring that does not open is reported to the coordinator, naming
+// the rank it could not reach in that ring and no steps trained in it, and the
+// coordinator asked again, rather than the worker exiting; the same for the
+// first ring.
+func TestRingThatDoesNotOpenIsReportedAndAskedAgain(t *testing.T) {
+	bogusAddr := bogusPeer(t)
 	for _, firstRingFails := range []bool{false, true} {
 		name := map[bool]string{false: "re-formed ring", true: "first ring"}[firstRingFails]
 		t.Run(name, func(t *testing.T) {
@@ -483,7 +489,7 @@ func TestRingThatDoesNotOpenIsReportedAndAskedAgain(t *testing.T) {
 			f := &fakeControl{
 				register: func(_ context.Context, r *controlpb.RegisterRequest) (*controlpb.JobPlan, error) {
 					if firstRingFails {
-						return tj.plan(t, 1, r.RingAddr, lis.Addr().String()), nil
+						return tj.plan(t, 1, r.RingAddr, bogusAddr), nil
 					}
 					return tj.plan(t, 1, r.RingAddr), nil
 				},
@@ -503,7 +509,7 @@ func TestRingThatDoesNotOpenIsReportedAndAskedAgain(t *testing.T) {
 				defer mu.Unlock()
 				reforms = append(reforms, r)
 				if r.Generation == 1 && !firstRingFails {
-					return tj.plan(t, 2, self, lis.Addr().String()), nil
+					return tj.plan(t, 2, self, bogusAddr), nil
 				}
 				return tj.plan(t, r.Generation+1, self), nil
 			}

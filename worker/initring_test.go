@@ -3,7 +3,6 @@ package worker
 import (
 	"context"
 	"errors"
-	"net"
 	"path/filepath"
 	"slices"
 	"sync"
@@ -11,7 +10,6 @@ import (
 	"time"
 
 	"go.uber.org/zap"
-	"google.golang.org/grpc"
 
 	"github.com/alexring/alexring/alexnet"
 	"github.com/alexring/alexring/coordinator/controlpb"
@@ -22,15 +20,7 @@ import (
 // not rank 0 there, and the frozen features that rank 0 saves are the file's,
 // not the seed's.
 func TestInitSurvivesAFirstRingThatDoesNotOpen(t *testing.T) {
-	// A peer that accepts connections but runs no ring: opening a ring
-	// through it fails at once.
-	bogus := grpc.NewServer()
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go bogus.Serve(lis)
-	defer bogus.Stop()
+	bogusAddr := bogusPeer(t)
 
 	tj := newTestJob(t)
 	path, src := pretrained(t)
@@ -45,7 +35,7 @@ func TestInitSurvivesAFirstRingThatDoesNotOpen(t *testing.T) {
 			mu.Lock()
 			addrs[r.Name] = r.RingAddr
 			mu.Unlock()
-			return tj.plan(t, 1, r.RingAddr, lis.Addr().String()), nil
+			return tj.plan(t, 1, r.RingAddr, bogusAddr), nil
 		},
 		epochShard: func(_ context.Context, r *controlpb.EpochRequest) (*controlpb.Shard, error) {
 			s := tj.shard(r)
