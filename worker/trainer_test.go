@@ -224,26 +224,33 @@ func (w recordingWorld) StartAllReduceAvg(_ context.Context, v []float32) func()
 	return func() error { return nil }
 }
 
+// allReduces trains one epoch of cfg on a recording world of two and returns
+// the all-reduces it asked for, in order, with the parameters it trained.
+func allReduces(t *testing.T, cfg Config, compute alexnet.Compute) (string, *alexnet.Params) {
+	t.Helper()
+	var calls []string
+	tr, err := NewTrainer(cfg, recordingWorld{calls: &calls}, compute, zap.NewNop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	if err := tr.Run(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	return strings.Join(calls, ", "), tr.Params()
+}
+
 // With ring.overlap each step starts the classifier's all-reduce during the
 // backward pass and the rest (with the flags) after it; without, the whole
 // gradient goes after it.
 func TestOverlapSplitsTheAllReduce(t *testing.T) {
 	data := synthData(t, 4) // 20 images: 10 per rank, 2 steps of 8
 	for _, overlap := range []bool{false, true} {
-		var calls []string
 		cfg := tinyConfig(data, t.TempDir())
 		cfg.Epochs, cfg.Ring.Overlap = 1, overlap
-		tr, err := NewTrainer(cfg, recordingWorld{calls: &calls}, alexnet.CPUCompute(), zap.NewNop())
-		if err != nil {
-			t.Fatal(err)
-		}
-		err = tr.Run(context.Background())
-		tr.Close()
-		if err != nil {
-			t.Fatal(err)
-		}
-		n, from := len(tr.Params().Flat), 0
-		for _, l := range tr.Params().Layout {
+		got, params := allReduces(t, cfg, alexnet.CPUCompute())
+		n, from := len(params.Flat), 0
+		for _, l := range params.Layout {
 			if l.Name == "classifier.1.weight" {
 				from = l.Offset
 			}
@@ -252,8 +259,7 @@ func TestOverlapSplitsTheAllReduce(t *testing.T) {
 		if overlap {
 			step = []string{fmt.Sprintf("start %d", n-from), fmt.Sprintf("after %d", 2+from)}
 		}
-		want := strings.Join(append(step, step...), ", ")
-		if got := strings.Join(calls, ", "); got != want {
+		if want := strings.Join(append(step, step...), ", "); got != want {
 			t.Errorf("overlap %v: all-reduces %s, want %s", overlap, got, want)
 		}
 	}
