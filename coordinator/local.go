@@ -177,20 +177,29 @@ func StartLocal(ctx context.Context, cfg LocalConfig, log *zap.Logger) (*LocalWo
 func freeGossipAddr(host string) (string, error) {
 	var err error
 	for range 20 {
-		var l net.Listener
-		if l, err = net.Listen("tcp", net.JoinHostPort(host, "0")); err != nil {
-			break
-		}
-		addr := l.Addr().String()
-		var p net.PacketConn
-		p, err = net.ListenPacket("udp", addr)
-		l.Close()
-		if err == nil {
-			p.Close()
+		var addr string
+		if addr, err = probeGossip(net.JoinHostPort(host, "0")); err == nil {
 			return addr, nil
 		}
 	}
 	return "", fmt.Errorf("no free gossip port on %s: %w", host, err)
+}
+
+// probeGossip binds addr as memberlist does, TCP and then UDP on the port TCP
+// got, and lets both go again: the address that could be bound.
+func probeGossip(addr string) (string, error) {
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return "", err
+	}
+	defer l.Close()
+	bound := l.Addr().String()
+	p, err := net.ListenPacket("udp", bound)
+	if err != nil {
+		return "", err
+	}
+	p.Close()
+	return bound, nil
 }
 
 // CheckAddrsFree says whether the coordinator's gossip address (TCP and UDP,
@@ -206,20 +215,18 @@ func CheckAddrsFree(gossip, control string, local bool) error {
 	}
 	for _, a := range []struct {
 		flag, addr, hint string
-		udp              bool
+		gossip           bool
 	}{{"--bind", gossip, bindHint, true}, {"--control", control, "give another --control, or leave it out for a free port", false}} {
 		if _, port, err := net.SplitHostPort(a.addr); err != nil || port == "0" {
 			continue // a bad address is the bind's to report
 		}
-		l, err := net.Listen("tcp", a.addr)
-		if err == nil {
+		var err error
+		if a.gossip {
+			_, err = probeGossip(a.addr)
+		} else if l, lerr := net.Listen("tcp", a.addr); lerr != nil {
+			err = lerr
+		} else {
 			l.Close()
-			if a.udp {
-				var p net.PacketConn
-				if p, err = net.ListenPacket("udp", a.addr); err == nil {
-					p.Close()
-				}
-			}
 		}
 		if err != nil {
 			return fmt.Errorf("coordinator: %s %s is not free (another job's?): %w; %s", a.flag, a.addr, err, a.hint)
