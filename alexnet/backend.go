@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
-	"time"
 )
 
 // Backend is where a rank's model computes: the seam between the trainer and
@@ -28,11 +27,9 @@ type Backend interface {
 	// for Flat[TrainFrom+i], and the frozen ones' is never computed.
 	// rng draws the dropout masks (DrawMasks). With grad nil the gradient
 	// stays in the backend for Update(nil) (a world of one: nothing to
-	// average); otherwise it is written into grad, a vector from HostVector,
-	// and when classifierReady is not nil that is called once, as soon as
-	// grad[ClassifierOffset()-TrainFrom:] is final and checked, while the rest of the
-	// backward pass may still run; it must not touch grad below that offset.
-	Gradient(images []float32, labels []int, count int, rng *rand.Rand, grad []float32, classifierReady func()) (Step, error)
+	// average); otherwise it is written into grad, a vector from HostVector.
+	// hooks are called as the call reaches their points (Hooks).
+	Gradient(images []float32, labels []int, count int, rng *rand.Rand, grad []float32, hooks Hooks) (Step, error)
 	// Update takes one Adam step (Adam.Step counts it) on the backend's
 	// trained parameters with grad, the averaged gradient, or with nil the
 	// one the last Gradient kept; frozen parameters and their moments stay
@@ -53,14 +50,26 @@ type Backend interface {
 	Close() error
 }
 
+// Hooks let the caller of Gradient act at two points of the call, on its
+// goroutine, before it returns; each is optional and called at most once. The
+// backend keeps no times: the caller's phase timing (the worker's trainer)
+// splits the forward pass from the backward one at LossComputed.
+type Hooks struct {
+	// LossComputed runs as soon as the forward pass has computed the loss,
+	// before the backward pass starts.
+	LossComputed func()
+	// ClassifierReady runs, with a grad given, as soon as
+	// grad[ClassifierOffset()-TrainFrom:] is final and checked, while the
+	// rest of the backward pass may still run; it must not touch grad below
+	// that offset.
+	ClassifierReady func()
+}
+
 // Step is what a Gradient call found.
 type Step struct {
 	Loss float32
 	// Finite is false when the loss or a gradient value is NaN or infinite.
 	Finite bool
-	// Forward is the time from loading the inputs to the loss, Backward from
-	// there to the gradient where Gradient leaves it.
-	Forward, Backward time.Duration
 }
 
 // BackendConfig is what every backend is built from.

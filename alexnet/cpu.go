@@ -80,7 +80,7 @@ func (c *CPU) SetBatch(batch int) error {
 // Gradient runs the training graph. The gradient ops write straight into the
 // vector given (BindGrad), so that nothing is copied; the classifier's hook
 // checks its part before the caller's ready sees it.
-func (c *CPU) Gradient(images []float32, labels []int, count int, rng *rand.Rand, grad []float32, classifierReady func()) (Step, error) {
+func (c *CPU) Gradient(images []float32, labels []int, count int, rng *rand.Rand, grad []float32, hooks Hooks) (Step, error) {
 	if c.train == nil {
 		return Step{}, errors.New("alexnet: Gradient on an inference backend (batch 0)")
 	}
@@ -88,7 +88,7 @@ func (c *CPU) Gradient(images []float32, labels []int, count int, rng *rand.Rand
 		if c.own == nil {
 			c.own = make([]float32, len(c.cfg.Params.Flat)-c.from)
 		}
-		grad, classifierReady = c.own, nil
+		grad, hooks.ClassifierReady = c.own, nil
 	}
 	if len(grad) != len(c.cfg.Params.Flat)-c.from {
 		return Step{}, fmt.Errorf("%w: gradient of %d for %d trained parameters", ErrBatch, len(grad), len(c.cfg.Params.Flat)-c.from)
@@ -99,11 +99,11 @@ func (c *CPU) Gradient(images []float32, labels []int, count int, rng *rand.Rand
 		}
 	}
 	from, classifierFinite := len(grad), true
-	if classifierReady != nil {
+	if ready := hooks.ClassifierReady; ready != nil {
 		var err error
 		if from, err = c.train.OnClassifierGradient(func() {
 			classifierFinite = allFinite(grad[from:])
-			classifierReady()
+			ready()
 		}); err != nil {
 			return Step{}, err
 		}
@@ -112,9 +112,9 @@ func (c *CPU) Gradient(images []float32, labels []int, count int, rng *rand.Rand
 			return Step{}, err
 		}
 	}
+	c.train.OnLoss(hooks.LossComputed)
 	loss, err := c.train.Gradient(images, labels, count, rng, grad)
-	fwd, bwd := c.train.Phases()
-	st := Step{Loss: loss, Forward: fwd, Backward: bwd}
+	st := Step{Loss: loss}
 	if err != nil {
 		return st, err
 	}

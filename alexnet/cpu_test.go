@@ -49,16 +49,16 @@ func TestCPUBackendKeptAndHostGradientsAgree(t *testing.T) {
 	from := ph.Spec.ClassifierOffset()
 	rk, rh := rand.New(rand.NewPCG(1, 2)), rand.New(rand.NewPCG(1, 2))
 	for step := 0; step < 3; step++ {
-		sk, err := kept.Gradient(x, labels, batch-1, rk, nil, nil)
+		sk, err := kept.Gradient(x, labels, batch-1, rk, nil, Hooks{})
 		if err != nil {
 			t.Fatal(err)
 		}
 		calls := 0
 		var early []float32
-		sh, err := host.Gradient(x, labels, batch-1, rh, grad, func() {
+		sh, err := host.Gradient(x, labels, batch-1, rh, grad, Hooks{ClassifierReady: func() {
 			calls++
 			early = append([]float32(nil), grad[from:]...)
-		})
+		}})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -85,7 +85,7 @@ func TestCPUBackendReportsNonFinite(t *testing.T) {
 	w, _ := p.View("features.0.weight")
 	w[0] = float32(math.Inf(1))
 	x, labels := tinyBatch(p, 2)
-	st, err := c.Gradient(x, labels, 2, nil, nil, nil)
+	st, err := c.Gradient(x, labels, 2, nil, nil, Hooks{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -102,7 +102,7 @@ func TestCPUBackendInferenceOnly(t *testing.T) {
 	}
 	defer c.Close()
 	x, labels := tinyBatch(p, 2)
-	if _, err := c.Gradient(x, labels, 2, nil, nil, nil); err == nil || !strings.Contains(err.Error(), "inference") {
+	if _, err := c.Gradient(x, labels, 2, nil, nil, Hooks{}); err == nil || !strings.Contains(err.Error(), "inference") {
 		t.Errorf("Gradient on an inference backend: %v", err)
 	}
 	logits, err := c.Logits(x, 1)

@@ -242,7 +242,7 @@ func TestFrozenFeaturesStayBitIdentical(t *testing.T) {
 		if step == 1 {
 			g = nil // kept in the backend
 		}
-		if _, err := c.Gradient(x, labels, 4, rng, g, nil); err != nil {
+		if _, err := c.Gradient(x, labels, 4, rng, g, Hooks{}); err != nil {
 			t.Fatal(err)
 		}
 		if err := c.Update(g); err != nil {

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"sync"
-	"time"
 
 	G "gorgonia.org/gorgonia"
 	"gorgonia.org/tensor"
@@ -46,8 +45,8 @@ type Net struct {
 	classifierOps, classifierLeft int
 	classifierReady               func()
 
-	// The last Gradient call's phases: lossAt splits forward from backward.
-	started, lossAt, finished time.Time
+	// onLoss is OnLoss's hook, which the loss op calls.
+	onLoss func()
 }
 
 // NetOptions choose what a Net computes.
@@ -175,7 +174,7 @@ func (n *Net) build() error {
 		return nil
 	}
 	n.targets = make([]float32, b*s.Classes)
-	if n.loss, err = G.ApplyOp(softmaxCE{computed: &n.lossAt}, x, tensorNode("targets", n.targets, b, s.Classes)); err != nil {
+	if n.loss, err = G.ApplyOp(softmaxCE{computed: &n.onLoss}, x, tensorNode("targets", n.targets, b, s.Classes)); err != nil {
 		return err
 	}
 	// Only the trained tensors': gorgonia then builds no backward op for a
@@ -266,14 +265,11 @@ func (n *Net) OnClassifierGradient(ready func()) (from int, err error) {
 	return n.params.Layout[first].Offset - n.trainFrom, nil
 }
 
-// Phases are the durations of the last Gradient call's forward pass (from
-// loading the inputs to the loss) and backward pass (to the flat gradient).
-func (n *Net) Phases() (forward, backward time.Duration) {
-	if n.lossAt.Before(n.started) || n.finished.Before(n.lossAt) {
-		return n.finished.Sub(n.started), 0 // the loss was not reached
-	}
-	return n.lossAt.Sub(n.started), n.finished.Sub(n.lossAt)
-}
+// OnLoss makes every later Gradient call fn as soon as the loss is computed,
+// before the backward pass starts: where a caller's phase timing splits the
+// forward pass from the backward one (the Net keeps no times). A nil fn
+// removes the hook.
+func (n *Net) OnLoss(fn func()) { n.onLoss = fn }
 
 // Close releases the machine.
 func (n *Net) Close() error {
@@ -330,8 +326,6 @@ func (n *Net) Gradient(images []float32, labels []int, count int, rng *rand.Rand
 	if !n.train {
 		return 0, errors.New("alexnet: Gradient called on an evaluation net")
 	}
-	n.started = time.Now()
-	defer func() { n.finished = time.Now() }()
 	if err := n.load(images, count); err != nil {
 		return 0, err
 	}

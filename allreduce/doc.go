@@ -17,4 +17,19 @@
 // with a PeerError naming the rank, and the ring tells its successor so that all
 // ranks fail fast naming the same one. A broken ring is closed and a new one
 // opened (another ring id).
+//
+// The code is in three layers:
+//   - protocol.go, the protocol without I/O: each collective's plan (what a
+//     rank receives, in order, and what it may send once enough arrived), the
+//     check of each frame (another ring's, a stale or later collective's, out
+//     of order or duplicated, a wrong size, an abort), when it is done, and
+//     the abort a broken ring sends on.
+//   - transport.go, what the ring needs from its links; transport_grpc.go and
+//     service.go are the real one: gRPC streams with the ring's codec
+//     (codec.go: payloads sent from the caller's memory and read in place),
+//     over raw-syscall connections (conn*.go), TCP or Unix sockets (local.go).
+//     The tests' in-memory twin (twin_test.go) cuts, drops, delays (on a
+//     virtual clock) and duplicates frames.
+//   - ring.go, the Ring: its queue of collectives and, for each, the loop that
+//     moves frames between the protocol and the transport, and adds them in.
 package allreduce

@@ -135,7 +135,7 @@ func TestUnixSocketKeepsMutualTLS(t *testing.T) {
 		cfg.RingID, cfg.Rank, cfg.World = "tls", 1, 2
 		cfg.Peers, cfg.LocalPeers = []string{n.Addr, "127.0.0.1:1"}, []string{n.Local, ""}
 		cfg.Creds = creds.ClientCreds()
-		r := &Ring{cfg: cfg, log: zap.NewNop(), succ: 0}
+		r := newGRPCLink(nil, cfg, zap.NewNop())
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		err := r.connect(ctx)
 		cancel()
@@ -144,8 +144,8 @@ func TestUnixSocketKeepsMutualTLS(t *testing.T) {
 		} else if !strings.Contains(err.Error(), "rank 0") {
 			t.Errorf("%s: error %v does not name the rank", name, err)
 		}
-		if r.Via() != "unix" {
-			t.Errorf("%s: dialled over %q, want unix", name, r.Via())
+		if r.via() != "unix" {
+			t.Errorf("%s: dialled over %q, want unix", name, r.via())
 		}
 		if r.conn != nil {
 			r.conn.Close()

@@ -5,18 +5,12 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
 	"sync"
-	"sync/atomic"
 	"time"
 	"unsafe"
 
 	"go.uber.org/zap"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/credentials/insecure"
-	"google.golang.org/grpc/experimental"
-	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/status"
 
 	"github.com/alexring/alexring/allreduce/ringpb"
@@ -47,7 +41,21 @@ type Config struct {
 	ConnectTimeout time.Duration
 	// Creds secures the streams (mTLS); nil means plaintext, for loopback.
 	Creds credentials.TransportCredentials
+	// Clock runs the ring's timers (each collective's deadline, the grace an
+	// abort gets); nil is the system's. The tests' twin is a virtual one.
+	Clock Clock
 }
+
+// Clock runs timers.
+type Clock interface {
+	// AfterFunc calls f in its own goroutine once d has passed, unless stop
+	// is called first (stop says whether it was).
+	AfterFunc(d time.Duration, f func()) (stop func() bool)
+}
+
+type systemClock struct{}
+
+func (systemClock) AfterFunc(d time.Duration, f func()) func() bool { return time.AfterFunc(d, f).Stop }
 
 // DefaultConfig has 1 MiB chunks, float32 on the wire, and deadlines that
 // tell a dead peer within seconds but tolerate a slow step.
@@ -92,25 +100,18 @@ const (
 
 var kindNames = map[uint32]string{kindAllReduce: "all-reduce", kindBroadcast: "broadcast", kindBarrier: "barrier"}
 
-// Ring is one rank's end of a ring: one stream out to its successor, one in
-// from its predecessor, and a queue of collectives run one at a time in the
-// order they were started (the same order on every rank).
+// Ring is one rank's end of a ring: a transport to its neighbours (gRPC
+// streams, transport_grpc.go), a queue of collectives run one at a time in
+// the order they were started (the same order on every rank), and for each
+// the protocol of protocol.go.
 type Ring struct {
-	cfg  Config
-	log  *zap.Logger
-	svc  *Service
-	succ int
-	pred int
-
-	conn      *grpc.ClientConn
-	via       atomic.Value // "unix" or "tcp": how the successor was dialled
-	out       ringpb.Ring_PipeClient
-	outCancel context.CancelFunc
-	inbox     chan inbound
-	attached  chan struct{}
-	hasPred   bool // a predecessor stream was accepted (guarded by svc.mu)
-	queue     chan *Pending
-	failures  chan error
+	cfg      Config
+	log      *zap.Logger
+	succ     int
+	pred     int
+	link     transport // nil in a world of one
+	queue    chan *Pending
+	failures chan error
 
 	mu     sync.Mutex
 	seq    uint64
@@ -119,14 +120,9 @@ type Ring struct {
 	done   chan struct{}
 	close  sync.Once
 
-	// sending counts the chunks gRPC has not yet written out: their payloads
-	// alias the caller's vector, which must not change until they are.
+	// sending counts the chunks the transport has not yet released: their
+	// payloads alias the caller's vector, which must not change until they are.
 	sending sync.WaitGroup
-}
-
-type inbound struct {
-	in  *inFrame
-	err error
 }
 
 // Pending is a collective started with Start; Wait for its result.
@@ -157,100 +153,41 @@ func Open(ctx context.Context, svc *Service, cfg Config, log *zap.Logger) (*Ring
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	r := &Ring{
-		cfg: cfg, log: log, svc: svc,
-		succ: (cfg.Rank + 1) % cfg.World, pred: (cfg.Rank + cfg.World - 1) % cfg.World,
-		inbox: make(chan inbound, 64), attached: make(chan struct{}),
-		queue: make(chan *Pending, 1024), failures: make(chan error, 1),
-		done: make(chan struct{}),
-	}
 	if cfg.World == 1 {
-		go r.execute()
-		return r, nil
+		return openOver(cfg, nil, log), nil
 	}
-	if err := svc.register(r); err != nil {
+	link, err := openGRPC(ctx, svc, cfg, log)
+	if err != nil {
 		return nil, err
 	}
-	ctx, cancel := context.WithTimeout(ctx, cfg.ConnectTimeout)
-	defer cancel()
-	if err := r.connect(ctx); err != nil {
-		r.Close()
-		return nil, err
-	}
-	select {
-	case <-r.attached:
-	case <-ctx.Done():
-		r.Close()
-		return nil, &PeerError{Rank: r.pred, Collective: "ring open", Err: fmt.Errorf("rank %d (%s) did not connect within %v", r.pred, cfg.Peers[r.pred], cfg.ConnectTimeout)}
-	}
-	go r.execute()
+	r := openOver(cfg, link, log)
 	log.Debug("ring open", zap.String("ring", cfg.RingID), zap.Int("rank", cfg.Rank), zap.Int("world", cfg.World), zap.String("via", r.Via()))
 	return r, nil
 }
 
-// connect opens the stream to the successor and waits until it accepts us.
-func (r *Ring) connect(ctx context.Context) error {
-	creds := r.cfg.Creds
-	if creds == nil {
-		creds = insecure.NewCredentials()
+// openOver starts a ring, whose config is valid, over a connected transport
+// (nil for a world of one).
+func openOver(cfg Config, link transport, log *zap.Logger) *Ring {
+	if cfg.Clock == nil {
+		cfg.Clock = systemClock{}
 	}
-	addr, local := r.cfg.Peers[r.succ], ""
-	if r.cfg.LocalPeers != nil {
-		local = r.cfg.LocalPeers[r.succ]
+	r := &Ring{
+		cfg: cfg, log: log, link: link,
+		succ: (cfg.Rank + 1) % cfg.World, pred: (cfg.Rank + cfg.World - 1) % cfg.World,
+		queue: make(chan *Pending, 1024), failures: make(chan error, 1),
+		done: make(chan struct{}),
 	}
-	dial := dialPeer(local, r.succ, r.log, func(via string) { r.via.Store(via) })
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(creds),
-		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 10 * time.Second, Timeout: 5 * time.Second, PermitWithoutStream: true}),
-		grpc.WithInitialWindowSize(32<<20), grpc.WithInitialConnWindowSize(64<<20),
-		grpc.WithWriteBufferSize(writeBufferSize), grpc.WithReadBufferSize(readBufferSize), experimental.WithBufferPool(reusedBuffers),
-		grpc.WithContextDialer(dial))
-	if err != nil {
-		return fmt.Errorf("allreduce: rank %d address %q: %w", r.succ, addr, err)
-	}
-	r.conn = conn
-	// The stream lives as long as the ring, not as long as Open's context.
-	streamCtx, cancel := context.WithCancel(context.Background())
-	r.outCancel = cancel
-	stop := context.AfterFunc(ctx, cancel)
-	defer stop()
-	peerErr := func(err error) error {
-		return &PeerError{Rank: r.succ, Collective: "ring open", Err: fmt.Errorf("connect to %s: %w", addr, err)}
-	}
-	out, err := ringpb.NewRingClient(conn).Pipe(streamCtx, grpc.WaitForReady(true), grpc.CallContentSubtype(codecName))
-	if err != nil {
-		return peerErr(err)
-	}
-	hello := &ringpb.Frame{Body: &ringpb.Frame_Hello{Hello: &ringpb.Hello{RingId: r.cfg.RingID, FromRank: uint32(r.cfg.Rank), World: uint32(r.cfg.World)}}}
-	if err := out.Send(hello); err != nil {
-		_, err = out.CloseAndRecv()
-		return peerErr(err)
-	}
-	// The successor answers with headers once it took us; a refusal ends the stream.
-	md, err := out.Header()
-	if err == nil && len(md.Get(acceptedHeader)) == 0 {
-		_, err = out.CloseAndRecv()
-		if err == nil {
-			err = errors.New("stream ended without accepting")
-		}
-	}
-	if err != nil {
-		if ctx.Err() != nil {
-			err = fmt.Errorf("%w (%v)", ctx.Err(), err)
-		}
-		return peerErr(err)
-	}
-	if !stop() { // Open's context ended while we connected
-		return peerErr(ctx.Err())
-	}
-	r.out = out
-	return nil
+	go r.execute()
+	return r
 }
 
 // Via is how the stream to the successor goes: "unix" (a Unix socket, its
 // rank on this host), "tcp", or "" (none: a world of one).
 func (r *Ring) Via() string {
-	v, _ := r.via.Load().(string)
-	return v
+	if r.link == nil {
+		return ""
+	}
+	return r.link.via()
 }
 
 // Rank is this end's rank.
@@ -341,14 +278,8 @@ func (r *Ring) Close() error {
 		r.closed = true
 		r.mu.Unlock()
 		close(r.done)
-		if r.outCancel != nil {
-			r.outCancel()
-		}
-		if r.conn != nil {
-			r.conn.Close()
-		}
-		if r.cfg.World > 1 {
-			r.svc.unregister(r)
+		if r.link != nil {
+			r.link.close()
 		}
 	})
 	return nil
@@ -389,8 +320,7 @@ func (r *Ring) drain() {
 	}
 }
 
-// breakRing records the first failure and tells the successor, so that the
-// ranks after us fail at once naming the same rank rather than timing out.
+// breakRing records the first failure and tells the successor (abortFor).
 func (r *Ring) breakRing(err error) {
 	r.mu.Lock()
 	first := r.broken == nil
@@ -398,49 +328,37 @@ func (r *Ring) breakRing(err error) {
 		r.broken = err
 	}
 	r.mu.Unlock()
-	if !first || r.out == nil {
+	if !first || r.link == nil {
 		return
-	}
-	var pe *PeerError
-	lost := int32(-1)
-	if errors.As(err, &pe) {
-		lost = int32(pe.Rank)
 	}
 	r.log.Warn("ring broken", zap.String("ring", r.cfg.RingID), zap.Int("rank", r.cfg.Rank), zap.Error(err))
-	if lost == int32(r.succ) {
-		return
-	}
+	abort := abortFor(err)
 	// The successor may be stuck itself: give the abort a moment, then drop
-	// the stream rather than block the ring's goroutine.
+	// the link rather than block the ring's goroutine.
 	sent := make(chan struct{})
 	go func() {
 		defer close(sent)
-		r.out.Send(&ringpb.Frame{Body: &ringpb.Frame_Abort{Abort: &ringpb.Abort{LostRank: lost, Reason: err.Error()}}})
+		r.link.sendAbort(abort)
 	}()
+	grace, stop := r.after(abortGrace)
+	defer stop()
 	select {
 	case <-sent:
-	case <-time.After(abortGrace):
-		r.outCancel()
+	case <-grace:
+		r.link.abort()
 	}
+}
+
+// after is a channel closed once d has passed on the ring's clock, and the
+// timer's stop.
+func (r *Ring) after(d time.Duration) (<-chan struct{}, func() bool) {
+	ch := make(chan struct{})
+	return ch, r.cfg.Clock.AfterFunc(d, func() { close(ch) })
 }
 
 // abortGrace is how long a send may stay blocked after a collective failed
-// before the stream to the successor is dropped.
+// before the link to the successor is dropped.
 const abortGrace = 2 * time.Second
-
-func (r *Ring) run(p *Pending) error {
-	if r.cfg.World == 1 || (len(p.v) == 0 && p.kind != kindBarrier) {
-		return nil
-	}
-	ctx, cancel := context.WithTimeout(p.ctx, r.cfg.OpTimeout)
-	defer cancel()
-	switch p.kind {
-	case kindBroadcast:
-		return r.broadcast(ctx, p)
-	default:
-		return r.allReduce(ctx, p)
-	}
-}
 
 // elemsPerChunk is how many values of p fit one chunk on the wire.
 func (r *Ring) elemsPerChunk(p *Pending) int {
@@ -450,48 +368,61 @@ func (r *Ring) elemsPerChunk(p *Pending) int {
 	return r.cfg.ChunkBytes / 4
 }
 
-func (r *Ring) allReduce(ctx context.Context, p *Pending) error {
-	v, n, world := p.v, len(p.v), r.cfg.World
-	per := r.elemsPerChunk(p)
-	steps := allReduceSteps(r.cfg.Rank, world)
-	// ready carries one token per chunk received, in order: the chunk that the
-	// next step sends is the one just received.
-	total := 0
-	for _, st := range steps {
-		lo, hi := segment(n, world, st.recv)
-		total += chunks(hi-lo, per)
+// run moves collective p's frames between its protocol and the transport: a
+// goroutine sends each chunk once the chunks it waits for have arrived, while
+// this one takes the predecessor's frames into the vector, until every chunk
+// is in, sent and released.
+func (r *Ring) run(p *Pending) error {
+	if r.cfg.World == 1 || (len(p.v) == 0 && p.kind != kindBarrier) {
+		return nil
 	}
-	ready := make(chan struct{}, total)
-	sendErr := make(chan error, 1)
+	ctx, cancel := context.WithCancel(p.ctx)
+	defer cancel()
+	defer r.cfg.Clock.AfterFunc(r.cfg.OpTimeout, cancel)()
+	c := newCollective(r.cfg.RingID, r.cfg.Rank, r.cfg.World, p, r.elemsPerChunk(p))
+	// ready carries one token per chunk received, in order.
+	ready := make(chan struct{}, len(c.recvs))
+	// A failed send fails the collective at once: it is this rank's own
+	// hop, to be named before any abort that it causes comes round.
+	sendFailed, sent := make(chan error, 1), make(chan struct{})
 	sendCtx, stopSend := context.WithCancel(ctx)
 	defer stopSend()
 	go func() {
-		sendErr <- r.sendSteps(sendCtx, p, steps, ready)
-	}()
-	for t, st := range steps {
-		lo, hi := segment(n, world, st.recv)
-		for c := 0; c < chunks(hi-lo, per); c++ {
-			a, b := chunkRange(lo, hi, per, c)
-			if err := r.receiveInto(ctx, p, t, c, v[a:b], st.reduce); err != nil {
-				stopSend()
-				select {
-				case <-sendErr:
-				case <-time.After(abortGrace): // blocked on a successor that does not read
-					r.outCancel()
-					<-sendErr
-				}
-				return err
-			}
-			if st.last {
-				finish(v[a:b], p.op, world, p.fp16)
-			}
-			if t+1 < len(steps) {
-				ready <- struct{}{}
-			}
+		defer close(sent)
+		if err := r.sendAll(sendCtx, p, c.sends, ready); err != nil {
+			sendFailed <- err
 		}
+	}()
+	for !c.done() {
+		ch, err := r.receive(ctx, p, c, sendFailed)
+		if err != nil {
+			stopSend()
+			grace, stop := r.after(abortGrace)
+			defer stop()
+			select {
+			case <-sent:
+				// An abort relayed from the predecessor may have overtaken
+				// this rank's own failed send: that names its own hop.
+				var sendErr *PeerError
+				if errors.As(err, new(*relayedAbort)) && len(sendFailed) > 0 && errors.As(<-sendFailed, &sendErr) {
+					return sendErr
+				}
+			case <-grace: // blocked on a successor that does not read
+				r.link.abort()
+				<-sent
+			}
+			return err
+		}
+		if ch.last {
+			finish(p.v[ch.lo:ch.hi], p.op, r.cfg.World, p.fp16)
+		}
+		ready <- struct{}{}
 	}
-	if err := <-sendErr; err != nil {
+	<-sent
+	select {
+	case err := <-sendFailed:
 		return err
+	default:
 	}
 	return r.waitSent(ctx)
 }
@@ -511,30 +442,27 @@ func finish(v []float32, op Op, world int, fp16 bool) {
 	}
 }
 
-func (r *Ring) sendSteps(ctx context.Context, p *Pending, steps []ringStep, ready <-chan struct{}) error {
-	n, per := len(p.v), r.elemsPerChunk(p)
-	for t, st := range steps {
-		lo, hi := segment(n, r.cfg.World, st.send)
-		for c := 0; c < chunks(hi-lo, per); c++ {
-			if t > 0 {
-				select {
-				case <-ready:
-				case <-ctx.Done():
-					return ctx.Err()
-				}
+func (r *Ring) sendAll(ctx context.Context, p *Pending, sends []sendChunk, ready <-chan struct{}) error {
+	arrived := 0
+	for _, s := range sends {
+		for arrived < s.after {
+			select {
+			case <-ready:
+				arrived++
+			case <-ctx.Done():
+				return ctx.Err()
 			}
-			a, b := chunkRange(lo, hi, per, c)
-			if err := r.sendChunk(p, t, c, p.v[a:b]); err != nil {
-				return err
-			}
+		}
+		if err := r.sendChunk(p, s.step, s.index, p.v[s.lo:s.hi]); err != nil {
+			return err
 		}
 	}
 	return nil
 }
 
-func (r *Ring) sendChunk(p *Pending, step, index int, v []float32) error {
+func (r *Ring) sendChunk(p *Pending, step, index uint32, v []float32) error {
 	out := &outChunk{chunk: &ringpb.Chunk{
-		RingId: r.cfg.RingID, Seq: p.seq, Kind: p.kind, Step: uint32(step), Index: uint32(index), Fp16: p.fp16,
+		RingId: r.cfg.RingID, Seq: p.seq, Kind: p.kind, Step: step, Index: index, Fp16: p.fp16,
 	}}
 	r.sending.Add(1)
 	if p.fp16 {
@@ -548,21 +476,14 @@ func (r *Ring) sendChunk(p *Pending, step, index int, v []float32) error {
 	} else {
 		out.data, out.release = leBytes32(v), r.sending.Done
 	}
-	err := r.out.SendMsg(out)
-	if err != nil {
-		// The stream's status says why the successor went away.
-		if errors.Is(err, io.EOF) {
-			if _, serr := r.out.CloseAndRecv(); serr != nil {
-				err = serr
-			}
-		}
-		return &PeerError{Rank: r.succ, Collective: p.name(), Err: fmt.Errorf("send to %s: %w", r.cfg.Peers[r.succ], err)}
+	if err := r.link.send(out); err != nil {
+		return &PeerError{Rank: r.succ, Collective: p.name(), Err: err}
 	}
 	return nil
 }
 
-// waitSent returns once gRPC has written out every chunk sent so far, so that
-// the caller may change its vector.
+// waitSent returns once the transport has released every chunk sent so far,
+// so that the caller may change its vector.
 func (r *Ring) waitSent(ctx context.Context) error {
 	done := make(chan struct{})
 	go func() {
@@ -573,60 +494,49 @@ func (r *Ring) waitSent(ctx context.Context) error {
 	case <-done:
 		return nil
 	case <-ctx.Done():
-		r.outCancel() // drop what is unsent rather than let it read a changing vector
+		r.link.abort() // drop what is unsent rather than let it read a changing vector
 		return &PeerError{Rank: r.succ, Collective: "send", Err: errors.New("the successor stopped taking data")}
 	}
 }
 
-// receiveInto waits for chunk (step, index) of p from the predecessor and adds
-// it to dst (reduce) or copies it there.
-func (r *Ring) receiveInto(ctx context.Context, p *Pending, step, index int, dst []float32, reduce bool) error {
+// receive waits for the predecessor's next frame (or a failed send), has the
+// protocol check it, and adds it to its place in the vector (reduce) or
+// copies it there.
+func (r *Ring) receive(ctx context.Context, p *Pending, c *collective, sendFailed <-chan error) (recvChunk, error) {
 	var got inbound
 	select {
-	case got = <-r.inbox:
+	case got = <-r.link.inbox():
+	case err := <-sendFailed:
+		return recvChunk{}, err
 	case err := <-r.failures:
-		return err
+		return recvChunk{}, err
 	case <-ctx.Done():
 		if p.ctx.Err() != nil {
-			return fmt.Errorf("allreduce: %s: %w", p.name(), p.ctx.Err())
+			return recvChunk{}, fmt.Errorf("allreduce: %s: %w", p.name(), p.ctx.Err())
 		}
-		return &PeerError{Rank: r.pred, Collective: p.name(), Err: fmt.Errorf("nothing from %s for %v (the collective's deadline)", r.cfg.Peers[r.pred], r.cfg.OpTimeout)}
+		return recvChunk{}, &PeerError{Rank: r.pred, Collective: p.name(), Err: fmt.Errorf("nothing from %s for %v (the collective's deadline)", r.cfg.Peers[r.pred], r.cfg.OpTimeout)}
 	case <-r.done:
-		return ErrClosed
+		return recvChunk{}, ErrClosed
 	}
 	if got.err != nil {
-		return &PeerError{Rank: r.pred, Collective: p.name(), Err: got.err}
+		return recvChunk{}, &PeerError{Rank: r.pred, Collective: p.name(), Err: got.err}
 	}
 	in := got.in
 	defer in.release()
-	if ab := in.frame.GetAbort(); ab != nil {
-		return &PeerError{Rank: int(ab.LostRank), Collective: p.name(), Err: fmt.Errorf("reported by rank %d: %s", r.pred, ab.Reason)}
-	}
-	ch := in.frame.GetChunk()
-	if ch == nil || ch.RingId != r.cfg.RingID || ch.Seq != p.seq || ch.Kind != p.kind || ch.Step != uint32(step) || ch.Index != uint32(index) || ch.Fp16 != p.fp16 {
-		return &PeerError{Rank: r.pred, Collective: p.name(), Err: fmt.Errorf("unexpected frame %s, want ring %q seq %d kind %d step %d chunk %d",
-			describe(in.frame), r.cfg.RingID, p.seq, p.kind, step, index)}
-	}
-	width := 4
-	if ch.Fp16 {
-		width = 2
-	}
-	if n := in.payloadLen() + len(ch.Data); n != width*len(dst) {
-		return &PeerError{Rank: r.pred, Collective: p.name(), Err: fmt.Errorf("chunk of %d bytes, want %d: do the ranks reduce vectors of different lengths?", n, width*len(dst))}
-	}
 	views := in.views
-	if len(ch.Data) > 0 {
-		views = [][]byte{ch.Data}
+	if data := in.frame.GetChunk().GetData(); len(data) > 0 {
+		views = [][]byte{data}
 	}
-	accumulate(dst, views, width, reduce)
-	return nil
-}
-
-func describe(f *ringpb.Frame) string {
-	if c := f.GetChunk(); c != nil {
-		return fmt.Sprintf("ring %q seq %d kind %d step %d chunk %d", c.RingId, c.Seq, c.Kind, c.Step, c.Index)
+	size := 0
+	for _, v := range views {
+		size += len(v)
 	}
-	return fmt.Sprintf("%T", f.GetBody())
+	ch, err := c.step(in.frame, size)
+	if err != nil {
+		return recvChunk{}, err
+	}
+	accumulate(p.v[ch.lo:ch.hi], views, c.width(), ch.reduce)
+	return ch, nil
 }
 
 // accumulate adds (or copies) the little-endian values held in views (in
@@ -683,29 +593,6 @@ func combine(dst []float32, b []byte, width int, reduce bool) {
 	for i := addFloatsSIMD(dst, src); i < len(src); i++ {
 		dst[i] += src[i]
 	}
-}
-
-// broadcast pipes root's vector around the ring, chunk by chunk: each rank
-// copies a chunk in and passes it on, until the rank before the root.
-func (r *Ring) broadcast(ctx context.Context, p *Pending) error {
-	per := r.elemsPerChunk(p)
-	n := len(p.v)
-	isRoot := r.cfg.Rank == p.root
-	forward := r.succ != p.root
-	for c := 0; c < chunks(n, per); c++ {
-		a, b := chunkRange(0, n, per, c)
-		if !isRoot {
-			if err := r.receiveInto(ctx, p, 0, c, p.v[a:b], false); err != nil {
-				return err
-			}
-		}
-		if forward {
-			if err := r.sendChunk(p, 0, c, p.v[a:b]); err != nil {
-				return err
-			}
-		}
-	}
-	return r.waitSent(ctx)
 }
 
 // The wire is little-endian; so are the machines we run on (amd64, arm64), so

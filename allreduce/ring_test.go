@@ -172,11 +172,18 @@ func TestBroadcastAndBarrier(t *testing.T) {
 	}
 	var mu sync.Mutex
 	entered := 0
+	// The ranks enter one after another: each once the one before it is in.
+	turn := make([]chan struct{}, 5)
+	for i := range turn {
+		turn[i] = make(chan struct{})
+	}
+	close(turn[0])
 	errs := c.each(func(rank int, r *Ring) error {
-		time.Sleep(time.Duration(rank) * 50 * time.Millisecond)
+		<-turn[rank]
 		mu.Lock()
 		entered++
 		mu.Unlock()
+		close(turn[rank+1])
 		if err := r.Barrier(context.Background()); err != nil {
 			return err
 		}
@@ -387,14 +394,14 @@ func TestForeignAndStaleFramesRejected(t *testing.T) {
 	// already has its predecessor, so the stream is refused.
 	cfg := c.rings[1].cfg
 	cfg.RingID = "test-ring"
-	bad := &Ring{cfg: cfg, log: zap.NewNop(), succ: 0}
+	bad := newGRPCLink(nil, cfg, zap.NewNop())
 	err := bad.connect(context.Background())
 	if err == nil || !strings.Contains(err.Error(), "already has a predecessor") {
 		t.Errorf("duplicate predecessor: %v", err)
 	}
 	// Another ring id is unknown here.
 	cfg.RingID = "other-job"
-	other := &Ring{cfg: cfg, log: zap.NewNop(), succ: 0}
+	other := newGRPCLink(nil, cfg, zap.NewNop())
 	svc := c.nodes[0].Service
 	svc.AttachTimeout = 200 * time.Millisecond
 	if err := other.connect(context.Background()); err == nil || !strings.Contains(err.Error(), `no ring "other-job"`) {
@@ -403,7 +410,7 @@ func TestForeignAndStaleFramesRejected(t *testing.T) {
 	// A frame of the wrong sequence (a stale or duplicated chunk) breaks the
 	// collective with an error naming the sender.
 	r0 := c.rings[0]
-	r0.inbox <- inbound{in: &inFrame{frame: chunkFrame("test-ring", 99)}}
+	r0.link.(*grpcLink).in <- inbound{in: &inFrame{frame: chunkFrame("test-ring", 99)}}
 	err = r0.AllReduce(context.Background(), make([]float32, 10), Sum)
 	var pe *PeerError
 	if !errors.As(err, &pe) || pe.Rank != 1 || !strings.Contains(err.Error(), "seq 99") {
@@ -425,7 +432,8 @@ func TestFailAbortsInFlight(t *testing.T) {
 	c := startCluster(t, 3, nil)
 	done := make(chan error, 1)
 	go func() { done <- c.rings[0].AllReduce(context.Background(), make([]float32, 100), Sum) }()
-	time.Sleep(100 * time.Millisecond) // rank 0 waits for ranks that never come
+	// Rank 0 waits for ranks that never come (in flight or still queued, the
+	// failure reaches it; twin_test.go catches it mid-collective).
 	c.rings[0].Fail(2, "memberlist: node failed")
 	select {
 	case err := <-done:

@@ -30,8 +30,8 @@ type Service struct {
 	log *zap.Logger
 
 	mu      sync.Mutex
-	rings   map[string]*Ring
-	changed chan struct{} // closed and replaced whenever rings changes
+	rings   map[string]*grpcLink // the open rings' links, by ring id
+	changed chan struct{}        // closed and replaced whenever rings changes
 	// AttachTimeout is how long a predecessor's stream waits for its ring to be
 	// opened on this rank (ranks open rings at slightly different times).
 	AttachTimeout time.Duration
@@ -39,34 +39,37 @@ type Service struct {
 
 // NewService returns a Service with no rings.
 func NewService(log *zap.Logger) *Service {
-	return &Service{log: log, rings: map[string]*Ring{}, changed: make(chan struct{}), AttachTimeout: 60 * time.Second}
+	return &Service{log: log, rings: map[string]*grpcLink{}, changed: make(chan struct{}), AttachTimeout: 60 * time.Second}
 }
 
 // Register adds the ring service to a gRPC server.
 func (s *Service) Register(g *grpc.Server) { ringpb.RegisterRingServer(g, s) }
 
-func (s *Service) register(r *Ring) error {
+func (s *Service) register(l *grpcLink) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if _, ok := s.rings[r.cfg.RingID]; ok {
-		return fmt.Errorf("allreduce: ring %q is already open in this process", r.cfg.RingID)
+	if _, ok := s.rings[l.cfg.RingID]; ok {
+		return fmt.Errorf("allreduce: ring %q is already open in this process", l.cfg.RingID)
 	}
-	s.rings[r.cfg.RingID] = r
+	s.rings[l.cfg.RingID] = l
 	close(s.changed)
 	s.changed = make(chan struct{})
 	return nil
 }
 
-func (s *Service) unregister(r *Ring) {
+func (s *Service) unregister(l *grpcLink) {
+	if s == nil { // a link that was never registered
+		return
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.rings[r.cfg.RingID] == r {
-		delete(s.rings, r.cfg.RingID)
+	if s.rings[l.cfg.RingID] == l {
+		delete(s.rings, l.cfg.RingID)
 	}
 }
 
-// waitRing returns the ring with the given id once it is registered.
-func (s *Service) waitRing(ctx context.Context, id string) (*Ring, error) {
+// waitRing returns the link of the ring with the given id once it is registered.
+func (s *Service) waitRing(ctx context.Context, id string) (*grpcLink, error) {
 	ctx, cancel := context.WithTimeout(ctx, s.AttachTimeout)
 	defer cancel()
 	for {
@@ -96,52 +99,36 @@ func (s *Service) Pipe(stream ringpb.Ring_PipeServer) error {
 	if hello == nil {
 		return status.Error(codes.InvalidArgument, "the first frame of a ring stream must be a hello")
 	}
-	r, err := s.waitRing(stream.Context(), hello.RingId)
+	l, err := s.waitRing(stream.Context(), hello.RingId)
 	if err != nil {
 		return err
 	}
-	if int(hello.FromRank) != r.pred || int(hello.World) != r.cfg.World {
+	if int(hello.FromRank) != l.pred || int(hello.World) != l.cfg.World {
 		return status.Errorf(codes.FailedPrecondition, "ring %q: rank %d expects its predecessor rank %d of %d, got rank %d of %d",
-			r.cfg.RingID, r.cfg.Rank, r.pred, r.cfg.World, hello.FromRank, hello.World)
+			l.cfg.RingID, l.cfg.Rank, l.pred, l.cfg.World, hello.FromRank, hello.World)
 	}
 	s.mu.Lock()
-	taken := r.hasPred
-	r.hasPred = true
+	taken := l.hasPred
+	l.hasPred = true
 	s.mu.Unlock()
 	if taken {
-		return status.Errorf(codes.AlreadyExists, "ring %q: rank %d already has a predecessor stream", r.cfg.RingID, r.cfg.Rank)
+		return status.Errorf(codes.AlreadyExists, "ring %q: rank %d already has a predecessor stream", l.cfg.RingID, l.cfg.Rank)
 	}
-	if err := stream.SendHeader(metadata.Pairs(acceptedHeader, r.cfg.RingID)); err != nil {
+	if err := stream.SendHeader(metadata.Pairs(acceptedHeader, l.cfg.RingID)); err != nil {
 		return err
 	}
-	close(r.attached)
+	close(l.attached)
 	// Receive in a goroutine so that closing the ring ends the handler (and so
 	// the stream) even while the predecessor stays silent.
 	ended := make(chan struct{})
 	go func() {
 		defer close(ended)
-		for {
-			f := &inFrame{}
-			err := stream.RecvMsg(f)
-			in := inbound{in: f}
-			if err != nil {
-				in = inbound{err: fmt.Errorf("stream from %s broke: %v", r.cfg.Peers[r.pred], statusOf(err))}
-			}
-			select {
-			case r.inbox <- in:
-			case <-r.done:
-				f.release()
-				return
-			}
-			if err != nil {
-				return
-			}
-		}
+		l.receive(stream)
 	}()
 	select {
 	case <-ended:
 		return nil
-	case <-r.done:
+	case <-l.done:
 		return status.Error(codes.Canceled, "ring closed")
 	}
 }

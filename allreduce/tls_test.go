@@ -73,7 +73,7 @@ func TestMutualTLS(t *testing.T) {
 		cfg.RingID, cfg.Rank, cfg.World, cfg.Peers = "tls", 1, 2, peers
 		cfg.Creds = creds.ClientCreds()
 		cfg.ConnectTimeout = 2 * time.Second
-		r := &Ring{cfg: cfg, log: zap.NewNop(), succ: 0}
+		r := newGRPCLink(nil, cfg, zap.NewNop())
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		err := r.connect(ctx)
 		cancel()

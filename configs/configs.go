@@ -1,5 +1,12 @@
-// Package configs holds the job files shipped with alexring, embedded so that
-// the binaries find them anywhere: flowers (the seed's training), demo (the
+// Package configs is a job's contract, shared by the coordinator and the
+// workers, and imports neither (nor the model): the job's schema (Job), its
+// defaults and checks (job.go), its YAML loading (load.go), the names of the
+// files in its --out (files.go) and what a training state says of its
+// progress, from the state's header alone (state.go). The plans carry a Job
+// to the workers as typed settings (internal/cluster/controlpb).
+//
+// It also holds the job files shipped with alexring, embedded so that the
+// binaries find them anywhere: flowers (the seed's training), demo (the
 // built-in default) and tiny (tests).
 package configs
 

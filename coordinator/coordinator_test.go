@@ -14,24 +14,30 @@ import (
 
 	"go.uber.org/zap"
 
-	"github.com/alexring/alexring/coordinator/controlpb"
+	"github.com/alexring/alexring/configs"
+	"github.com/alexring/alexring/internal/cluster/controlpb"
 	"github.com/alexring/alexring/sharding"
-	"github.com/alexring/alexring/worker"
 )
 
-func newTestCoordinator(t *testing.T, workers int) (*Coordinator, *controlService, *bytes.Buffer) {
+// newTestCoordinator is a coordinator of workers over a tiny synthetic
+// dataset; opts adjust its config.
+func newTestCoordinator(t *testing.T, workers int, opts ...func(*Config)) (*Coordinator, *controlService, *bytes.Buffer) {
 	t.Helper()
 	data := t.TempDir()
 	if err := sharding.Synthesize(data, sharding.SynthConfig{Train: 3, Val: 1, Size: 16, Seed: 1}); err != nil {
 		t.Fatal(err)
 	}
-	job, err := LoadJobConfig("tiny")
+	job, err := configs.Load("tiny")
 	if err != nil {
 		t.Fatal(err)
 	}
 	job.Data, job.Out, job.Batch = data, t.TempDir(), 12
 	var out bytes.Buffer
-	c, err := New(Config{Job: job, Workers: workers, WaitTimeout: time.Second}, zap.NewNop(), &out)
+	cfg := Config{Job: job, Workers: workers, WaitTimeout: time.Second}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	c, err := New(cfg, zap.NewNop(), &out)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -39,7 +45,7 @@ func newTestCoordinator(t *testing.T, workers int) (*Coordinator, *controlServic
 }
 
 // register registers the named workers concurrently (Register blocks until the
-// job starts) and returns their plans by name.
+// last of them starts the job) and returns their plans by name.
 func register(t *testing.T, c *Coordinator, s *controlService, names ...string) map[string]*controlpb.JobPlan {
 	t.Helper()
 	plans := map[string]*controlpb.JobPlan{}
@@ -59,16 +65,6 @@ func register(t *testing.T, c *Coordinator, s *controlService, names ...string) 
 			mu.Unlock()
 		}()
 	}
-	for {
-		c.mu.Lock()
-		n := len(c.workers)
-		c.mu.Unlock()
-		if n == len(names) {
-			break
-		}
-		time.Sleep(time.Millisecond)
-	}
-	c.start()
 	wg.Wait()
 	return plans
 }
@@ -90,14 +86,14 @@ func TestRanksFollowSortedNames(t *testing.T) {
 	// a second worker of a name already in the ring is refused.
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 	defer cancel()
-	if _, err := s.Register(ctx, &controlpb.RegisterRequest{Name: "late", RingAddr: "x"}); !errors.Is(err, context.DeadlineExceeded) || c.joiners["late"] {
-		t.Errorf("late worker: %v (still waiting: %v)", err, c.joiners["late"])
+	if _, err := s.Register(ctx, &controlpb.RegisterRequest{Name: "late", RingAddr: "x"}); !errors.Is(err, context.DeadlineExceeded) || c.core.joiners["late"] {
+		t.Errorf("late worker: %v (still waiting: %v)", err, c.core.joiners["late"])
 	}
 	if _, err := s.Register(context.Background(), &controlpb.RegisterRequest{Name: "w-a", RingAddr: "127.0.0.1:1a"}); err == nil || !strings.Contains(err.Error(), "already in job") {
 		t.Errorf("a second w-a: %v", err)
 	}
-	var cfg worker.Config
-	if err := jsonUnmarshal(plans["w-a"].ConfigJson, &cfg); err != nil || cfg.Variant != "tiny" {
+	cfg, err := planJob(plans["w-a"])
+	if err != nil || cfg.Variant != "tiny" {
 		t.Errorf("config in the plan: %+v %v", cfg, err)
 	}
 }
@@ -124,15 +120,14 @@ func TestDivergedChecksumsStopTheJob(t *testing.T) {
 			t.Errorf("rank %d: %+v", r, rep)
 		}
 	}
-	if c.failed == nil {
+	if c.core.failed == nil {
 		t.Error("the coordinator did not fail the job")
 	}
 }
 
 func TestEpochLineAndFinish(t *testing.T) {
-	c, s, out := newTestCoordinator(t, 2)
+	c, s, out := newTestCoordinator(t, 2, func(cfg *Config) { cfg.Job.Epochs = 1 })
 	plans := register(t, c, s, "a", "b")
-	c.cfg.Job.Epochs = 1
 	var wg sync.WaitGroup
 	for r := range 2 {
 		wg.Add(1)
@@ -149,14 +144,14 @@ func TestEpochLineAndFinish(t *testing.T) {
 	if got := out.String(); got != "Epoch 1/1 - Train loss: 1.5000 - Val Accuracy: 0.7500\n" {
 		t.Errorf("printed %q", got)
 	}
-	if !c.finished || c.summary.bestAcc != 0.75 {
-		t.Errorf("finished %v best %v", c.finished, c.summary.bestAcc)
+	if !c.core.finished || c.core.summary.bestAcc != 0.75 {
+		t.Errorf("finished %v best %v", c.core.finished, c.core.summary.bestAcc)
 	}
-	csv, err := os.ReadFile(filepath.Join(c.cfg.Job.Out, MetricsFile))
+	csv, err := os.ReadFile(filepath.Join(c.cfg.Job.Out, configs.MetricsFile))
 	if err != nil || !strings.HasPrefix(string(csv), "epoch,train_loss,val_accuracy,images_per_s,wall_s,world_size\n1,1.5,0.75,") || !strings.HasSuffix(string(csv), ",2\n") {
 		t.Errorf("metrics.csv: %q %v", csv, err)
 	}
-	f, err := os.Open(filepath.Join(c.cfg.Job.Out, CurvesFile))
+	f, err := os.Open(filepath.Join(c.cfg.Job.Out, configs.CurvesFile))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -171,15 +166,15 @@ func TestEpochLineAndFinish(t *testing.T) {
 }
 
 func TestConfigErrors(t *testing.T) {
-	if _, err := LoadJobConfig("nope.yaml"); err == nil || !strings.Contains(err.Error(), "nope.yaml") {
+	if _, err := configs.Load("nope.yaml"); err == nil || !strings.Contains(err.Error(), "nope.yaml") {
 		t.Errorf("missing config: %v", err)
 	}
 	bad := t.TempDir() + "/bad.yaml"
 	writeFile(t, bad, "epochs: 3\nlearning_rate: 1\n")
-	if _, err := LoadJobConfig(bad); err == nil || !strings.Contains(err.Error(), "learning_rate") || !strings.Contains(err.Error(), bad) {
+	if _, err := configs.Load(bad); err == nil || !strings.Contains(err.Error(), "learning_rate") || !strings.Contains(err.Error(), bad) {
 		t.Errorf("unknown key: %v", err)
 	}
-	job, _ := LoadJobConfig("tiny")
+	job, _ := configs.Load("tiny")
 	job.Data = t.TempDir()
 	job.Batch = 8
 	if _, err := New(Config{Job: job, Workers: 3}, zap.NewNop(), &bytes.Buffer{}); err == nil || !strings.Contains(err.Error(), "not divisible") {

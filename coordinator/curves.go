@@ -12,17 +12,9 @@ import (
 	"path/filepath"
 	"strconv"
 
-	"gonum.org/v1/plot"
-	"gonum.org/v1/plot/plotter"
-	"gonum.org/v1/plot/vg"
-
+	"github.com/alexring/alexring/configs"
 	"github.com/alexring/alexring/internal/atomicfile"
-)
-
-// The training curves the coordinator keeps in --out, rewritten every epoch.
-const (
-	MetricsFile = "metrics.csv"
-	CurvesFile  = "training.png"
+	"github.com/alexring/alexring/internal/chart"
 )
 
 // epochRow is one line of metrics.csv.
@@ -35,9 +27,10 @@ type epochRow struct {
 	World       int
 }
 
-// writeCurves rewrites metrics.csv and the loss/accuracy plot.
+// writeCurves rewrites metrics.csv and the loss/accuracy plot (training.png),
+// the training curves the coordinator keeps in --out, every epoch.
 func writeCurves(dir string, rows []epochRow) error {
-	err := atomicfile.Write(filepath.Join(dir, MetricsFile), 0o644, func(w io.Writer) error {
+	err := atomicfile.Write(filepath.Join(dir, configs.MetricsFile), 0o644, func(w io.Writer) error {
 		cw := csv.NewWriter(w)
 		cw.Write([]string{"epoch", "train_loss", "val_accuracy", "images_per_s", "wall_s", "world_size"})
 		for _, r := range rows {
@@ -49,48 +42,23 @@ func writeCurves(dir string, rows []epochRow) error {
 	if err != nil {
 		return err
 	}
-	p := plot.New()
-	p.Title.Text = "Training"
-	p.X.Label.Text = "epoch"
-	p.Y.Label.Text = "train loss / val accuracy"
 	// A row lost with a coordinator has NaN for what nobody knows: no point.
-	var loss, acc plotter.XYs
+	loss := chart.Series{Name: "train loss", Color: plotColors[0]}
+	acc := chart.Series{Name: "val accuracy", Color: plotColors[1]}
 	top := 1.0
 	for _, r := range rows {
 		if finite(r.TrainLoss) {
-			loss = append(loss, plotter.XY{X: float64(r.Epoch), Y: r.TrainLoss})
+			loss.Points = append(loss.Points, chart.Point{X: float64(r.Epoch), Y: r.TrainLoss})
 			top = max(top, r.TrainLoss)
 		}
 		if finite(r.ValAccuracy) {
-			acc = append(acc, plotter.XY{X: float64(r.Epoch), Y: r.ValAccuracy})
+			acc.Points = append(acc.Points, chart.Point{X: float64(r.Epoch), Y: r.ValAccuracy})
 		}
 	}
 	// Room above the curves for the legend.
-	p.Y.Min, p.Y.Max = 0, top*1.3
-	p.Add(plotter.NewGrid())
-	for i, s := range []struct {
-		name string
-		xys  plotter.XYs
-	}{{"train loss", loss}, {"val accuracy", acc}} {
-		if len(s.xys) == 0 {
-			continue
-		}
-		l, pts, err := plotter.NewLinePoints(s.xys)
-		if err != nil {
-			return fmt.Errorf("coordinator: plot: %w", err)
-		}
-		l.Color, pts.Color = plotColors[i], plotColors[i]
-		p.Add(l, pts)
-		p.Legend.Add(s.name, l, pts)
-	}
-	p.Legend.Top = true
-	wt, err := p.WriterTo(7*vg.Inch, 4*vg.Inch, "png")
-	if err != nil {
-		return fmt.Errorf("coordinator: plot: %w", err)
-	}
-	return atomicfile.Write(filepath.Join(dir, CurvesFile), 0o644, func(w io.Writer) error {
-		_, err := wt.WriteTo(w)
-		return err
+	c := chart.Chart{Title: "Training", XLabel: "epoch", YLabel: "train loss / val accuracy", YMin: 0, YMax: top * 1.3, Series: []chart.Series{loss, acc}}
+	return atomicfile.Write(filepath.Join(dir, configs.CurvesFile), 0o644, func(w io.Writer) error {
+		return c.WritePNG(w, 672, 384) // 7 x 4 inches at 96 dpi
 	})
 }
 
@@ -103,7 +71,7 @@ var plotColors = []color.Color{color.RGBA{R: 214, G: 39, B: 40, A: 255}, color.R
 // readCurves reads back the rows of metrics.csv up to epoch (a resumed job
 // keeps its history); a missing file is no rows.
 func readCurves(dir string, upTo int) ([]epochRow, error) {
-	f, err := os.Open(filepath.Join(dir, MetricsFile))
+	f, err := os.Open(filepath.Join(dir, configs.MetricsFile))
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
 	}

@@ -1,21 +1,20 @@
 package coordinator
 
 import (
-	"context"
+	"errors"
 	"fmt"
+	"io/fs"
 	"maps"
-	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"time"
 
 	"go.uber.org/zap"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 
-	"github.com/alexring/alexring/coordinator/controlpb"
+	"github.com/alexring/alexring/internal/cluster/controlpb"
 	"github.com/alexring/alexring/sharding"
-	"github.com/alexring/alexring/worker"
 )
 
 // A ring breaks when a worker dies (kill -9, a lost machine) or falls
@@ -41,65 +40,44 @@ type reformation struct {
 	// past blameGrace they are not waited for, even before the gossip says so.
 	blamed map[string]bool
 	short  bool // fewer workers than MinWorkers: waiting for more to join
+	// shortErr fails the job if no worker joins within WaitTimeout.
+	shortErr error
 }
 
-// beginReform starts a re-formation of the current ring, once. Called with
-// c.mu held.
-func (c *Coordinator) beginReform(reason string) {
+// beginReform starts a re-formation of the current ring, once.
+func (c *core) beginReform(reason string) {
 	if c.reform != nil || c.finished || c.failed != nil || !c.started {
 		return
 	}
-	r := &reformation{gen: c.ring.gen, began: time.Now(), reason: reason, requests: map[string]*controlpb.ReformRequest{}, blamed: map[string]bool{}}
+	r := &reformation{gen: c.ring.gen, began: c.now, reason: reason, requests: map[string]*controlpb.ReformRequest{}, blamed: map[string]bool{}}
 	c.reform = r
 	c.log.Warn("re-forming the ring", zap.Int("generation", r.gen), zap.String("reason", reason))
 	timeout := c.cfg.ReformTimeout
 	if timeout <= 0 {
 		timeout = time.Minute
 	}
-	c.later(r, timeout, func() {
-		r.expired = true
-		c.completeReform()
-	})
-}
-
-// later runs fn, with c.mu held, after d if r is still the re-formation under
-// way, then wakes whoever waits on the coordinator's state.
-func (c *Coordinator) later(r *reformation, d time.Duration, fn func()) {
-	time.AfterFunc(d, func() {
-		c.mu.Lock()
-		defer c.mu.Unlock()
-		if c.reform == r {
-			fn()
-			c.notify()
-		}
-	})
+	c.after(timer{kind: timerReform, gen: r.gen}, timeout)
 }
 
 // completeReform forms the next ring once every member of the broken one
 // has asked for its place or is gone from the gossip (or the timeout passed).
-// Called with c.mu held.
-func (c *Coordinator) completeReform() {
+func (c *core) completeReform() {
 	r := c.reform
 	if r == nil {
 		return
 	}
-	var waiting, survivors []string
+	var survivors []string
 	for _, name := range c.ring.members {
 		switch {
 		case r.requests[name] != nil:
 			survivors = append(survivors, name)
-		case c.alive[name] && !r.expired && !c.joiners[name] && !(r.blamed[name] && time.Since(r.began) >= blameGrace):
-			waiting = append(waiting, name)
+		case c.alive[name] && !r.expired && !c.joiners[name] && !(r.blamed[name] && c.now.Sub(r.began) >= blameGrace):
+			return // still waiting for it
 		}
 	}
-	if len(waiting) > 0 {
-		return
-	}
-	if len(survivors) == 0 {
-		c.reform = nil
-		c.failed = fmt.Errorf("coordinator: %s; no worker of the ring is left to carry its state: resume from %s", r.reason, filepath.Join(c.cfg.Job.Out, worker.StateFile))
-		return
-	}
+	// With no survivor (every rank died, or came back as a new process), the
+	// state on disk is all that is left: the workers that join go on from it.
+	fromDisk := len(survivors) == 0
 	// The next ring: survivors and joiners, by name, in the order that uses
 	// no failed link, leaving out as few as it must.
 	joined := make([]string, 0, len(c.joiners))
@@ -110,41 +88,57 @@ func (c *Coordinator) completeReform() {
 	sort.Strings(candidates)
 	failed, suspect := c.linksAfter(r)
 	next := chooseRing(candidates, failed, suspect)
-	in := map[string]bool{}
-	for _, name := range next {
-		in[name] = true
-	}
 	var kept, dropped []string
 	for _, name := range survivors {
-		if in[name] {
+		if slices.Contains(next, name) {
 			kept = append(kept, name)
 		} else {
 			dropped = append(dropped, name)
 		}
 	}
-	if len(kept) == 0 { // cannot happen (a joiner's links are all untried); the state must come from a survivor
+	if len(kept) == 0 && !fromDisk { // cannot happen (a joiner's links are all untried); the state must come from a survivor
 		kept, next = survivors[:1], survivors[:1]
 	}
-	minWorkers := max(c.cfg.MinWorkers, 1)
-	if len(next) < minWorkers {
+	if minWorkers := max(c.cfg.MinWorkers, 1); len(next) < minWorkers {
 		if !r.short {
-			r.short = true
-			c.log.Warn("fewer workers than --min-workers: waiting for more to join", zap.Int("workers", len(next)), zap.Strings("left_out", dropped),
-				zap.Stringers("failed_links", linksOf(failed, dropped)), zap.Int("min_workers", minWorkers), zap.Duration("timeout", c.cfg.WaitTimeout))
-			c.later(r, c.cfg.WaitTimeout, func() {
-				if c.failed == nil {
-					why := ""
-					if len(dropped) > 0 {
-						why = fmt.Sprintf(" (%s left out: no ring order avoids the failed links %s)", strings.Join(dropped, ", "), joinLinks(linksOf(failed, dropped)))
-					}
-					c.failed = fmt.Errorf("coordinator: %s; %d workers left (%s)%s, fewer than --min-workers %d, and none joined within %v",
-						r.reason, len(kept), strings.Join(kept, ", "), why, minWorkers, c.cfg.WaitTimeout)
-				}
-			})
+			c.waitForJoiners(r, len(next), kept, dropped, failed, fromDisk)
 		}
 		return
 	}
 	c.reform = nil
+	if fromDisk {
+		c.restartFromDisk(r, next)
+		return
+	}
+	c.restartFromSurvivors(r, next, kept, dropped, joined, failed, suspect)
+}
+
+// waitForJoiners puts off re-formation r, which has only world workers,
+// fewer than MinWorkers (kept of the survivors, dropped left out by failed
+// links; none of them when fromDisk): the job fails unless more join within
+// WaitTimeout.
+func (c *core) waitForJoiners(r *reformation, world int, kept, dropped []string, failed map[link]bool, fromDisk bool) {
+	minWorkers := max(c.cfg.MinWorkers, 1)
+	r.short = true
+	c.log.Warn("fewer workers than --min-workers: waiting for more to join", zap.Int("workers", world), zap.Strings("left_out", dropped),
+		zap.Stringers("failed_links", linksOf(failed, dropped)), zap.Int("min_workers", minWorkers), zap.Duration("timeout", c.cfg.WaitTimeout))
+	why := ""
+	if len(dropped) > 0 {
+		why = fmt.Sprintf(" (%s left out: no ring order avoids the failed links %s)", strings.Join(dropped, ", "), joinLinks(linksOf(failed, dropped)))
+	}
+	left := fmt.Sprintf("%d workers left (%s)%s", len(kept), strings.Join(kept, ", "), why)
+	if fromDisk {
+		left = fmt.Sprintf("no worker of the ring is left (the job goes on from %s when workers join)", c.cfg.StatePath)
+	}
+	r.shortErr = fmt.Errorf("coordinator: %s; %s, fewer than --min-workers %d, and none joined within %v",
+		r.reason, left, minWorkers, c.cfg.WaitTimeout)
+	c.after(timer{kind: timerMinWorkers, gen: r.gen}, c.cfg.WaitTimeout)
+}
+
+// restartFromSurvivors forms ring next from the survivors of re-formation
+// r (kept; dropped are left out by the failed links) and the workers that
+// joined: every rank takes the state of the survivor furthest along.
+func (c *core) restartFromSurvivors(r *reformation, next, kept, dropped, joined []string, failed, suspect map[link]bool) {
 	// The survivor furthest along (by epoch, then step) gives its state: the
 	// others may have missed its last step if the ring broke mid all-reduce.
 	sort.Slice(kept, func(i, j int) bool {
@@ -187,14 +181,69 @@ func (c *Coordinator) completeReform() {
 	c.log.Info("ring re-formed", zap.Int("generation", c.ring.gen), zap.Int("world", c.ring.world()), zap.Int("was", old.world()),
 		zap.Strings("members", c.ring.members), zap.Strings("joined", joined), zap.Strings("left_out", dropped), zap.Stringers("failed_links", linksOf(failed, nil)),
 		zap.Int("epoch", epoch+1), zap.Int("steps_done_in_epoch", int(lead.Steps)),
-		zap.String("state_from", rootName), zap.Int("batch_per_rank", c.ring.batch), zap.Duration("took", time.Since(r.began)))
+		zap.String("state_from", rootName), zap.Int("batch_per_rank", c.ring.batch), zap.Duration("took", c.now.Sub(r.began)))
+}
+
+// restartFromDisk forms ring next, of workers that hold no state, from the
+// job's state file: the last epoch rank 0 saved (its first epoch when none
+// was saved). What trained since is lost and trained again: its partial
+// epoch, and any epoch judged whose state never reached the disk (its row
+// goes, so that it is written once).
+func (c *core) restartFromDisk(r *reformation, next []string) {
+	epoch := c.resumedAt // the job's start: its --resume file, or nothing
+	st, err := c.cfg.ReadState()
+	switch {
+	case err == nil:
+		epoch = st.Epoch
+		c.cfg.Plan.Settings.Resume = c.cfg.StatePath // the plans carry it: every rank loads it
+		c.summary.bestAcc = st.BestAcc
+	case errors.Is(err, fs.ErrNotExist) && len(c.verdicts) == 0:
+		// No epoch ended: the job starts again from where it started.
+	default:
+		// Without the file (on rank 0's machine but not this one, say), going
+		// on would lose the epochs trained.
+		c.fail(fmt.Errorf("coordinator: %s; no worker of the ring is left to carry its state, and this coordinator cannot read it: %w", r.reason, err))
+		return
+	}
+	for e := range c.verdicts {
+		if e > epoch {
+			delete(c.verdicts, e)
+		}
+	}
+	for e := range c.prior {
+		if e >= epoch {
+			delete(c.prior, e)
+		}
+	}
+	clear(c.reports)
+	if c.recorded() > epoch {
+		for len(c.curves) > 0 && c.curves[len(c.curves)-1].Epoch > epoch {
+			c.curves = c.curves[:len(c.curves)-1]
+		}
+		c.do(writeRows{rows: slices.Clone(c.curves)})
+	}
+	if c.summary.bestEpoch > epoch {
+		c.summary.bestEpoch = 0
+		for _, row := range c.curves {
+			if row.ValAccuracy == c.summary.bestAcc && c.summary.bestEpoch == 0 {
+				c.summary.bestEpoch = row.Epoch
+			}
+		}
+	}
+	clear(c.joiners)
+	clear(c.leftOut)
+	old := c.ring
+	c.formRing(next, epoch, "")
+	c.log.Warn("ring re-formed from the state on disk", zap.String("why", "no worker of the broken ring was left"), zap.Int("generation", c.ring.gen), zap.Int("world", c.ring.world()),
+		zap.Int("was", old.world()), zap.Strings("members", c.ring.members), zap.String("state", c.cfg.Plan.Settings.GetResume()), zap.Int("epoch", epoch+1),
+		zap.Int("batch_per_rank", c.ring.batch), zap.Duration("took", c.now.Sub(r.began)))
 }
 
 // linksAfter are the failed links once the reports of re-formation r are
 // weighed (those known before and those they show), and the links they only
 // suspect. A link to a worker that registered again since the ring formed (a
-// restarted process) says nothing of the new one. Called with c.mu held.
-func (c *Coordinator) linksAfter(r *reformation) (failed, suspect map[link]bool) {
+// restarted process) says nothing of the new one.
+func (c *core) linksAfter(r *reformation) (failed, suspect map[link]bool) {
 	renewed := func(name string) bool {
 		w := c.workers[name]
 		return c.joiners[name] || w == nil || w.RingAddr != c.ring.peers[c.ring.ranks[name]]
@@ -213,9 +262,8 @@ func (c *Coordinator) linksAfter(r *reformation) (failed, suspect map[link]bool)
 }
 
 // noteLinks makes failed the job's failed links, logging the new ones and
-// the suspected, which the ring now formed avoided if it could. Called with
-// c.mu held.
-func (c *Coordinator) noteLinks(failed, suspect map[link]bool, r *reformation) {
+// the suspected, which the ring now formed avoided if it could.
+func (c *core) noteLinks(failed, suspect map[link]bool, r *reformation) {
 	for _, l := range linksOf(failed, nil) {
 		if !c.failedLinks[l] {
 			c.log.Warn("link failed: no later ring uses it", zap.Stringer("link", l), zap.Int("generation", r.gen))
@@ -226,18 +274,18 @@ func (c *Coordinator) noteLinks(failed, suspect map[link]bool, r *reformation) {
 			zap.Int("generation", r.gen), zap.Stringers("suspected", linksOf(suspect, nil)))
 	}
 	c.failedLinks = failed
-	c.cfg.Metrics.linksFailed(len(failed))
+	c.metrics.linksFailed(len(failed))
 }
 
 // forgetLinks drops the failed links of name: a new process registered under
-// it. Called with c.mu held.
-func (c *Coordinator) forgetLinks(name string) {
+// it.
+func (c *core) forgetLinks(name string) {
 	for l := range c.failedLinks {
 		if l.from == name || l.to == name {
 			delete(c.failedLinks, l)
 		}
 	}
-	c.cfg.Metrics.linksFailed(len(c.failedLinks))
+	c.metrics.linksFailed(len(c.failedLinks))
 }
 
 // linksOf are the links of set that touch names (all of them when names is
@@ -265,59 +313,51 @@ func joinLinks(ls []link) string {
 	return strings.Join(s, ", ")
 }
 
-func (s *controlService) Reform(ctx context.Context, req *controlpb.ReformRequest) (*controlpb.JobPlan, error) {
-	c := s.c
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if req.JobId != c.jobID {
-		return nil, status.Errorf(codes.PermissionDenied, "worker %s belongs to job %q; this coordinator runs job %q", req.Name, req.JobId, c.jobID)
+// reformCall takes a survivor's request for its place in the next ring: it
+// waits for that ring (or, asking late, gets its plan at once).
+func (c *core) reformCall(e evReform) {
+	req := e.req
+	if req.JobId != c.cfg.JobID {
+		c.reply(e.call, nil, refuse(codes.PermissionDenied, "worker %s belongs to job %q; this coordinator runs job %q", req.Name, req.JobId, c.cfg.JobID))
+		return
 	}
 	if c.failed != nil {
-		return nil, status.Error(codes.Aborted, c.failed.Error())
+		c.reply(e.call, nil, refuse(codes.Aborted, "%s", c.failed.Error()))
+		return
 	}
 	if int(req.Generation) < c.ring.gen {
 		// The ring was re-formed while this worker was not looking.
 		if p := c.plans[req.Name]; p != nil {
-			return p, nil
+			c.reply(e.call, p, nil)
+			return
 		}
 		why := "it was left out when the ring re-formed"
 		if c.leftOut[req.Name] != "" {
 			why += ": " + c.leftOut[req.Name]
 		}
-		return nil, status.Errorf(codes.FailedPrecondition, "worker %s is not in ring %d of job %s: %s", req.Name, c.ring.gen, c.jobID, why)
+		c.reply(e.call, nil, refuse(codes.FailedPrecondition, "worker %s is not in ring %d of job %s: %s", req.Name, c.ring.gen, c.cfg.JobID, why))
+		return
 	}
 	if _, ok := c.ring.ranks[req.Name]; !ok || int(req.Generation) != c.ring.gen {
-		return nil, status.Errorf(codes.FailedPrecondition, "worker %s asks to re-form ring %d, but ring %d of job %s does not hold it", req.Name, req.Generation, c.ring.gen, c.jobID)
+		c.reply(e.call, nil, refuse(codes.FailedPrecondition, "worker %s asks to re-form ring %d, but ring %d of job %s does not hold it", req.Name, req.Generation, c.ring.gen, c.cfg.JobID))
+		return
 	}
 	c.beginReform(fmt.Sprintf("rank %d (%s): %s", c.ring.ranks[req.Name], req.Name, req.Reason))
 	r := c.reform
 	if r == nil {
-		return nil, status.Errorf(codes.FailedPrecondition, "job %s is over", c.jobID)
+		c.reply(e.call, nil, refuse(codes.FailedPrecondition, "job %s is over", c.cfg.JobID))
+		return
 	}
 	r.requests[req.Name] = req
 	if lost := int(req.LostRank); lost >= 0 && lost < c.ring.world() && c.ring.members[lost] != req.Name {
 		if name := c.ring.members[lost]; !r.blamed[name] {
 			r.blamed[name] = true
-			c.later(r, blameGrace-time.Since(r.began), c.completeReform)
+			c.do(armTimer{t: timer{kind: timerBlame, gen: r.gen}, at: r.began.Add(blameGrace)})
 		}
 	}
 	c.log.Info("survivor reporting", zap.String("worker", req.Name), zap.Int("epoch", int(req.Epoch)+1), zap.Int("steps", int(req.Steps)), zap.String("reason", req.Reason))
+	c.hold(e.call, &pendingCall{kind: callReform, name: req.Name, gen: int(req.Generation)})
 	c.completeReform()
-	c.notify()
-	gen := int(req.Generation)
-	if err := c.waitLocked(ctx, func() bool { return c.ring.gen > gen || c.failed != nil }); err != nil {
-		return nil, err
-	}
-	if c.failed != nil {
-		return nil, status.Error(codes.Aborted, c.failed.Error())
-	}
-	if p := c.plans[req.Name]; p != nil {
-		return p, nil
-	}
-	if why := c.leftOut[req.Name]; why != "" {
-		return nil, status.Errorf(codes.FailedPrecondition, "worker %s was left out of ring %d of job %s: %s", req.Name, c.ring.gen, c.jobID, why)
-	}
-	return nil, status.Errorf(codes.FailedPrecondition, "worker %s was left out of ring %d of job %s", req.Name, c.ring.gen, c.jobID)
 }
 
 // join registers a worker after the job started: it enters the ring at the
@@ -325,12 +365,11 @@ func (s *controlService) Reform(ctx context.Context, req *controlpb.ReformReques
 // taking the current parameters and Adam state from the ring. A name that is
 // in the ring and alive at the same address is refused; a member's name at a
 // new address is that member restarted, and replaces it.
-func (s *controlService) join(ctx context.Context, req *controlpb.RegisterRequest) (*controlpb.JobPlan, error) {
-	c := s.c
-	c.mu.Lock()
-	defer c.mu.Unlock()
+func (c *core) join(e evRegister) {
+	req := e.req
 	if c.finished || c.failed != nil {
-		return nil, status.Errorf(codes.FailedPrecondition, "job %s is over; %s cannot join it", c.jobID, req.Name)
+		c.reply(e.call, nil, refuse(codes.FailedPrecondition, "job %s is over; %s cannot join it", c.cfg.JobID, req.Name))
+		return
 	}
 	_, member := c.ring.ranks[req.Name]
 	if member && c.alive[req.Name] && c.workers[req.Name].RingAddr != req.RingAddr {
@@ -340,34 +379,22 @@ func (s *controlService) join(ctx context.Context, req *controlpb.RegisterReques
 		c.log.Warn("worker came back at a new address; its old process is gone", zap.String("name", req.Name),
 			zap.String("was", c.workers[req.Name].RingAddr), zap.String("now", req.RingAddr))
 		c.alive[req.Name] = false
-		c.cfg.Metrics.workerLost()
+		c.metrics.workerLost()
 		c.beginReform(fmt.Sprintf("worker %s (rank %d) restarted", req.Name, c.ring.ranks[req.Name]))
 	} else if (member && c.alive[req.Name]) || c.joiners[req.Name] {
-		return nil, status.Errorf(codes.AlreadyExists, "a worker named %s is already in job %s", req.Name, c.jobID)
+		c.reply(e.call, nil, refuse(codes.AlreadyExists, "a worker named %s is already in job %s", req.Name, c.cfg.JobID))
+		return
 	}
 	c.workers[req.Name] = req
 	c.joiners[req.Name] = true
 	c.alive[req.Name] = true
 	c.forgetLinks(req.Name)
 	c.log.Info("worker joining; it enters at the next epoch boundary", zap.String("name", req.Name), zap.String("ring_addr", req.RingAddr))
-	// The ring it waits for is the one after this: read before completeReform,
-	// which forms it at once when this registration was all a re-formation
-	// waited for.
-	gen := c.ring.gen
+	// The ring it waits for is the one after this: noted before
+	// completeReform, which forms it at once when this registration was all
+	// a re-formation waited for.
+	c.hold(e.call, &pendingCall{kind: callJoin, name: req.Name, gen: c.ring.gen})
 	c.completeReform() // a re-formation short of workers may be waiting for it
-	c.notify()
-	err := c.waitLocked(ctx, func() bool {
-		_, in := c.ring.ranks[req.Name]
-		return (in && c.ring.gen > gen) || c.failed != nil || c.finished
-	})
-	if err != nil || c.failed != nil || c.finished {
-		delete(c.joiners, req.Name)
-		if err != nil {
-			return nil, err
-		}
-		return nil, status.Errorf(codes.Aborted, "job %s ended before %s could join it", c.jobID, req.Name)
-	}
-	return c.plans[req.Name], nil
 }
 
 // A link is one direction between two workers. A ring only sends from each

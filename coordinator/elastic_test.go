@@ -8,8 +8,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/alexring/alexring/coordinator/controlpb"
-	"github.com/alexring/alexring/coordinator/membership"
+	"github.com/alexring/alexring/internal/cluster/controlpb"
+	"github.com/alexring/alexring/internal/cluster/membership"
 )
 
 // reformAll sends the named survivors' Reform calls concurrently (each blocks
@@ -35,22 +35,38 @@ func reformAll(t *testing.T, s *controlService, reqs ...*controlpb.ReformRequest
 	return plans, errs
 }
 
-// waitUntil polls cond under the coordinator's lock.
+// waitUntil waits until cond holds under the coordinator's lock, looking
+// again after every event the coordinator takes.
 func waitUntil(t *testing.T, c *Coordinator, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.After(10 * time.Second)
 	for {
 		c.mu.Lock()
-		ok := cond()
+		ok, changed := cond(), c.changed
 		c.mu.Unlock()
 		if ok {
 			return
 		}
-		if time.Now().After(deadline) {
+		select {
+		case <-changed:
+		case <-deadline:
 			t.Fatal("condition not reached in 10 s")
 		}
-		time.Sleep(time.Millisecond)
 	}
+}
+
+// inVirtualTime runs calls, which wait on the coordinator, and once ready
+// holds moves clock on by d; it returns when calls does.
+func inVirtualTime(t *testing.T, c *Coordinator, clock *virtualClock, ready func() bool, d time.Duration, calls func()) {
+	t.Helper()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		calls()
+	}()
+	waitUntil(t, c, ready)
+	clock.Advance(d)
+	<-done
 }
 
 func TestReformKeepsTheSurvivorsAndTheFurthestState(t *testing.T) {
@@ -63,7 +79,7 @@ func TestReformKeepsTheSurvivorsAndTheFurthestState(t *testing.T) {
 	// w-b is gone from the gossip; the others report where they are. w-c got
 	// one step further than w-a before the ring broke.
 	c.mu.Lock()
-	c.alive["w-b"] = false
+	c.core.alive["w-b"] = false
 	c.mu.Unlock()
 	next, errs := reformAll(t, s,
 		&controlpb.ReformRequest{JobId: job, Name: "w-a", Generation: 1, Epoch: 1, Steps: 3, Reason: "rank 1 lost", LostRank: 1},
@@ -105,13 +121,16 @@ func TestReformKeepsTheSurvivorsAndTheFurthestState(t *testing.T) {
 }
 
 func TestReformBelowMinWorkersFailsTheJob(t *testing.T) {
-	c, s, _ := newTestCoordinator(t, 2)
-	c.cfg.MinWorkers = 2
+	clock := newVirtualClock()
+	c, s, _ := newTestCoordinator(t, 2, func(cfg *Config) { cfg.MinWorkers, cfg.Clock = 2, clock })
 	plans := register(t, c, s, "w-a", "w-b")
 	c.mu.Lock()
-	c.alive["w-b"] = false
+	c.core.alive["w-b"] = false
 	c.mu.Unlock()
-	_, errs := reformAll(t, s, &controlpb.ReformRequest{JobId: plans["w-a"].JobId, Name: "w-a", Generation: 1, Reason: "rank 1 lost", LostRank: 1})
+	var errs map[string]error
+	inVirtualTime(t, c, clock, func() bool { return c.core.reform != nil && c.core.reform.short }, c.cfg.WaitTimeout, func() {
+		_, errs = reformAll(t, s, &controlpb.ReformRequest{JobId: plans["w-a"].JobId, Name: "w-a", Generation: 1, Reason: "rank 1 lost", LostRank: 1})
+	})
 	if err := errs["w-a"]; err == nil || !strings.Contains(err.Error(), "fewer than --min-workers 2") || !strings.Contains(err.Error(), "rank 1 lost") {
 		t.Errorf("below the minimum: %v", err)
 	}
@@ -136,13 +155,18 @@ func TestReformLeavesOutTheBlamedAfterAGrace(t *testing.T) {
 // A survivor still in the gossip that never asks (hung) is left out after the
 // timeout rather than holding the job forever.
 func TestReformTimeoutLeavesOutTheSilent(t *testing.T) {
-	c, s, _ := newTestCoordinator(t, 3)
-	c.cfg.ReformTimeout = 300 * time.Millisecond
+	clock := newVirtualClock()
+	c, s, _ := newTestCoordinator(t, 3, func(cfg *Config) { cfg.ReformTimeout, cfg.Clock = 300*time.Millisecond, clock })
 	plans := register(t, c, s, "w-a", "w-b", "w-c")
 	start := time.Now()
-	next, errs := reformAll(t, s,
-		&controlpb.ReformRequest{JobId: plans["w-a"].JobId, Name: "w-a", Generation: 1, LostRank: -1},
-		&controlpb.ReformRequest{JobId: plans["w-a"].JobId, Name: "w-b", Generation: 1, LostRank: -1})
+	var next map[string]*controlpb.JobPlan
+	var errs map[string]error
+	asked := func() bool { return c.core.reform != nil && len(c.core.reform.requests) == 2 }
+	inVirtualTime(t, c, clock, asked, c.cfg.ReformTimeout, func() {
+		next, errs = reformAll(t, s,
+			&controlpb.ReformRequest{JobId: plans["w-a"].JobId, Name: "w-a", Generation: 1, LostRank: -1},
+			&controlpb.ReformRequest{JobId: plans["w-a"].JobId, Name: "w-b", Generation: 1, LostRank: -1})
+	})
 	if errs["w-a"] != nil || next["w-a"].World != 2 || time.Since(start) > 5*time.Second {
 		t.Errorf("after the timeout: %+v %v (%v)", next["w-a"], errs["w-a"], time.Since(start))
 	}
@@ -153,8 +177,7 @@ func TestReformTimeoutLeavesOutTheSilent(t *testing.T) {
 // ring (ranks by name, so the newcomer w-a is rank 0) starts the next epoch
 // from the state of w-b, the old rank 0.
 func TestLateWorkerEntersAtTheEpochBoundary(t *testing.T) {
-	c, s, _ := newTestCoordinator(t, 2)
-	c.cfg.Job.Epochs = 3
+	c, s, _ := newTestCoordinator(t, 2, func(cfg *Config) { cfg.Job.Epochs = 3 })
 	plans := register(t, c, s, "w-b", "w-c")
 	job := plans["w-b"].JobId
 	joined := make(chan *controlpb.JobPlan, 1)
@@ -165,7 +188,7 @@ func TestLateWorkerEntersAtTheEpochBoundary(t *testing.T) {
 		}
 		joined <- p
 	}()
-	waitUntil(t, c, func() bool { return c.joiners["w-a"] })
+	waitUntil(t, c, func() bool { return c.core.joiners["w-a"] })
 	var wg sync.WaitGroup
 	for r := range 2 {
 		wg.Add(1)
@@ -213,7 +236,7 @@ func TestRestartedWorkerReplacesItsOldSelf(t *testing.T) {
 		}
 		joined <- p
 	}()
-	waitUntil(t, c, func() bool { return c.joiners["w-b"] })
+	waitUntil(t, c, func() bool { return c.core.joiners["w-b"] })
 	// w-a's ring broke when the old w-b died; it asks, as a survivor.
 	next, errs := reformAll(t, s, &controlpb.ReformRequest{JobId: job, Name: "w-a", Generation: 1, Epoch: 0, Steps: 2, LostRank: 1})
 	if errs["w-a"] != nil {
@@ -232,7 +255,7 @@ func TestRestartedWorkerReplacesItsOldSelf(t *testing.T) {
 	// one leaving, which stays in the ring (it used to be dropped).
 	c.onMember(membership.Event{Kind: membership.Left, Name: "w-b", Meta: membership.Meta{Role: membership.RoleWorker, GRPC: "127.0.0.1:1b"}}, nil)
 	c.mu.Lock()
-	reforming, alive := c.reform != nil, c.alive["w-b"]
+	reforming, alive := c.core.reform != nil, c.core.alive["w-b"]
 	c.mu.Unlock()
 	if reforming || !alive {
 		t.Errorf("the old w-b's left event: re-forming %v, w-b alive %v; want the restarted w-b kept", reforming, alive)
@@ -263,7 +286,7 @@ func TestRestartedWorkerCompletesTheReformation(t *testing.T) {
 		}
 		reformed <- p
 	}()
-	waitUntil(t, c, func() bool { return c.reform != nil && c.reform.requests["w-a"] != nil })
+	waitUntil(t, c, func() bool { return c.core.reform != nil && c.core.reform.requests["w-a"] != nil })
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
 	b, err := s.Register(ctx, &controlpb.RegisterRequest{JobId: job, Name: "w-b", RingAddr: "127.0.0.1:2b"})
@@ -281,10 +304,9 @@ func TestRestartedWorkerCompletesTheReformation(t *testing.T) {
 // and the row are made then); with a row already written, at once and without
 // a second row.
 func TestResumedCoordinatorTakesTheLostEpochsReports(t *testing.T) {
-	c, s, out := newTestCoordinator(t, 2)
-	c.cfg.Job.Epochs = 5
-	c.curves = []epochRow{{Epoch: 1, TrainLoss: 1.5, World: 2}}
-	c.resumedAt = 2
+	c, s, out := newTestCoordinator(t, 2, func(cfg *Config) { cfg.Job.Epochs = 5 })
+	c.core.curves = []epochRow{{Epoch: 1, TrainLoss: 1.5, World: 2}}
+	c.core.resumedAt = 2
 	plans := register(t, c, s, "w-a", "w-b")
 	job := plans["w-a"].JobId
 	if p := plans["w-b"]; p.Epoch != 2 {
@@ -307,15 +329,15 @@ func TestResumedCoordinatorTakesTheLostEpochsReports(t *testing.T) {
 	}
 	// Epoch 2 is now recorded: a report of it (from a rank whose verdict was
 	// lost with the coordinator) is answered at once and adds nothing.
-	c.verdicts = map[int]*controlpb.ReportReply{}
+	c.core.verdicts = map[int]*controlpb.ReportReply{}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	rep, err := s.Report(ctx, &controlpb.EpochReport{JobId: job, Rank: 1, Epoch: 2, Checksum: 9, Generation: 1})
 	if err != nil || rep.Stop || rep.Reform {
 		t.Errorf("a report of a recorded epoch: %+v %v", rep, err)
 	}
-	if len(c.curves) != 2 || c.curves[1].Epoch != 2 || strings.Count(out.String(), "Epoch 2/5") != 1 {
-		t.Errorf("rows %+v after the repeated report; printed:\n%s", c.curves, out.String())
+	if len(c.core.curves) != 2 || c.core.curves[1].Epoch != 2 || strings.Count(out.String(), "Epoch 2/5") != 1 {
+		t.Errorf("rows %+v after the repeated report; printed:\n%s", c.core.curves, out.String())
 	}
 }
 
@@ -357,8 +379,7 @@ func TestReformAvoidsALinkThatFailed(t *testing.T) {
 // keeps everyone, in the order that keeps the two apart, and so does every
 // later one, until w-c registers again as a new process.
 func TestRingThatDidNotOpenIsReordered(t *testing.T) {
-	c, s, _ := newTestCoordinator(t, 4)
-	c.cfg.Job.Epochs = 3
+	c, s, _ := newTestCoordinator(t, 4, func(cfg *Config) { cfg.Job.Epochs = 3 })
 	plans := register(t, c, s, "w-a", "w-b", "w-c", "w-d")
 	job := plans["w-a"].JobId
 	next, errs := reformAll(t, s,
@@ -383,7 +404,7 @@ func TestRingThatDidNotOpenIsReordered(t *testing.T) {
 		p, _ := s.Register(context.Background(), &controlpb.RegisterRequest{JobId: job, Name: "w-e", RingAddr: "127.0.0.1:1e"})
 		joined <- p
 	}()
-	waitUntil(t, c, func() bool { return c.joiners["w-e"] })
+	waitUntil(t, c, func() bool { return c.core.joiners["w-e"] })
 	var wg sync.WaitGroup
 	for r := range 4 {
 		wg.Add(1)
@@ -403,10 +424,10 @@ func TestRingThatDidNotOpenIsReordered(t *testing.T) {
 	}
 	// w-c restarted at a new address: its old links say nothing of it.
 	c.mu.Lock()
-	c.alive["w-c"] = false
+	c.core.alive["w-c"] = false
 	c.mu.Unlock()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go s.Register(ctx, &controlpb.RegisterRequest{JobId: job, Name: "w-c", RingAddr: "127.0.0.1:2c"})
-	waitUntil(t, c, func() bool { return c.joiners["w-c"] && len(c.failedLinks) == 0 })
+	waitUntil(t, c, func() bool { return c.core.joiners["w-c"] && len(c.core.failedLinks) == 0 })
 }

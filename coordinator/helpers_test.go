@@ -1,12 +1,22 @@
 package coordinator
 
 import (
-	"encoding/json"
+	"errors"
 	"os"
 	"testing"
+
+	"github.com/alexring/alexring/configs"
+	"github.com/alexring/alexring/internal/cluster/controlpb"
 )
 
-func jsonUnmarshal(b []byte, v any) error { return json.Unmarshal(b, v) }
+// planJob is the job that plan p tells its worker to train (without the
+// worker's own settings).
+func planJob(p *controlpb.JobPlan) (configs.Job, error) {
+	if p.GetSettings() == nil {
+		return configs.Job{}, errors.New("the plan carries no job settings")
+	}
+	return p.Settings.Job(configs.Job{}), nil
+}
 
 func writeFile(t *testing.T, path, s string) {
 	t.Helper()

@@ -8,7 +8,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/alexring/alexring/coordinator/controlpb"
+	"github.com/alexring/alexring/internal/cluster/controlpb"
 )
 
 // links parses "a>b b>c" into failed links.

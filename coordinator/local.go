@@ -18,6 +18,8 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+
+	"github.com/alexring/alexring/internal/cli"
 )
 
 // LocalConfig is what --local starts: Workers child processes of this machine
@@ -139,7 +141,7 @@ func StartLocal(ctx context.Context, cfg LocalConfig, log *zap.Logger) (*LocalWo
 	// process per worker, each with every core, spends CPU waking idle threads
 	// of its own, in the all-reduce most of all (a quarter more CPU per
 	// all-reduce measured with 2 workers on 2 cores).
-	lw.env = os.Environ()
+	lw.env = workerEnv(os.Environ())
 	if os.Getenv("GOMAXPROCS") == "" {
 		lw.env = append(lw.env, "GOMAXPROCS="+strconv.Itoa(max(1, runtime.NumCPU()/cfg.Workers)))
 	}
@@ -170,6 +172,24 @@ func StartLocal(ctx context.Context, cfg LocalConfig, log *zap.Logger) (*LocalWo
 		}
 	}
 	return lw, nil
+}
+
+// workerEnv is this process's environment env without the variables the
+// local workers must not inherit: those of the job's flags (the job has them
+// already; a joined worker refuses them, cli.JobFlags) and --metrics-addr
+// (the coordinator's address, which a worker could not serve too).
+func workerEnv(env []string) []string {
+	drop := map[string]bool{cli.EnvName("metrics-addr"): true}
+	for _, f := range cli.JobFlags {
+		drop[cli.EnvName(f)] = true
+	}
+	kept := make([]string, 0, len(env))
+	for _, kv := range env {
+		if name, _, _ := strings.Cut(kv, "="); !drop[name] {
+			kept = append(kept, kv)
+		}
+	}
+	return kept
 }
 
 // freeGossipAddr picks a port of host that is free for TCP and UDP (memberlist

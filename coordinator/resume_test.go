@@ -13,8 +13,8 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/alexring/alexring/alexnet"
-	"github.com/alexring/alexring/coordinator/controlpb"
-	"github.com/alexring/alexring/worker"
+	"github.com/alexring/alexring/configs"
+	"github.com/alexring/alexring/internal/cluster/controlpb"
 )
 
 // saveState writes the training state of a job that has trained epochs, its
@@ -32,7 +32,7 @@ func saveState(t *testing.T, out string, epochs int, best float64) {
 		t.Fatal(err)
 	}
 	st := &alexnet.TrainState{Params: p, Adam: adam, Epoch: epochs, BestAcc: best, Seed: 2, RNGState: []byte{1, 2, 3}, Classes: []string{"a", "b"}}
-	if err := alexnet.SaveTrainState(filepath.Join(out, worker.StateFile), st); err != nil {
+	if err := alexnet.SaveTrainState(filepath.Join(out, configs.StateFile), st); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -55,7 +55,7 @@ func resumed(t *testing.T, c *Coordinator, epochs int) (*Coordinator, *bytes.Buf
 func TestResumeOfAFinishedJobIsDone(t *testing.T) {
 	c, _, _ := newTestCoordinator(t, 2)
 	dir := c.cfg.Job.Out
-	writeFile(t, filepath.Join(dir, JobIDFile), "job-done\n")
+	writeFile(t, filepath.Join(dir, configs.JobIDFile), "job-done\n")
 	if err := writeCurves(dir, []epochRow{{Epoch: 1, TrainLoss: 1, ValAccuracy: 0.5, World: 2, WallSeconds: 3}, {Epoch: 2, TrainLoss: 0.8, ValAccuracy: 0.75, World: 2, WallSeconds: 65}}); err != nil {
 		t.Fatal(err)
 	}
@@ -79,7 +79,7 @@ func TestResumeOfAFinishedJobIsDone(t *testing.T) {
 func TestResumeAfterTheLastStateWritesItsRow(t *testing.T) {
 	c, _, _ := newTestCoordinator(t, 2)
 	dir := c.cfg.Job.Out
-	writeFile(t, filepath.Join(dir, JobIDFile), "job-last\n")
+	writeFile(t, filepath.Join(dir, configs.JobIDFile), "job-last\n")
 	if err := writeCurves(dir, []epochRow{{Epoch: 1, TrainLoss: 1, ValAccuracy: 0.5, World: 2, WallSeconds: 3}}); err != nil {
 		t.Fatal(err)
 	}
@@ -108,13 +108,13 @@ func TestResumeAfterTheLastStateWritesItsRow(t *testing.T) {
 func TestResumedJobWritesTheRowNobodyReportedAgain(t *testing.T) {
 	c, _, _ := newTestCoordinator(t, 2)
 	dir := c.cfg.Job.Out
-	writeFile(t, filepath.Join(dir, JobIDFile), "job-lost\n")
+	writeFile(t, filepath.Join(dir, configs.JobIDFile), "job-lost\n")
 	if err := writeCurves(dir, []epochRow{{Epoch: 1, TrainLoss: 1, ValAccuracy: 0.5, World: 2, WallSeconds: 3}}); err != nil {
 		t.Fatal(err)
 	}
 	past := time.Now().Add(-10 * time.Second)
-	os.Chtimes(filepath.Join(dir, MetricsFile), past, past) // epoch 2 took 10 s
-	saveState(t, dir, 2, 0.75)                              // epoch 2 was the best
+	os.Chtimes(filepath.Join(dir, configs.MetricsFile), past, past) // epoch 2 took 10 s
+	saveState(t, dir, 2, 0.75)                                      // epoch 2 was the best
 	r, _, err := resumed(t, c, 4)
 	if err != nil {
 		t.Fatal(err)
@@ -142,7 +142,7 @@ func TestResumedJobWritesTheRowNobodyReportedAgain(t *testing.T) {
 	for rank := range 2 {
 		go s.Report(context.Background(), &controlpb.EpochReport{JobId: job, Rank: int32(rank), Epoch: 3, TrainLoss: 0.5, ValAccuracy: 0.5, Checksum: 7, Images: 6, Generation: 1})
 	}
-	waitUntil(t, r, func() bool { return r.verdicts[3] != nil })
+	waitUntil(t, r, func() bool { return r.core.verdicts[3] != nil })
 	rows, _ = readCurves(dir, 10)
 	var epochs []int
 	for _, row := range rows {
@@ -151,8 +151,8 @@ func TestResumedJobWritesTheRowNobodyReportedAgain(t *testing.T) {
 	if len(epochs) != 3 || epochs[2] != 3 || rows[2].WallSeconds < rows[1].WallSeconds {
 		t.Errorf("rows %+v", rows)
 	}
-	if r.summary.bestEpoch != 2 || r.summary.bestAcc != 0.75 {
-		t.Errorf("best: epoch %d at %v, want epoch 2 at 0.75", r.summary.bestEpoch, r.summary.bestAcc)
+	if r.core.summary.bestEpoch != 2 || r.core.summary.bestAcc != 0.75 {
+		t.Errorf("best: epoch %d at %v, want epoch 2 at 0.75", r.core.summary.bestEpoch, r.core.summary.bestAcc)
 	}
 }
 
@@ -161,7 +161,7 @@ func TestResumedJobWritesTheRowNobodyReportedAgain(t *testing.T) {
 func TestResumedJobTakesTheRowReportedAgain(t *testing.T) {
 	c, _, _ := newTestCoordinator(t, 2)
 	dir := c.cfg.Job.Out
-	writeFile(t, filepath.Join(dir, JobIDFile), "job-again\n")
+	writeFile(t, filepath.Join(dir, configs.JobIDFile), "job-again\n")
 	if err := writeCurves(dir, []epochRow{{Epoch: 1, TrainLoss: 1, ValAccuracy: 0.5, World: 2, WallSeconds: 3}}); err != nil {
 		t.Fatal(err)
 	}

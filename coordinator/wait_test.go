@@ -10,7 +10,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
 
-	"github.com/alexring/alexring/coordinator/controlpb"
+	"github.com/alexring/alexring/internal/cluster/controlpb"
 )
 
 // gauge reads one of the coordinator's series from reg.
@@ -40,12 +40,11 @@ func gauge(t *testing.T, reg *prometheus.Registry, name string) float64 {
 func TestEpochBoundaryWaitIsLoggedAndMeasured(t *testing.T) {
 	defer func(p, o time.Duration) { patience, overdueSlack = p, o }(patience, overdueSlack)
 	patience, overdueSlack = 50*time.Millisecond, 300*time.Millisecond
-	c, s, _ := newTestCoordinator(t, 3)
-	c.cfg.Job.Epochs = 3
-	core, logs := observer.New(zap.InfoLevel)
-	c.log = zap.New(core)
 	reg := prometheus.NewRegistry()
-	c.cfg.Metrics = NewMetrics(reg)
+	c, s, _ := newTestCoordinator(t, 3, func(cfg *Config) { cfg.Job.Epochs, cfg.Metrics = 3, NewMetrics(reg) })
+	obs, logs := observer.New(zap.InfoLevel)
+	c.log = zap.New(obs)
+	c.core.log = c.log
 	plans := register(t, c, s, "w-a", "w-b", "w-c")
 	job := plans["w-a"].JobId
 
@@ -66,14 +65,20 @@ func TestEpochBoundaryWaitIsLoggedAndMeasured(t *testing.T) {
 	const msg = "epoch boundary waiting for workers that have not reported"
 	waitFor := func(msg string, n int) []observer.LoggedEntry {
 		t.Helper()
-		deadline := time.Now().Add(10 * time.Second)
-		for logs.FilterMessage(msg).Len() < n {
-			if time.Now().After(deadline) {
+		deadline := time.After(10 * time.Second)
+		for {
+			c.mu.Lock() // the core logs while it takes an event, under c.mu
+			logged, changed := logs.FilterMessage(msg).Len(), c.changed
+			c.mu.Unlock()
+			if logged >= n {
+				return logs.FilterMessage(msg).All()
+			}
+			select {
+			case <-changed:
+			case <-deadline:
 				t.Fatalf("no %q logged; logs: %v", msg, logs.All())
 			}
-			time.Sleep(5 * time.Millisecond)
 		}
-		return logs.FilterMessage(msg).All()
 	}
 	e := waitFor(msg, 1)[0].ContextMap()
 	if w, _ := e["waiting_for"].([]any); len(w) != 1 || w[0] != "w-a (rank 0)" || e["reported"] != int64(2) || e["epoch"] != int64(1) {

@@ -11,7 +11,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/alexring/alexring/allreduce"
-	"github.com/alexring/alexring/coordinator/controlpb"
+	"github.com/alexring/alexring/internal/cluster/controlpb"
 	"github.com/alexring/alexring/sharding"
 )
 

@@ -2,7 +2,6 @@ package worker
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"net"
 	"strings"
@@ -19,11 +18,13 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/alexring/alexring/alexnet"
 	"github.com/alexring/alexring/allreduce"
-	"github.com/alexring/alexring/coordinator/controlpb"
-	"github.com/alexring/alexring/coordinator/membership"
+	"github.com/alexring/alexring/configs"
+	"github.com/alexring/alexring/internal/cluster/controlpb"
+	"github.com/alexring/alexring/internal/cluster/membership"
 	"github.com/alexring/alexring/internal/security"
 	"github.com/alexring/alexring/sharding"
 )
@@ -109,7 +110,7 @@ func gossipCoordinator(t *testing.T, control string) string {
 // testJob is what the fake coordinator hands out: a tiny job on synthetic
 // data.
 type testJob struct {
-	cfg   Config
+	cfg   configs.Job
 	train *sharding.Dataset
 }
 
@@ -127,12 +128,8 @@ func newTestJob(t *testing.T) testJob {
 // plan is rank 0's plan in ring gen of the peers.
 func (tj testJob) plan(t *testing.T, gen int32, peers ...string) *controlpb.JobPlan {
 	t.Helper()
-	cfgJSON, err := json.Marshal(tj.cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
 	return &controlpb.JobPlan{JobId: "job-test", Rank: 0, World: int32(len(peers)), Peers: peers, RingId: "ring-" + string(rune('0'+gen)),
-		ConfigJson: cfgJSON, Classes: tj.train.Classes, Dataset: tj.train.Fingerprint(), Generation: gen,
+		Settings: controlpb.NewJobSettings(tj.cfg), Classes: tj.train.Classes, Dataset: tj.train.Fingerprint(), Generation: gen,
 		BatchPerRank: int32(tj.cfg.Batch / len(peers)), Epoch: 0}
 }
 
@@ -294,7 +291,7 @@ func TestControlCallsHaveDeadlines(t *testing.T) {
 
 func TestDeadlinesFollowTheJob(t *testing.T) {
 	jc := &JoinConfig{StartTimeout: 10 * time.Minute}
-	cfg := DefaultConfig()
+	cfg := configs.DefaultJob()
 	cfg.Ring.OpTimeout = 20 * time.Second
 	d := deadlinesFor(jc, cfg, coordinatorTimeouts{})
 	if d.answer != 20*time.Second || d.start != 10*time.Minute || d.reform != 10*time.Minute {
@@ -320,10 +317,7 @@ func TestDeadlinesFollowTheJob(t *testing.T) {
 	// The plan carries the coordinator's timeouts beside the job config.
 	tj := newTestJob(t)
 	p := tj.plan(t, 1, "127.0.0.1:1")
-	var raw map[string]any
-	json.Unmarshal(p.ConfigJson, &raw)
-	raw["coordinator"] = map[string]any{"reform_timeout": int64(30 * time.Minute), "wait_timeout": int64(0)}
-	p.ConfigJson, _ = json.Marshal(raw)
+	p.ReformTimeout, p.WaitTimeout = durationpb.New(30*time.Minute), durationpb.New(0)
 	j := &job{jc: jc, node: &allreduce.Node{Addr: "127.0.0.1:1"}, log: zap.NewNop()}
 	if err := j.accept(p, 0); err != nil {
 		t.Fatal(err)

@@ -2,7 +2,6 @@ package worker
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"math"
@@ -22,8 +21,9 @@ import (
 
 	"github.com/alexring/alexring/alexnet"
 	"github.com/alexring/alexring/allreduce"
-	"github.com/alexring/alexring/coordinator/controlpb"
-	"github.com/alexring/alexring/coordinator/membership"
+	"github.com/alexring/alexring/configs"
+	"github.com/alexring/alexring/internal/cluster/controlpb"
+	"github.com/alexring/alexring/internal/cluster/membership"
 	"github.com/alexring/alexring/internal/security"
 	"github.com/alexring/alexring/sharding"
 )
@@ -37,6 +37,9 @@ type JoinConfig struct {
 	Compute     alexnet.Compute // where this rank computes; its Device goes to the coordinator
 	Data        string          // overrides the job's data folder (another mount point)
 	JoinTimeout time.Duration   // retries of the first join
+	// EvalBatch, LoaderGoroutines and StepLog, when set, override the job's
+	// too: like Data, they are this worker's own (its memory, cores, logs).
+	EvalBatch, LoaderGoroutines, StepLog int
 	// StartTimeout bounds the wait for the job to start once registered, and
 	// every control call that waits for the other workers (see
 	// controlDeadlines).
@@ -48,6 +51,22 @@ type JoinConfig struct {
 	// for one to come back (restarted with --resume) before it gives up.
 	CoordinatorGrace time.Duration
 	Telemetry        Telemetry // progress bars, metrics, timeline
+}
+
+// own sets this worker's own settings over the job's cfg, those set.
+func (jc *JoinConfig) own(cfg *configs.Job) {
+	if jc.Data != "" {
+		cfg.Data = jc.Data
+	}
+	if jc.EvalBatch > 0 {
+		cfg.EvalBatch = jc.EvalBatch
+	}
+	if jc.LoaderGoroutines > 0 {
+		cfg.LoaderGoroutines = jc.LoaderGoroutines
+	}
+	if jc.StepLog > 0 {
+		cfg.StepLog = jc.StepLog
+	}
 }
 
 // RunJoined is one rank of a job: join the cluster, register with the
@@ -160,16 +179,15 @@ type controlDeadlines struct {
 	answer, start, reform time.Duration
 }
 
-// coordinatorTimeouts are the coordinator's own waits, when its plan's
-// config_json carries them beside the job config (key "coordinator").
+// coordinatorTimeouts are the coordinator's own waits, when its plan carries
+// them (reform_timeout, wait_timeout).
 type coordinatorTimeouts struct {
-	ReformTimeout time.Duration `json:"reform_timeout"`
-	WaitTimeout   time.Duration `json:"wait_timeout"`
+	ReformTimeout, WaitTimeout time.Duration
 }
 
 // deadlinesFor are the deadlines of a job with config cfg, whose plan carried
 // the coordinator's timeouts ct (zero when it did not).
-func deadlinesFor(jc *JoinConfig, cfg Config, ct coordinatorTimeouts) controlDeadlines {
+func deadlinesFor(jc *JoinConfig, cfg configs.Job, ct coordinatorTimeouts) controlDeadlines {
 	d := controlDeadlines{answer: cfg.Ring.OpTimeout, start: jc.StartTimeout, reform: jc.StartTimeout}
 	if ct.ReformTimeout > 0 {
 		d.reform = max(d.reform, sumDurations(ct.ReformTimeout, ct.WaitTimeout, cfg.Ring.OpTimeout))
@@ -373,7 +391,7 @@ type job struct {
 	watch     *security.HandshakeWatch // the control connection's TLS handshakes (nil: plaintext)
 	control   controlpb.ControlClient
 	plan      *controlpb.JobPlan
-	cfg       Config
+	cfg       configs.Job
 	deadlines controlDeadlines
 	current   ringWatch
 }
@@ -418,7 +436,8 @@ func (j *job) registerAt(ctx context.Context, addr string) (*grpc.ClientConn, er
 		return nil, err
 	}
 	j.jc.Job = plan.JobId // a coordinator that comes back must run the same job
-	j.log.Info("job plan received", zap.Int("rank", int(plan.Rank)), zap.String("job", plan.JobId), zap.Int("world", int(plan.World)), zap.String("ring", plan.RingId))
+	j.log.Info("job plan received", zap.Int("rank", int(plan.Rank)), zap.String("job", plan.JobId), zap.Int("world", int(plan.World)), zap.String("ring", plan.RingId),
+		zap.String("data", j.cfg.Data), zap.Int("eval_batch", j.cfg.EvalBatch), zap.Int("loader_goroutines", j.cfg.LoaderGoroutines))
 	return conn, nil
 }
 
@@ -427,9 +446,8 @@ func (j *job) registerAt(ctx context.Context, addr string) (*grpc.ClientConn, er
 // one epoch than any job makes. They keep what a plan makes this worker
 // allocate (the ring's tables, an epoch's sharding) in proportion.
 const (
-	maxWorld       = 1 << 16
-	maxPriorRings  = 1 << 10
-	coordinatorKey = "coordinator" // config_json's key for coordinatorTimeouts
+	maxWorld      = 1 << 16
+	maxPriorRings = 1 << 10
 )
 
 // accept checks plan, the coordinator's answer to Register (after 0) or to
@@ -440,20 +458,12 @@ func (j *job) accept(plan *controlpb.JobPlan, after int32) error {
 	if err := checkPlan(plan, j.node.Addr, j.jc.Job, after); err != nil {
 		return fmt.Errorf("worker: the coordinator at %s sent a bad plan: %w", j.addr, err)
 	}
-	cfg := DefaultConfig()
-	if err := json.Unmarshal(plan.ConfigJson, &cfg); err != nil {
-		return fmt.Errorf("worker: the job config of the coordinator at %s: %w", j.addr, err)
+	if plan.Settings == nil {
+		return fmt.Errorf("worker: the coordinator at %s sent a bad plan: no job settings", j.addr)
 	}
-	var extra map[string]json.RawMessage
-	var ct coordinatorTimeouts
-	if json.Unmarshal(plan.ConfigJson, &extra) == nil && extra[coordinatorKey] != nil {
-		if err := json.Unmarshal(extra[coordinatorKey], &ct); err != nil {
-			return fmt.Errorf("worker: the job config of the coordinator at %s: %q: %w", j.addr, coordinatorKey, err)
-		}
-	}
-	if j.jc.Data != "" {
-		cfg.Data = j.jc.Data
-	}
+	cfg := plan.Settings.Job(configs.DefaultJob())
+	ct := coordinatorTimeouts{ReformTimeout: plan.ReformTimeout.AsDuration(), WaitTimeout: plan.WaitTimeout.AsDuration()}
+	j.jc.own(&cfg)
 	// A rank's batch is the config's share of the global batch or its
 	// worker_batch; the plan's may differ (a re-formed ring's world need not
 	// divide the global batch) but not exceed them.
@@ -599,11 +609,15 @@ func (j *job) startTrainer(ctx context.Context, ring *allreduce.Ring) (_ *Traine
 	// of a first ring, or the root of a ring that replaced one that never
 	// opened (as fresh as this rank). A rank joining a later ring takes the
 	// ring's state, not the file's.
-	cfg.initRank = int(j.plan.StateRoot)
+	initRank := int(j.plan.StateRoot)
 	if j.plan.Generation > 1 && j.plan.Rank != j.plan.StateRoot {
 		cfg.Init = ""
 	}
-	t, err := NewTrainer(cfg, ring, j.jc.Compute, j.log)
+	t, err := newTrainer(cfg, initRank, ring, j.jc.Compute, Controller{
+		Plan:      j.epochShard,
+		EpochDone: func(ctx context.Context, r EpochResult) error { return j.report(ctx, r, r.ValImages) },
+		Telemetry: j.jc.Telemetry,
+	}, j.log)
 	if err != nil {
 		return nil, err
 	}
@@ -612,7 +626,6 @@ func (j *job) startTrainer(ctx context.Context, ring *allreduce.Ring) (_ *Traine
 			t.Close()
 		}
 	}()
-	t.Telemetry = j.jc.Telemetry
 	j.jc.Telemetry.Timeline.NameProcess(fmt.Sprintf("rank %d (%s)", j.plan.Rank, j.jc.Name))
 	if fp := t.train.Fingerprint(); fp != j.plan.Dataset {
 		return nil, fmt.Errorf("worker: %s lists different files than the coordinator's (fingerprint %016x, coordinator %016x)", j.cfg.Data, fp, j.plan.Dataset)
@@ -628,9 +641,6 @@ func (j *job) startTrainer(ctx context.Context, ring *allreduce.Ring) (_ *Traine
 	if err := j.unsent.resend(ctx, j, start); err != nil {
 		return nil, err
 	}
-	t.EpochPlan = j.epochShard
-	valImages := len(t.val.Samples)
-	t.OnEpoch = func(r EpochResult) error { return j.report(ctx, r, valImages) }
 	return t, nil
 }
 

@@ -19,8 +19,31 @@
 // (Upload) after a state broadcast. A world of one leaves the gradient in the
 // backend: nothing to average.
 //
+// One vector crosses the ring per step (stepVector in step.go): a flag per
+// rank, set where its gradient was not finite, then the gradient, so that one
+// all-reduce both averages the gradient and tells every rank whether any
+// rank's was not finite; a step with one is stopped on, or with
+// skip_nonfinite skipped, on every rank alike. The trainer times the phases
+// (data wait, forward, backward, all-reduce, optimiser; forward and backward
+// split by the backend's alexnet.Hooks.LossComputed) for the metrics and the
+// timeline (telemetry.go).
+//
 // After each epoch every rank reports a checksum of its parameters; rank 0 also
 // validates on the whole val split and writes best.safetensors and the training
-// state. trainer.go holds the loop, standalone.go and distributed.go the two ways
-// to run it.
+// state.
+//
+// Where each part lives:
+//
+//	step.go        the step: batch -> gradient -> all-reduce (flags and gradient) -> check -> Adam
+//	epoch.go       an epoch's bookkeeping: the plan (checked), the loader, the sums, the checksum
+//	evaluate.go    rank 0's validation and best model
+//	trainer.go     the Trainer: construction, its Controller (plan source, reporter, telemetry,
+//	               given to NewTrainer), state restore and broadcast, the epochs loop, the state file
+//	telemetry.go   the step record, Prometheus series and timeline events
+//	standalone.go  a world of one (its Controller prints the seed's epoch lines)
+//	distributed.go a rank of a job: joins the coordinator, whose plans and reports are its Controller
+//	command.go     the worker command (cmd/worker's flags): the job's flags a joined worker refuses,
+//	               its own settings (data, eval batch, loader goroutines, step logs) it applies
+//	config.go      what of the job (a configs.Job, whose schema and checks are configs') needs the
+//	               model: the memory estimate, Adam's settings, the normalisation
 package worker

@@ -16,6 +16,7 @@ import (
 
 	"github.com/alexring/alexring/alexnet"
 	"github.com/alexring/alexring/allreduce"
+	"github.com/alexring/alexring/configs"
 )
 
 // pretrained writes a tiny model of 10 classes as a state_dict: what
@@ -110,7 +111,7 @@ func TestFineTuneOnARing(t *testing.T) {
 			} else {
 				cfg.Init = filepath.Join(t.TempDir(), "only-on-rank-0.safetensors") // never read
 			}
-			tr, err := NewTrainer(cfg, rings[rank], alexnet.CPUCompute(), l)
+			tr, err := NewTrainer(cfg, rings[rank], alexnet.CPUCompute(), Controller{}, l)
 			if err != nil {
 				errs[rank] = err
 				ring.Close()
@@ -188,7 +189,7 @@ func TestInitErrorsAndResume(t *testing.T) {
 	}
 	cfg := tinyConfig(data, t.TempDir())
 	cfg.Epochs, cfg.Init, cfg.Freeze = 1, head, "features"
-	if _, err := NewTrainer(cfg, Solo{}, alexnet.CPUCompute(), zap.NewNop()); !errors.Is(err, ErrBadInput) || !strings.Contains(err.Error(), "--freeze features keeps the convolutions") {
+	if _, err := NewTrainer(cfg, Solo{}, alexnet.CPUCompute(), Controller{}, zap.NewNop()); !errors.Is(err, configs.ErrBadInput) || !strings.Contains(err.Error(), "--freeze features keeps the convolutions") {
 		t.Errorf("freezing features the file lacks: %v", err)
 	}
 	cfg.Freeze = "classifier"
@@ -199,8 +200,8 @@ func TestInitErrorsAndResume(t *testing.T) {
 	cfg = tinyConfig(data, t.TempDir())
 	cfg.Epochs = 1
 	first, _ := train(t, cfg)
-	cfg.Epochs, cfg.Resume, cfg.Init = 2, filepath.Join(cfg.Out, StateFile), filepath.Join(t.TempDir(), "missing.pth")
-	tr, err := NewTrainer(cfg, Solo{}, alexnet.CPUCompute(), zap.NewNop())
+	cfg.Epochs, cfg.Resume, cfg.Init = 2, filepath.Join(cfg.Out, configs.StateFile), filepath.Join(t.TempDir(), "missing.pth")
+	tr, err := NewTrainer(cfg, Solo{}, alexnet.CPUCompute(), Controller{}, zap.NewNop())
 	if err != nil {
 		t.Fatalf("a resume with --init: %v", err)
 	}

@@ -89,7 +89,7 @@ func TestFineTuneTorchvisionStateDict(t *testing.T) {
 		cfg.Variant, cfg.Init, cfg.Freeze, cfg.Epochs = "torchvision", path, "features", 1
 		cfg.Batch, cfg.EvalBatch, cfg.Dropout = 10, 5, 0.5
 		core, logs := observer.New(zapcore.InfoLevel)
-		tr, err := NewTrainer(cfg, Solo{}, alexnet.CPUCompute(), zap.New(core))
+		tr, err := NewTrainer(cfg, Solo{}, alexnet.CPUCompute(), Controller{}, zap.New(core))
 		if err != nil {
 			t.Fatal(err)
 		}

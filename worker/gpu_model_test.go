@@ -15,6 +15,7 @@ import (
 	"github.com/alexring/alexring/alexnet"
 	"github.com/alexring/alexring/alexnet/gpu"
 	"github.com/alexring/alexring/alexnet/gpu/hostdev"
+	"github.com/alexring/alexring/configs"
 )
 
 // hostGPU is the GPU backend on the host device: the trainer drives it
@@ -40,13 +41,13 @@ func TestTrainerOnTheGPUModel(t *testing.T) {
 		out := t.TempDir()
 		cfg := tinyConfig(data, out)
 		cfg.Epochs, cfg.Augment = 2, false
-		tr, err := NewTrainer(cfg, Solo{}, compute, zap.NewNop())
+		var res []EpochResult
+		ctl := Controller{EpochDone: func(_ context.Context, r EpochResult) error { res = append(res, r); return nil }}
+		tr, err := NewTrainer(cfg, Solo{}, compute, ctl, zap.NewNop())
 		if err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(tr.Close)
-		var res []EpochResult
-		tr.OnEpoch = func(r EpochResult) error { res = append(res, r); return nil }
 		if err := tr.Run(context.Background()); err != nil {
 			t.Fatal(err)
 		}
@@ -73,14 +74,14 @@ func TestTrainerOnTheGPUModel(t *testing.T) {
 	if worst > 10*cpu.cfg.LR/4 {
 		t.Errorf("parameters after 2 epochs differ by %g", worst)
 	}
-	st, err := alexnet.LoadTrainState(filepath.Join(out, StateFile))
+	st, err := alexnet.LoadTrainState(filepath.Join(out, configs.StateFile))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if st.Adam.Step != dev.adam.Step || st.Epoch != 2 || Checksum(st.Params.Flat) != devRes[1].Checksum {
 		t.Errorf("state.safetensors: step %d epoch %d, want %d 2 and the last checksum", st.Adam.Step, st.Epoch, dev.adam.Step)
 	}
-	if _, _, err := alexnet.LoadModel(filepath.Join(out, BestFile)); err != nil {
+	if _, _, err := alexnet.LoadModel(filepath.Join(out, configs.BestFile)); err != nil {
 		t.Error(err)
 	}
 }

@@ -12,7 +12,8 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/alexring/alexring/alexnet"
-	"github.com/alexring/alexring/coordinator/controlpb"
+	"github.com/alexring/alexring/configs"
+	"github.com/alexring/alexring/internal/cluster/controlpb"
 )
 
 // When the first ring does not open, the ring that replaces it starts the job
@@ -91,7 +92,7 @@ func TestInitSurvivesAFirstRingThatDoesNotOpen(t *testing.T) {
 	if err := errors.Join(errs...); err != nil {
 		t.Fatalf("a worker exited: %v", err)
 	}
-	got, _, err := alexnet.LoadModel(filepath.Join(tj.cfg.Out, BestFile))
+	got, _, err := alexnet.LoadModel(filepath.Join(tj.cfg.Out, configs.BestFile))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -14,6 +14,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/alexring/alexring/alexnet"
+	"github.com/alexring/alexring/configs"
 )
 
 // A batch larger than the training set is refused as bad input before any
@@ -23,13 +24,13 @@ func TestBatchLargerThanTheData(t *testing.T) {
 	data := synthData(t, 8) // 40 training images, 10 validation images
 	cfg := tinyConfig(data, t.TempDir())
 	cfg.Batch = 100000000
-	_, err := NewTrainer(cfg, Solo{}, alexnet.CPUCompute(), zap.NewNop())
-	if !errors.Is(err, ErrBadInput) || !strings.Contains(err.Error(), "--batch 100000000") || !strings.Contains(err.Error(), "40 training images") {
+	_, err := NewTrainer(cfg, Solo{}, alexnet.CPUCompute(), Controller{}, zap.NewNop())
+	if !errors.Is(err, configs.ErrBadInput) || !strings.Contains(err.Error(), "--batch 100000000") || !strings.Contains(err.Error(), "40 training images") {
 		t.Errorf("--batch 100000000: %v", err)
 	}
 	cfg.Batch = 32
 	cfg.WorkerBatchSize = 41
-	if _, err := NewTrainer(cfg, fakeWorld{n: 2}, alexnet.CPUCompute(), zap.NewNop()); !errors.Is(err, ErrBadInput) || !strings.Contains(err.Error(), "a batch of 41 per rank") {
+	if _, err := NewTrainer(cfg, fakeWorld{n: 2}, alexnet.CPUCompute(), Controller{}, zap.NewNop()); !errors.Is(err, configs.ErrBadInput) || !strings.Contains(err.Error(), "a batch of 41 per rank") {
 		t.Errorf("41 per rank of 40 images: %v", err)
 	}
 	if err := cfg.CheckData(40, 2); err == nil || !strings.Contains(err.Error(), "worker_batch 41 x 2 workers") {
@@ -37,7 +38,7 @@ func TestBatchLargerThanTheData(t *testing.T) {
 	}
 	cfg.WorkerBatchSize = 0
 	cfg.EvalBatch = 100000000
-	tr, err := NewTrainer(cfg, Solo{}, alexnet.CPUCompute(), zap.NewNop())
+	tr, err := NewTrainer(cfg, Solo{}, alexnet.CPUCompute(), Controller{}, zap.NewNop())
 	if err != nil {
 		t.Fatalf("--eval-batch 100000000: %v", err)
 	}
@@ -57,12 +58,12 @@ func TestBatchBeyondTheMachinesMemory(t *testing.T) {
 	cfg := tinyConfig(data, t.TempDir())
 	cfg.Variant, cfg.Batch, cfg.EvalBatch = "seed", 32, 8
 	spec, _ := alexnet.NewSpec("seed", 5)
-	need := cfg.Footprint(spec, 32, true).Total()
+	need := Footprint(cfg, spec, 32, true).Total()
 	defer func(f func() (int64, string, error)) { hostMemory = f }(hostMemory)
 	avail := need - 1
 	hostMemory = func() (int64, string, error) { return avail, "MemAvailable in the test", nil }
-	_, err := NewTrainer(cfg, Solo{}, alexnet.CPUCompute(), zap.NewNop())
-	if !errors.Is(err, ErrBadInput) {
+	_, err := NewTrainer(cfg, Solo{}, alexnet.CPUCompute(), Controller{}, zap.NewNop())
+	if !errors.Is(err, configs.ErrBadInput) {
 		t.Fatalf("%d bytes needed, 1 less available: %v", need, err)
 	}
 	for _, want := range []string{"worker: --batch 32:", "seed model training 32 images a step", alexnet.FormatBytes(need), "available (MemAvailable in the test)", "lower --batch"} {
@@ -72,20 +73,20 @@ func TestBatchBeyondTheMachinesMemory(t *testing.T) {
 	}
 	// The evaluation batch, when it is the larger part, is the flag named.
 	cfg.Batch, cfg.EvalBatch = 1, 10
-	avail = cfg.Footprint(spec, 1, true).Total() - 1
-	if _, err := NewTrainer(cfg, Solo{}, alexnet.CPUCompute(), zap.NewNop()); err == nil || !strings.Contains(err.Error(), "worker: --eval-batch 10:") {
+	avail = Footprint(cfg, spec, 1, true).Total() - 1
+	if _, err := NewTrainer(cfg, Solo{}, alexnet.CPUCompute(), Controller{}, zap.NewNop()); err == nil || !strings.Contains(err.Error(), "worker: --eval-batch 10:") {
 		t.Errorf("a large evaluation batch: %v", err)
 	}
 	// A GPU holds the graphs: only the host's part is checked.
-	if err := cfg.CheckMemory(spec, 1, false, 1); err != nil {
+	if err := CheckMemory(cfg, spec, 1, false, 1); err != nil {
 		t.Errorf("on a GPU: %v", err)
 	}
 	// Several local workers share the machine.
 	avail = need + need/2
-	if err := cfg.CheckMemory(spec, 32, true, 1); err != nil {
+	if err := CheckMemory(cfg, spec, 32, true, 1); err != nil {
 		t.Errorf("one worker in 1.5x its need: %v", err)
 	}
-	if err := cfg.CheckMemory(spec, 32, true, 2); err == nil || !strings.Contains(err.Error(), "2 workers on this machine") {
+	if err := CheckMemory(cfg, spec, 32, true, 2); err == nil || !strings.Contains(err.Error(), "2 workers on this machine") {
 		t.Errorf("two workers in 1.5x the need of one: %v", err)
 	}
 }
@@ -95,7 +96,7 @@ func TestBadInputFilesAreMarked(t *testing.T) {
 	data := synthData(t, 8)
 	file := filepath.Join(t.TempDir(), "file")
 	os.WriteFile(file, []byte("x"), 0o644)
-	state := filepath.Join(t.TempDir(), StateFile)
+	state := filepath.Join(t.TempDir(), configs.StateFile)
 	{
 		cfg := tinyConfig(data, filepath.Dir(state))
 		cfg.Epochs = 1
@@ -104,29 +105,29 @@ func TestBadInputFilesAreMarked(t *testing.T) {
 	whole, _ := os.ReadFile(state)
 	truncated := filepath.Join(t.TempDir(), "truncated.safetensors")
 	os.WriteFile(truncated, whole[:len(whole)/2], 0o644)
-	model := filepath.Join(filepath.Dir(state), BestFile)
+	model := filepath.Join(filepath.Dir(state), configs.BestFile)
 	cases := []struct {
 		name string
-		edit func(*Config)
+		edit func(*configs.Job)
 		want string
 	}{
-		{"missing data", func(c *Config) { c.Data = filepath.Join(data, "nope") }, "--data"},
-		{"out is a file", func(c *Config) { c.Out = file }, "--out"},
-		{"missing resume", func(c *Config) { c.Resume = filepath.Join(data, "nope.safetensors") }, "--resume"},
-		{"truncated resume", func(c *Config) { c.Resume = truncated }, "truncated.safetensors"},
-		{"model as resume", func(c *Config) { c.Resume = model }, "not a training state"},
-		{"other variant", func(c *Config) { c.Resume, c.Variant = state, "seed" }, "holds a tiny model"},
-		{"other normalize", func(c *Config) { c.Resume, c.Normalize = state, "imagenet" }, `trained with normalize "seed"; --normalize is "imagenet"`},
-		{"other freeze", func(c *Config) { c.Resume, c.Freeze = state, "features" }, `trained with freeze "none"; --freeze is "features"`},
+		{"missing data", func(c *configs.Job) { c.Data = filepath.Join(data, "nope") }, "--data"},
+		{"out is a file", func(c *configs.Job) { c.Out = file }, "--out"},
+		{"missing resume", func(c *configs.Job) { c.Resume = filepath.Join(data, "nope.safetensors") }, "--resume"},
+		{"truncated resume", func(c *configs.Job) { c.Resume = truncated }, "truncated.safetensors"},
+		{"model as resume", func(c *configs.Job) { c.Resume = model }, "not a training state"},
+		{"other variant", func(c *configs.Job) { c.Resume, c.Variant = state, "seed" }, "holds a tiny model"},
+		{"other normalize", func(c *configs.Job) { c.Resume, c.Normalize = state, "imagenet" }, `trained with normalize "seed"; --normalize is "imagenet"`},
+		{"other freeze", func(c *configs.Job) { c.Resume, c.Freeze = state, "features" }, `trained with freeze "none"; --freeze is "features"`},
 	}
 	for _, c := range cases {
 		cfg := tinyConfig(data, t.TempDir())
 		c.edit(&cfg)
-		tr, err := NewTrainer(cfg, Solo{}, alexnet.CPUCompute(), zap.NewNop())
+		tr, err := NewTrainer(cfg, Solo{}, alexnet.CPUCompute(), Controller{}, zap.NewNop())
 		if err == nil {
 			tr.Close()
 		}
-		if !errors.Is(err, ErrBadInput) || !strings.Contains(err.Error(), c.want) {
+		if !errors.Is(err, configs.ErrBadInput) || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%s: %v, want bad input naming %q", c.name, err, c.want)
 		}
 	}
@@ -149,7 +150,7 @@ func TestStaleTemporaryFilesAreRemoved(t *testing.T) {
 		os.WriteFile(p, []byte("half a file"), 0o644)
 		os.Chtimes(p, old, old)
 	}
-	tr, err := NewTrainer(tinyConfig(synthData(t, 8), out), Solo{}, alexnet.CPUCompute(), zap.NewNop())
+	tr, err := NewTrainer(tinyConfig(synthData(t, 8), out), Solo{}, alexnet.CPUCompute(), Controller{}, zap.NewNop())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -178,15 +179,15 @@ func TestBadFilesOfBothSplitsAreCounted(t *testing.T) {
 	}
 	cfg := tinyConfig(data, t.TempDir())
 	cfg.Epochs = 2
-	tr, err := NewTrainer(cfg, Solo{}, alexnet.CPUCompute(), zap.NewNop())
+	reg := prometheus.NewRegistry()
+	var res []EpochResult
+	ctl := Controller{Telemetry: Telemetry{Metrics: NewMetrics(reg)},
+		EpochDone: func(_ context.Context, r EpochResult) error { res = append(res, r); return nil }}
+	tr, err := NewTrainer(cfg, Solo{}, alexnet.CPUCompute(), ctl, zap.NewNop())
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer tr.Close()
-	reg := prometheus.NewRegistry()
-	tr.Telemetry.Metrics = NewMetrics(reg)
-	var res []EpochResult
-	tr.OnEpoch = func(r EpochResult) error { res = append(res, r); return nil }
 	if err := tr.Run(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -218,7 +219,7 @@ func TestBadFilesOfBothSplitsAreCounted(t *testing.T) {
 func TestValidateRefusesNaNAndHugeChunks(t *testing.T) {
 	cfg := tinyConfig("data", "out")
 	cfg.Dropout = math.NaN()
-	if err := cfg.Validate(); !errors.Is(err, ErrBadInput) || !strings.Contains(err.Error(), "--dropout NaN") {
+	if err := cfg.Validate(); !errors.Is(err, configs.ErrBadInput) || !strings.Contains(err.Error(), "--dropout NaN") {
 		t.Errorf("dropout NaN: %v", err)
 	}
 	cfg = tinyConfig("data", "out")

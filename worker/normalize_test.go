@@ -6,13 +6,14 @@ import (
 	"testing"
 
 	"github.com/alexring/alexring/alexnet"
+	"github.com/alexring/alexring/configs"
 )
 
 // --normalize reaches the training loader (the same seed gives another loss)
 // and the best model's metadata; an unknown name is refused.
 func TestNormalizeSetting(t *testing.T) {
-	if DefaultConfig().Normalize != "seed" {
-		t.Errorf("default normalize %q, want seed", DefaultConfig().Normalize)
+	if configs.DefaultJob().Normalize != "seed" {
+		t.Errorf("default normalize %q, want seed", configs.DefaultJob().Normalize)
 	}
 	data := synthData(t, 8)
 	loss := map[string]float64{}
@@ -22,7 +23,7 @@ func TestNormalizeSetting(t *testing.T) {
 		cfg.Epochs, cfg.Dropout, cfg.Normalize = 1, 0, norm
 		_, res := train(t, cfg)
 		loss[norm] = res[0].TrainLoss
-		_, meta, err := alexnet.LoadModel(filepath.Join(out, BestFile))
+		_, meta, err := alexnet.LoadModel(filepath.Join(out, configs.BestFile))
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -1,14 +1,17 @@
 package worker
 
 import (
-	"encoding/json"
 	"math"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"google.golang.org/protobuf/proto"
+
 	"github.com/alexring/alexring/alexnet"
+	"github.com/alexring/alexring/configs"
+	"github.com/alexring/alexring/internal/cluster/controlpb"
 )
 
 // --save-format picks the best model's files: pth alone writes best.pth and
@@ -20,16 +23,16 @@ func TestSaveFormat(t *testing.T) {
 		st, pth   bool
 		bestModel string
 	}{
-		{"pth", false, true, BestPthFile},
-		{"both", true, true, BestFile},
-		{"safetensors", true, false, BestFile},
+		{"pth", false, true, configs.BestPthFile},
+		{"both", true, true, configs.BestFile},
+		{"safetensors", true, false, configs.BestFile},
 	} {
 		t.Run(c.format, func(t *testing.T) {
 			out := t.TempDir()
 			cfg := tinyConfig(data, out)
 			cfg.Epochs, cfg.SaveFormat = 1, c.format
 			train(t, cfg)
-			for name, want := range map[string]bool{BestFile: c.st, BestPthFile: c.pth} {
+			for name, want := range map[string]bool{configs.BestFile: c.st, configs.BestPthFile: c.pth} {
 				if _, err := os.Stat(filepath.Join(out, name)); (err == nil) != want {
 					t.Errorf("%s written: %v, want %v", name, err == nil, want)
 				}
@@ -40,11 +43,11 @@ func TestSaveFormat(t *testing.T) {
 			if !c.st || !c.pth {
 				return
 			}
-			a, _, err := alexnet.LoadModel(filepath.Join(out, BestFile))
+			a, _, err := alexnet.LoadModel(filepath.Join(out, configs.BestFile))
 			if err != nil {
 				t.Fatal(err)
 			}
-			b, meta, err := alexnet.LoadModel(filepath.Join(out, BestPthFile))
+			b, meta, err := alexnet.LoadModel(filepath.Join(out, configs.BestPthFile))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -60,21 +63,23 @@ func TestSaveFormat(t *testing.T) {
 	}
 }
 
-// The setting travels to joined workers in the job's JSON, and a bad one is
-// refused naming the flag.
+// The setting travels to joined workers in the plan's job settings, and a
+// bad one is refused naming the flag.
 func TestSaveFormatConfig(t *testing.T) {
-	cfg := DefaultConfig()
+	cfg := configs.DefaultJob()
 	cfg.Data, cfg.SaveFormat = "d", "pth"
-	js, err := json.Marshal(cfg)
+	b, err := proto.Marshal(controlpb.NewJobSettings(cfg))
 	if err != nil {
 		t.Fatal(err)
 	}
-	got := DefaultConfig()
-	if err := json.Unmarshal(js, &got); err != nil || got.SaveFormat != "pth" || got.Validate() != nil {
-		t.Errorf("from JSON: %q, %v", got.SaveFormat, err)
+	var settings controlpb.JobSettings
+	err = proto.Unmarshal(b, &settings)
+	got := settings.Job(configs.DefaultJob())
+	if err != nil || got.SaveFormat != "pth" || got.Validate() != nil {
+		t.Errorf("from the plan: %q, %v", got.SaveFormat, err)
 	}
-	if DefaultConfig().SaveFormat != "both" {
-		t.Errorf("default %q, want both", DefaultConfig().SaveFormat)
+	if configs.DefaultJob().SaveFormat != "both" {
+		t.Errorf("default %q, want both", configs.DefaultJob().SaveFormat)
 	}
 	cfg.SaveFormat = "onnx"
 	if err := cfg.Validate(); err == nil || !strings.Contains(err.Error(), "--save-format") {

@@ -45,7 +45,10 @@ type stepRecord struct {
 	n              int
 	allreduceBytes int
 	world          int
-	skipped        bool // the optimiser step was skipped (non-finite gradient)
+	// reduced: the ring averaged the gradient, so the step counts (Position)
+	// whatever came after it; skipped: the optimiser step was skipped (a
+	// non-finite gradient).
+	reduced, skipped bool
 }
 
 func (s *stepRecord) phase(name string, start time.Time, took time.Duration) {

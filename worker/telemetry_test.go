@@ -49,19 +49,19 @@ func TestTelemetryDuringTraining(t *testing.T) {
 		t.Fatal(err)
 	}
 	var bars bytes.Buffer
-	tr, err := NewTrainer(cfg, Solo{}, alexnet.CPUCompute(), zap.NewNop())
+	var during string
+	ctl := Controller{Telemetry: Telemetry{Progress: &bars, Metrics: NewMetrics(reg), Timeline: trace},
+		EpochDone: func(_ context.Context, r EpochResult) error {
+			if r.Epoch == 1 {
+				during = scrape(t, addr)
+			}
+			return nil
+		}}
+	tr, err := NewTrainer(cfg, Solo{}, alexnet.CPUCompute(), ctl, zap.NewNop())
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer tr.Close()
-	tr.Telemetry = Telemetry{Progress: &bars, Metrics: NewMetrics(reg), Timeline: trace}
-	var during string
-	tr.OnEpoch = func(r EpochResult) error {
-		if r.Epoch == 1 {
-			during = scrape(t, addr)
-		}
-		return nil
-	}
 	if err := tr.Run(ctx); err != nil {
 		t.Fatal(err)
 	}

@@ -12,6 +12,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/alexring/alexring/alexnet"
+	"github.com/alexring/alexring/configs"
 	"github.com/alexring/alexring/sharding"
 )
 
@@ -24,22 +25,22 @@ func synthData(t *testing.T, perClass int) string {
 	return dir
 }
 
-func tinyConfig(data, out string) Config {
-	cfg := DefaultConfig()
+func tinyConfig(data, out string) configs.Job {
+	cfg := configs.DefaultJob()
 	cfg.Data, cfg.Out, cfg.Variant = data, out, "tiny"
 	cfg.Batch, cfg.EvalBatch, cfg.LoaderGoroutines = 16, 8, 2
 	return cfg
 }
 
-func train(t *testing.T, cfg Config) (*Trainer, []EpochResult) {
+func train(t *testing.T, cfg configs.Job) (*Trainer, []EpochResult) {
 	t.Helper()
-	tr, err := NewTrainer(cfg, Solo{}, alexnet.CPUCompute(), zap.NewNop())
+	var res []EpochResult
+	ctl := Controller{EpochDone: func(_ context.Context, r EpochResult) error { res = append(res, r); return nil }}
+	tr, err := NewTrainer(cfg, Solo{}, alexnet.CPUCompute(), ctl, zap.NewNop())
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(tr.Close)
-	var res []EpochResult
-	tr.OnEpoch = func(r EpochResult) error { res = append(res, r); return nil }
 	if err := tr.Run(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -60,7 +61,7 @@ func TestStandaloneLossFallsAndCheckpoints(t *testing.T) {
 	if res[0].Images != 200 || !res[0].Best {
 		t.Errorf("epoch 1: %+v", res[0])
 	}
-	p, meta, err := alexnet.LoadModel(filepath.Join(out, BestFile))
+	p, meta, err := alexnet.LoadModel(filepath.Join(out, configs.BestFile))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -71,11 +72,11 @@ func TestStandaloneLossFallsAndCheckpoints(t *testing.T) {
 	if meta.ValAccuracy != best || strings.Join(meta.Classes, ",") != strings.Join(sharding.SynthClasses, ",") || p.Spec.Variant != "tiny" {
 		t.Errorf("best.safetensors metadata %+v, best accuracy %v", meta, best)
 	}
-	classes, err := sharding.ReadClassIndices(filepath.Join(out, ClassIndicesFile))
+	classes, err := sharding.ReadClassIndices(filepath.Join(out, configs.ClassIndicesFile))
 	if err != nil || len(classes) != 5 {
 		t.Errorf("class_indices.json: %v %v", classes, err)
 	}
-	st, err := alexnet.LoadTrainState(filepath.Join(out, StateFile))
+	st, err := alexnet.LoadTrainState(filepath.Join(out, configs.StateFile))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -101,7 +102,7 @@ func TestResumeIsExact(t *testing.T) {
 	split.Epochs = 1
 	train(t, split)
 	split.Epochs = 3
-	split.Resume = filepath.Join(split.Out, StateFile)
+	split.Resume = filepath.Join(split.Out, configs.StateFile)
 	b, res := train(t, split)
 	if len(res) != 2 || res[0].Epoch != 2 {
 		t.Fatalf("resumed run reported %+v", res)
@@ -117,15 +118,15 @@ func TestTrainerErrors(t *testing.T) {
 	data := synthData(t, 4)
 	cases := []struct {
 		name string
-		edit func(*Config)
+		edit func(*configs.Job)
 		want string
 	}{
-		{"missing data", func(c *Config) { c.Data = filepath.Join(c.Data, "nope") }, "nope"},
-		{"bad variant", func(c *Config) { c.Variant = "huge" }, "--variant"},
-		{"bad lr", func(c *Config) { c.LR = -1 }, "--lr"},
-		{"zero epochs", func(c *Config) { c.Epochs = 0 }, "--epochs"},
-		{"bad resume", func(c *Config) { c.Resume = filepath.Join(c.Data, "train", "circle", "circle_0000.png") }, "circle_0000.png"},
-		{"unwritable out", func(c *Config) {
+		{"missing data", func(c *configs.Job) { c.Data = filepath.Join(c.Data, "nope") }, "nope"},
+		{"bad variant", func(c *configs.Job) { c.Variant = "huge" }, "--variant"},
+		{"bad lr", func(c *configs.Job) { c.LR = -1 }, "--lr"},
+		{"zero epochs", func(c *configs.Job) { c.Epochs = 0 }, "--epochs"},
+		{"bad resume", func(c *configs.Job) { c.Resume = filepath.Join(c.Data, "train", "circle", "circle_0000.png") }, "circle_0000.png"},
+		{"unwritable out", func(c *configs.Job) {
 			f := filepath.Join(t.TempDir(), "file")
 			os.WriteFile(f, nil, 0o644)
 			c.Out = filepath.Join(f, "out")
@@ -134,14 +135,14 @@ func TestTrainerErrors(t *testing.T) {
 	for _, c := range cases {
 		cfg := tinyConfig(data, t.TempDir())
 		c.edit(&cfg)
-		_, err := NewTrainer(cfg, Solo{}, alexnet.CPUCompute(), zap.NewNop())
+		_, err := NewTrainer(cfg, Solo{}, alexnet.CPUCompute(), Controller{}, zap.NewNop())
 		if err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%s: error %v, want it to mention %q", c.name, err, c.want)
 		}
 	}
 	cfg := tinyConfig(data, t.TempDir())
 	cfg.Batch = 15
-	if _, err := NewTrainer(cfg, fakeWorld{n: 2}, alexnet.CPUCompute(), zap.NewNop()); err == nil || !strings.Contains(err.Error(), "not divisible") {
+	if _, err := NewTrainer(cfg, fakeWorld{n: 2}, alexnet.CPUCompute(), Controller{}, zap.NewNop()); err == nil || !strings.Contains(err.Error(), "not divisible") {
 		t.Errorf("batch 15 over 2 ranks: %v", err)
 	}
 }
@@ -155,7 +156,7 @@ type fakeWorld struct {
 func (f fakeWorld) World() int { return f.n }
 
 func TestWorkerBatchOption(t *testing.T) {
-	cfg := DefaultConfig()
+	cfg := configs.DefaultJob()
 	if cfg.WorkerBatch(4) != 8 || cfg.CheckWorld(3) == nil {
 		t.Errorf("global batch 32: %d per worker of 4; over 3: %v", cfg.WorkerBatch(4), cfg.CheckWorld(3))
 	}
@@ -173,15 +174,15 @@ func TestNonFiniteGradient(t *testing.T) {
 		skip := c.skip
 		cfg := tinyConfig(data, t.TempDir())
 		cfg.Epochs, cfg.SkipNonFinite, cfg.Ring.Overlap = 1, skip, c.overlap
-		tr, err := NewTrainer(cfg, Solo{}, alexnet.CPUCompute(), zap.NewNop())
+		var res []EpochResult
+		ctl := Controller{EpochDone: func(_ context.Context, r EpochResult) error { res = append(res, r); return nil }}
+		tr, err := NewTrainer(cfg, Solo{}, alexnet.CPUCompute(), ctl, zap.NewNop())
 		if err != nil {
 			t.Fatal(err)
 		}
 		w, _ := tr.Params().View("classifier.6.weight")
 		w[0] = float32(math.NaN())
 		before := append([]float32(nil), tr.Params().Flat...)
-		var res []EpochResult
-		tr.OnEpoch = func(r EpochResult) error { res = append(res, r); return nil }
 		err = tr.Run(context.Background())
 		tr.Close()
 		if !skip {
@@ -226,10 +227,10 @@ func (w recordingWorld) StartAllReduceAvg(_ context.Context, v []float32) func()
 
 // allReduces trains one epoch of cfg on a recording world of two and returns
 // the all-reduces it asked for, in order, with the parameters it trained.
-func allReduces(t *testing.T, cfg Config, compute alexnet.Compute) (string, *alexnet.Params) {
+func allReduces(t *testing.T, cfg configs.Job, compute alexnet.Compute) (string, *alexnet.Params) {
 	t.Helper()
 	var calls []string
-	tr, err := NewTrainer(cfg, recordingWorld{calls: &calls}, compute, zap.NewNop())
+	tr, err := NewTrainer(cfg, recordingWorld{calls: &calls}, compute, Controller{}, zap.NewNop())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -278,5 +279,90 @@ func TestScoreSkipsReplacedImages(t *testing.T) {
 	}
 	if c, n := score(logits, 2, b, 10); c != 1 || n != 2 {
 		t.Errorf("score = %d correct of %d, want 1 of 2", c, n)
+	}
+}
+
+// The vector a step all-reduces is the ranks' flags, then the gradient, in one
+// buffer: a ring that grows within the room keeps it, one beyond gets a new
+// one, and after the averaging only the ranks that flagged are culprits.
+func TestStepVectorLayout(t *testing.T) {
+	const n = 5
+	allocs := 0
+	alloc := func(k int) ([]float32, error) { allocs++; return make([]float32, k), nil }
+	var r ringVector
+	if err := r.fit(3, n, alloc); err != nil {
+		t.Fatal(err)
+	}
+	if v := r.view(1); v.Flags() != nil || v.Grad() != nil || v.bytes() != 0 {
+		t.Errorf("a world of one's vector holds %d flags, %d gradient values", len(v.Flags()), len(v.Grad()))
+	}
+	v := r.view(3)
+	if len(v.Flags()) != 3 || len(v.Grad()) != n || &v.through(0)[2] != &v.Flags()[2] || &v.through(1)[3] != &v.Grad()[0] || v.bytes() != 4*(3+n) {
+		t.Fatalf("world 3: %d flags, %d gradient values, not adjacent in one buffer", len(v.Flags()), len(v.Grad()))
+	}
+	grad := v.Grad()
+	if err := r.fit(16, n, alloc); err != nil || allocs != 1 || &r.view(16).Grad()[0] != &grad[0] {
+		t.Errorf("growing to 16 ranks within the room: %v, %d allocations, same gradient %v", err, allocs, &r.view(16).Grad()[0] == &grad[0])
+	}
+	if err := r.fit(17, n, alloc); err != nil || allocs != 2 || len(r.view(17).Flags()) != 17 {
+		t.Errorf("growing to 17 ranks: %v, %d allocations", err, allocs)
+	}
+	v = r.view(4)
+	v.Flags()[0] = 1 // a stale flag from an earlier step
+	v.flag(2, false)
+	for i := range v.Flags() { // the mean over the ring of one flagging rank
+		v.Flags()[i] /= 4
+	}
+	if got := v.culprits(); len(got) != 1 || got[0] != 2 {
+		t.Errorf("culprits %v, want [2]", got)
+	}
+	v.flag(2, true)
+	if got := v.culprits(); got != nil {
+		t.Errorf("culprits %v after a finite step, want none", got)
+	}
+}
+
+// The trainer times a step's phases in order, one after the other; forward
+// and backward split where the backend computed the loss (alexnet.Hooks).
+func TestStepPhasesFollowOneAnother(t *testing.T) {
+	ctx := context.Background()
+	cfg := tinyConfig(synthData(t, 4), t.TempDir())
+	tr, err := NewTrainer(cfg, Solo{}, alexnet.CPUCompute(), Controller{}, zap.NewNop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	plan, err := tr.epochPlan(ctx, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	shard, err := plan.Shard(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	loader, err := sharding.NewLoader(ctx, tr.train, shard, sharding.LoaderConfig{Side: tr.params.Spec.Input, Batch: tr.batch, Goroutines: 1}, tr.badTrain)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer loader.Close()
+	rec, err := tr.step(ctx, loader, 1, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{PhaseDataWait, PhaseForward, PhaseBackward, PhaseAllReduce, PhaseOptimizer}
+	if rec.n != len(want) || !rec.reduced || rec.skipped || rec.images != tr.batch {
+		t.Fatalf("step record: %d phases, reduced %v, skipped %v, %d images", rec.n, rec.reduced, rec.skipped, rec.images)
+	}
+	end := rec.start
+	for i, p := range rec.phases[:rec.n] {
+		if p.name != want[i] || p.start.Before(end) || p.took < 0 {
+			t.Errorf("phase %d: %s from %v for %v; want %s from %v on", i, p.name, p.start.Sub(rec.start), p.took, want[i], end.Sub(rec.start))
+		}
+		end = p.start.Add(p.took)
+	}
+	fwd, bwd := rec.phases[1], rec.phases[2]
+	if fwd.took <= 0 || bwd.took <= 0 || !fwd.start.Add(fwd.took).Equal(bwd.start) {
+		t.Errorf("forward %v, backward %v, backward starting %v after the forward's end; want both positive, split at one instant",
+			fwd.took, bwd.took, bwd.start.Sub(fwd.start.Add(fwd.took)))
 	}
 }

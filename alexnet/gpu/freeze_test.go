@@ -33,13 +33,13 @@ func TestFrozenFeatures(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := m.Gradient(images, labels, batch, rand.New(rand.NewPCG(1, 1)), make([]float32, spec.NumParams()), nil); err == nil {
+	if _, err := m.Gradient(images, labels, batch, rand.New(rand.NewPCG(1, 1)), make([]float32, spec.NumParams()), alexnet.Hooks{}); err == nil {
 		t.Error("a gradient vector of every parameter was accepted with the features frozen")
 	}
 	want := make([]float32, len(grad))
 	for step := range 3 {
 		calls := 0
-		st, err := m.Gradient(images, labels, batch, rand.New(rand.NewPCG(uint64(step), 1)), grad, func() { calls++ })
+		st, err := m.Gradient(images, labels, batch, rand.New(rand.NewPCG(uint64(step), 1)), grad, alexnet.Hooks{ClassifierReady: func() { calls++ }})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
-	"time"
 	"unsafe"
 
 	"github.com/alexring/alexring/alexnet"
@@ -159,7 +158,7 @@ func (m *Model) SetBatch(batch int) error {
 }
 
 // Gradient runs forward and backward on the device (see the package doc).
-func (m *Model) Gradient(images []float32, labels []int, count int, rng *rand.Rand, grad []float32, classifierReady func()) (alexnet.Step, error) {
+func (m *Model) Gradient(images []float32, labels []int, count int, rng *rand.Rand, grad []float32, hooks alexnet.Hooks) (alexnet.Step, error) {
 	if m.closed {
 		return alexnet.Step{}, errClosed
 	}
@@ -174,9 +173,8 @@ func (m *Model) Gradient(images []float32, labels []int, count int, rng *rand.Ra
 		return alexnet.Step{}, err
 	}
 	if grad == nil {
-		classifierReady = nil // nothing leaves the device early
+		hooks.ClassifierReady = nil // nothing leaves the device early
 	}
-	start := time.Now()
 	lossAt, classifierAt, err := m.issueStep(p, images, count, grad)
 	if err != nil {
 		return m.fail(err)
@@ -185,21 +183,22 @@ func (m *Model) Gradient(images []float32, labels []int, count int, rng *rand.Ra
 	if err := m.dev.Wait(lossAt); err != nil {
 		return m.fail(err)
 	}
-	lossDone := time.Now()
-	st := alexnet.Step{Loss: p.loss(), Forward: lossDone.Sub(start)}
+	if hooks.LossComputed != nil {
+		hooks.LossComputed()
+	}
+	st := alexnet.Step{Loss: p.loss()}
 	if err := m.dev.Wait(classifierAt); err != nil {
 		return m.fail(err)
 	}
 	k := p.batch * m.spec.Classes
 	// Read before the ring may overwrite the classifier's part of grad.
 	classifierFinite := math.Float32bits(p.pinned[k+1]) == 0
-	if classifierReady != nil {
-		classifierReady()
+	if hooks.ClassifierReady != nil {
+		hooks.ClassifierReady()
 	}
 	if err := m.dev.Sync(); err != nil {
 		return m.fail(err)
 	}
-	st.Backward = time.Since(lossDone)
 	loss := float64(st.Loss)
 	st.Finite = classifierFinite && math.Float32bits(p.pinned[k]) == 0 && !math.IsNaN(loss) && !math.IsInf(loss, 0)
 	m.haveGrad = true

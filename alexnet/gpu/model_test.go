@@ -32,14 +32,14 @@ func TestShortBatch(t *testing.T) {
 	}
 	want := make([]float32, len(grad))
 	rngGPU, rngCPU := rand.New(rand.NewPCG(1, 2)), rand.New(rand.NewPCG(1, 2))
-	if st, err := m.Gradient(images, labels, batch, rngGPU, grad, nil); err != nil || st.Finite {
+	if st, err := m.Gradient(images, labels, batch, rngGPU, grad, alexnet.Hooks{}); err != nil || st.Finite {
 		t.Fatalf("a batch with a NaN image: finite %v, error %v", st.Finite, err)
 	}
 	if _, err := net.Gradient(images, labels, batch, rngCPU, want); err != nil {
 		t.Fatal(err)
 	}
 
-	st, err := m.Gradient(images, labels, count, rngGPU, grad, nil)
+	st, err := m.Gradient(images, labels, count, rngGPU, grad, alexnet.Hooks{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -78,19 +78,19 @@ func TestGradientHostVector(t *testing.T) {
 
 	for step := 1; step <= 2; step++ {
 		seed := uint64(step)
-		stDevice, err := onDevice.Gradient(images, labels, batch, rand.New(rand.NewPCG(seed, 0)), nil, nil)
+		stDevice, err := onDevice.Gradient(images, labels, batch, rand.New(rand.NewPCG(seed, 0)), nil, alexnet.Hooks{})
 		if err != nil {
 			t.Fatal(err)
 		}
 		calls := 0
 		var classifier []float32
-		stHost, err := toHost.Gradient(images, labels, batch, rand.New(rand.NewPCG(seed, 0)), grad, func() {
+		stHost, err := toHost.Gradient(images, labels, batch, rand.New(rand.NewPCG(seed, 0)), grad, alexnet.Hooks{ClassifierReady: func() {
 			calls++
 			classifier = slices.Clone(grad[from:])
 			for i := range grad[from:] {
 				grad[from+i] = 7
 			}
-		})
+		}})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -210,7 +210,7 @@ func TestSetBatch(t *testing.T) {
 	if err := m.SetBatch(0); err != nil {
 		t.Errorf("SetBatch(0), which frees the training buffers: %v", err)
 	}
-	if _, err := m.Gradient(images, labels, 2, nil, nil, nil); err == nil {
+	if _, err := m.Gradient(images, labels, 2, nil, nil, alexnet.Hooks{}); err == nil {
 		t.Error("Gradient after SetBatch(0) succeeded")
 	}
 	if err := m.SetBatch(3); err != nil {
@@ -220,7 +220,7 @@ func TestSetBatch(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	st, err := m.Gradient(images, labels, 3, nil, grad, nil)
+	st, err := m.Gradient(images, labels, 3, nil, grad, alexnet.Hooks{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -234,7 +234,7 @@ func TestSetBatch(t *testing.T) {
 	if err := m.SetBatch(2); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := m.Gradient(images, labels, 3, nil, grad, nil); !errors.Is(err, alexnet.ErrBatch) {
+	if _, err := m.Gradient(images, labels, 3, nil, grad, alexnet.Hooks{}); !errors.Is(err, alexnet.ErrBatch) {
 		t.Errorf("3 images at batch 2: %v, want ErrBatch", err)
 	}
 }
@@ -283,7 +283,7 @@ func TestInferenceOnly(t *testing.T) {
 		t.Fatal(err)
 	}
 	within(t, "logits of an inference backend", got, want, tolLogits)
-	if _, err := m.Gradient(images, labels, 2, nil, nil, nil); err == nil {
+	if _, err := m.Gradient(images, labels, 2, nil, nil, alexnet.Hooks{}); err == nil {
 		t.Error("Gradient on an inference backend succeeded")
 	}
 	if err := m.Update(nil); err == nil || !strings.Contains(err.Error(), "inference") {
@@ -342,7 +342,7 @@ func TestNonFinite(t *testing.T) {
 func checkNonFinite(t *testing.T, what string, m *gpu.Model, spec alexnet.Spec, images []float32, labels []int, convFinite, classifierFinite bool) {
 	t.Helper()
 	from := spec.ClassifierOffset()
-	st, err := m.Gradient(images, labels, len(labels), nil, nil, nil)
+	st, err := m.Gradient(images, labels, len(labels), nil, nil, alexnet.Hooks{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -350,7 +350,7 @@ func checkNonFinite(t *testing.T, what string, m *gpu.Model, spec alexnet.Spec, 
 	if err != nil {
 		t.Fatal(err)
 	}
-	stHost, err := m.Gradient(images, labels, len(labels), nil, grad, func() {})
+	stHost, err := m.Gradient(images, labels, len(labels), nil, grad, alexnet.Hooks{ClassifierReady: func() {}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -402,7 +402,7 @@ func TestErrors(t *testing.T) {
 		{"a gradient vector not from HostVector", images, labels, 2, rng, make([]float32, n), false},
 		{"dropout without an RNG", images, labels, 2, nil, grad, false},
 	} {
-		_, err := m.Gradient(c.images, c.labels, c.count, c.rng, c.grad, nil)
+		_, err := m.Gradient(c.images, c.labels, c.count, c.rng, c.grad, alexnet.Hooks{})
 		if err == nil || c.errBatch != errors.Is(err, alexnet.ErrBatch) {
 			t.Errorf("%s: %v (want an error, ErrBatch %v)", c.name, err, c.errBatch)
 		}
@@ -413,7 +413,7 @@ func TestErrors(t *testing.T) {
 	if err := m.Update(long); !errors.Is(err, alexnet.ErrBatch) {
 		t.Errorf("Update with %d values for %d parameters: %v, want ErrBatch", n+1, n, err)
 	}
-	if _, err := m.Gradient(images, labels, 2, rng, grad, nil); err != nil {
+	if _, err := m.Gradient(images, labels, 2, rng, grad, alexnet.Hooks{}); err != nil {
 		t.Errorf("a good step after the bad ones: %v", err)
 	}
 
@@ -433,7 +433,7 @@ func TestErrors(t *testing.T) {
 	if err := m.Close(); err != nil {
 		t.Errorf("closing twice: %v", err)
 	}
-	if _, err := m.Gradient(images, labels, 2, rng, nil, nil); err == nil {
+	if _, err := m.Gradient(images, labels, 2, rng, nil, alexnet.Hooks{}); err == nil {
 		t.Error("Gradient after Close succeeded")
 	}
 }
@@ -486,7 +486,7 @@ func TestDeviceErrors(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		_, err = m.Gradient(images, labels, 2, nil, nil, nil)
+		_, err = m.Gradient(images, labels, 2, nil, nil, alexnet.Hooks{})
 		if err == nil || !strings.Contains(err.Error(), c.want) || !strings.Contains(err.Error(), c.kernel) {
 			t.Errorf("%s overrunning: %v; want an error naming %q", c.kernel, err, c.want)
 		}
@@ -515,13 +515,13 @@ func TestDeviceErrors(t *testing.T) {
 	if err := m.SetBatch(3); err == nil || !strings.Contains(err.Error(), "out of test memory") {
 		t.Errorf("SetBatch(3) with its third allocation failing: %v", err)
 	}
-	if _, err := m.Gradient(images, labels, 2, nil, nil, nil); err == nil || !strings.Contains(err.Error(), "SetBatch(3) failed") {
+	if _, err := m.Gradient(images, labels, 2, nil, nil, alexnet.Hooks{}); err == nil || !strings.Contains(err.Error(), "SetBatch(3) failed") {
 		t.Errorf("Gradient after a failed SetBatch(3): %v", err)
 	}
 	if err := m.SetBatch(3); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := m.Gradient(images, labels, 2, nil, nil, nil); err != nil {
+	if _, err := m.Gradient(images, labels, 2, nil, nil, alexnet.Hooks{}); err != nil {
 		t.Errorf("Gradient after SetBatch(3) succeeded: %v", err)
 	}
 

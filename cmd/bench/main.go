@@ -97,8 +97,7 @@ func benchStep(args []string, out io.Writer) error {
 	if *steps < 1 || *warmup < 0 {
 		return fmt.Errorf("--steps %d --warmup %d", *steps, *warmup)
 	}
-	kernels, err := alexnet.SetCPUKernels(*cpuKernels)
-	if err != nil {
+	if _, err := alexnet.SetCPUKernels(*cpuKernels); err != nil {
 		return err
 	}
 	compute, err := devices.Select(*gpu, *conv)
@@ -114,17 +113,10 @@ func benchStep(args []string, out io.Writer) error {
 		return err
 	}
 	defer st.backend.Close()
-	var times []time.Duration
-	for i := 0; i < *warmup+*steps; i++ {
-		start := time.Now()
-		if err := st.step(); err != nil {
-			return err
-		}
-		if i >= *warmup {
-			times = append(times, time.Since(start))
-		}
+	med, err := st.timeSteps(*warmup, *steps)
+	if err != nil {
+		return err
 	}
-	med := median(times)
 	ips := float64(*batch) / med.Seconds()
 	fmt.Fprintf(out, "alexring %s on %s GOMAXPROCS=%d variant=%s batch=%d freeze=%s: median %.2f ms/step, %.1f img/s, peak RSS %.0f MB%s\n",
 		runtime.Version(), st.backend.Describe(), runtime.GOMAXPROCS(0), *variant, *batch, freeze, float64(med.Microseconds())/1e3, ips, peakRSSMB(), deviceMemory(st.backend, " (device memory %.0f MB)"))
@@ -136,12 +128,7 @@ func benchStep(args []string, out io.Writer) error {
 		result += " freeze=" + string(freeze)
 	}
 	if *gpu < 0 {
-		kernels = alexnet.CPUKernelsFor(st.params.Spec) // auto's choice for this model
-		fmt.Fprintf(out, "cpu kernels: %v; convolutions: %s\n", kernels, alexnet.ConvKernels())
-		if alexnet.BLASCoreNote != "" { // why OpenBLAS runs the core BLAS names
-			fmt.Fprintf(out, "blas core: %s: %s\n", alexnet.BLAS, alexnet.BLASCoreNote)
-		}
-		result += fmt.Sprintf(" cpu_kernels=%s isa=%s", kernels.Kernels, kernels.ISA)
+		result += reportCPUKernels(out, st.params.Spec)
 	}
 	if *data != "" {
 		fed, err := st.timeFed(*data, *warmup, *steps)
@@ -155,6 +142,33 @@ func benchStep(args []string, out io.Writer) error {
 	}
 	fmt.Fprintln(out, result)
 	return nil
+}
+
+// reportCPUKernels prints the CPU's kernels for spec and returns them for
+// the RESULT line.
+func reportCPUKernels(out io.Writer, spec alexnet.Spec) string {
+	kernels := alexnet.CPUKernelsFor(spec) // auto's choice for this model
+	fmt.Fprintf(out, "cpu kernels: %v; convolutions: %s\n", kernels, alexnet.ConvKernels())
+	if alexnet.BLASCoreNote != "" { // why OpenBLAS runs the core BLAS names
+		fmt.Fprintf(out, "blas core: %s: %s\n", alexnet.BLAS, alexnet.BLASCoreNote)
+	}
+	return fmt.Sprintf(" cpu_kernels=%s isa=%s", kernels.Kernels, kernels.ISA)
+}
+
+// timeSteps is the median of steps timed steps on the fixed batch, after
+// warmup untimed ones.
+func (st *stepper) timeSteps(warmup, steps int) (time.Duration, error) {
+	var times []time.Duration
+	for i := 0; i < warmup+steps; i++ {
+		start := time.Now()
+		if err := st.step(); err != nil {
+			return 0, err
+		}
+		if i >= warmup {
+			times = append(times, time.Since(start))
+		}
+	}
+	return median(times), nil
 }
 
 // timeFed is the median step fed by the training loader over split dir.
@@ -276,7 +290,7 @@ func (st *stepper) stepOn(images []float32, labels []int, count int) error {
 			classifierReady = func() { classifierWait = st.ring.StartAllReduceAvg(ctx, grad[from:]) }
 		}
 	}
-	if _, err := st.backend.Gradient(images, labels, count, st.rng, grad, classifierReady); err != nil {
+	if _, err := st.backend.Gradient(images, labels, count, st.rng, grad, alexnet.Hooks{ClassifierReady: classifierReady}); err != nil {
 		return err
 	}
 	if st.ring != nil {

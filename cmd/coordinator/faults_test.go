@@ -202,6 +202,7 @@ const (
 	killWorker      = "kill a worker (SIGKILL)"
 	stopWorker      = "stop a worker (SIGSTOP, then SIGCONT)"
 	killCoordinator = "kill the coordinator and resume it"
+	killAllWorkers  = "kill every worker at once (SIGKILL)"
 )
 
 // fault is one fault of a round: what, and when (after the line of epoch
@@ -263,6 +264,17 @@ func TestFaultInjection(t *testing.T) {
 	}
 }
 
+// TestEveryWorkerKilledAtOnce kills all three workers in one instant (a
+// fault round once killed them within a second): no worker holds the state,
+// and the coordinator's restarted workers go on from the state on disk.
+func TestEveryWorkerKilledAtOnce(t *testing.T) {
+	if testing.Short() {
+		t.Skip("a whole --local job")
+	}
+	rng := rand.New(rand.NewPCG(1, 2))
+	faultRound(t, rng, dataset(t, 40, 4), 6, []fault{{Kind: killAllWorkers, Epoch: 2, Frac: 0.5}})
+}
+
 // epochDuration is about how long an epoch of localConfig takes here (the
 // faults land at a fraction of it past an epoch's line).
 const epochDuration = 400 * time.Millisecond
@@ -318,6 +330,12 @@ func faultRound(t *testing.T, rng *rand.Rand, data string, epochs int, plan []fa
 			// epoch's state was written.
 			coords = append(coords, startProc(t, ctx, "coordinator", append(args, "--auto-resume")...))
 			t.Logf("epoch %d: killed the coordinator; started it again", f.Epoch)
+		case killAllWorkers:
+			_, e := coord.output()
+			for name, list := range localPIDs(e) {
+				syscall.Kill(list[len(list)-1], syscall.SIGKILL)
+				t.Logf("epoch %d: killed %s (pid %d)", f.Epoch, name, list[len(list)-1])
+			}
 		case killWorker, stopWorker:
 			_, e := coord.output()
 			name, pid := liveWorker(rng, localPIDs(e))
@@ -349,25 +367,35 @@ func faultRound(t *testing.T, rng *rand.Rand, data string, epochs int, plan []fa
 		t.Logf("%s", strings.SplitN(stdout[i:], "\n", 2)[0])
 	}
 	// Every epoch's checksums agree over the ranks that reported it, under
-	// each coordinator (a resumed job trains the epoch it lost again, with
-	// other dropout draws).
+	// each coordinator and between its restarts from the state on disk (a
+	// resumed job trains the epoch it lost again, with other dropout draws).
 	trained := map[int]bool{}
+	type training struct{ restarts, epoch int }
 	for i, c := range coords {
 		_, e := c.output()
-		sums := map[int]map[string]bool{}
+		var restarts []float64
+		for _, l := range coordLines(e, "ring re-formed from the state on disk") {
+			restarts = append(restarts, l["line"].(float64))
+		}
+		sums := map[training]map[string]bool{}
 		for k := range 3 {
 			for _, l := range workerLines(e, fmt.Sprintf("worker-%02d", k), "epoch done") {
-				epoch := int(l["epoch"].(float64))
-				if sums[epoch] == nil {
-					sums[epoch] = map[string]bool{}
+				at := training{epoch: int(l["epoch"].(float64))}
+				for _, r := range restarts {
+					if r < l["line"].(float64) {
+						at.restarts++
+					}
 				}
-				sums[epoch][fmt.Sprint(l["checksum"])] = true
-				trained[epoch] = true
+				if sums[at] == nil {
+					sums[at] = map[string]bool{}
+				}
+				sums[at][fmt.Sprint(l["checksum"])] = true
+				trained[at.epoch] = true
 			}
 		}
-		for epoch, s := range sums {
+		for at, s := range sums {
 			if len(s) != 1 {
-				t.Errorf("coordinator %d, epoch %d: the ranks logged the checksums %v", i+1, epoch, s)
+				t.Errorf("coordinator %d, epoch %d (after %d restarts from the state on disk): the ranks logged the checksums %v", i+1, at.epoch, at.restarts, s)
 			}
 		}
 	}

@@ -17,6 +17,7 @@ import (
 	"testing"
 
 	"github.com/alexring/alexring/alexnet"
+	"github.com/alexring/alexring/inference"
 	"github.com/alexring/alexring/sharding"
 )
 
@@ -78,7 +79,7 @@ func TestPredictJSONAndBadImage(t *testing.T) {
 		t.Fatalf("%d JSON lines, want 2 (the good images):\n%s", len(lines), out)
 	}
 	for i, line := range lines {
-		var p Prediction
+		var p inference.Prediction
 		if err := json.Unmarshal([]byte(line), &p); err != nil {
 			t.Fatal(err)
 		}

@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/alexring/alexring/alexnet"
+	"github.com/alexring/alexring/inference"
 	"github.com/alexring/alexring/sharding"
 )
 
@@ -35,7 +36,7 @@ func TestPredictNormalize(t *testing.T) {
 		if code != 0 {
 			t.Fatalf("%v: exit %d: %s", args, code, errOut)
 		}
-		var got Prediction
+		var got inference.Prediction
 		if err := json.Unmarshal([]byte(out), &got); err != nil {
 			t.Fatalf("%v: %v\n%s", args, err, out)
 		}

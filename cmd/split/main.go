@@ -79,6 +79,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "split:", err)
 		return 1
 	}
+	report(stdout, src, splits, res, *out, cfg)
+	return 0
+}
+
+// report prints what was written: each class's counts, then the totals.
+func report(stdout io.Writer, src *source, splits []classSplit, res result, out string, cfg splitConfig) {
 	train, val := 0, 0
 	for _, s := range splits {
 		fmt.Fprintf(stdout, "%-12s %5d train %5d val\n", s.Class, len(s.Train), len(s.Val))
@@ -90,9 +96,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		how = fmt.Sprintf("%d files hard-linked, %d copied", res.Linked, res.Copied)
 	}
 	fmt.Fprintf(stdout, "wrote %d classes, %d train + %d val images into %s (%s; seed %d, val %v)\n",
-		len(splits), train, val, *out, how, cfg.Seed, cfg.Val)
+		len(splits), train, val, out, how, cfg.Seed, cfg.Val)
 	if n := len(src.skipped); n > 0 {
 		fmt.Fprintf(stdout, "skipped %d files that are not images, e.g. %s\n", n, src.skipped[0])
 	}
-	return 0
 }

@@ -77,47 +77,72 @@ func scan(root string) (*source, error) {
 			return nil
 		})
 	} else {
-		// WalkDir does not enter a root that is a symbolic link.
-		var dir string
-		if dir, err = filepath.EvalSymlinks(root); err != nil {
-			return nil, err
-		}
-		err = filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-			if err != nil {
-				return err
-			}
-			if p == dir {
-				return nil
-			}
-			rel, err := filepath.Rel(dir, p)
-			if err != nil {
-				return err
-			}
-			isDir := d.IsDir()
-			if d.Type()&fs.ModeSymlink != 0 {
-				// A linked image is the image; WalkDir does not enter a
-				// linked folder, so that is refused rather than missed.
-				st, err := os.Stat(p)
-				if err != nil {
-					return err
-				}
-				if isDir = st.IsDir(); isDir {
-					return fmt.Errorf("%s: a link to a folder; give the folder itself", p)
-				}
-			}
-			files = append(files, listing{rel: filepath.ToSlash(rel), dir: isDir})
-			return nil
-		})
+		files, err = listFolder(root)
 	}
 	if err != nil {
 		return nil, err
 	}
 	src.prefix = topFolder(files)
+	if err := src.sort(files); err != nil {
+		return nil, err
+	}
+	if len(src.classes) == 0 {
+		return nil, fmt.Errorf("%s: no class folders (want <class>/<image> files)", root)
+	}
+	for c, names := range src.classes {
+		if len(names) == 0 {
+			return nil, fmt.Errorf("%s: no images (%s) in class folder %s", root, strings.Join(sharding.Extensions, " "), c)
+		}
+		slices.Sort(names)
+	}
+	return src, nil
+}
+
+// listFolder lists the tree under root, relative to it.
+func listFolder(root string) ([]listing, error) {
+	// WalkDir does not enter a root that is a symbolic link.
+	dir, err := filepath.EvalSymlinks(root)
+	if err != nil {
+		return nil, err
+	}
+	var files []listing
+	err = filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if p == dir {
+			return nil
+		}
+		rel, err := filepath.Rel(dir, p)
+		if err != nil {
+			return err
+		}
+		isDir := d.IsDir()
+		if d.Type()&fs.ModeSymlink != 0 {
+			// A linked image is the image; WalkDir does not enter a
+			// linked folder, so that is refused rather than missed.
+			st, err := os.Stat(p)
+			if err != nil {
+				return err
+			}
+			if isDir = st.IsDir(); isDir {
+				return fmt.Errorf("%s: a link to a folder; give the folder itself", p)
+			}
+		}
+		files = append(files, listing{rel: filepath.ToSlash(rel), dir: isDir})
+		return nil
+	})
+	return files, err
+}
+
+// sort files (under src.prefix) into src's classes, extras and skipped
+// files; a folder inside a class is an error.
+func (src *source) sort(files []listing) error {
 	where := func(rel string) string {
 		if src.archive {
-			return root + ": " + src.prefix + rel
+			return src.root + ": " + src.prefix + rel
 		}
-		return filepath.Join(root, src.prefix, rel)
+		return filepath.Join(src.root, src.prefix, rel)
 	}
 	for _, f := range files {
 		rel := strings.TrimPrefix(f.rel, src.prefix)
@@ -141,21 +166,12 @@ func scan(root string) (*source, error) {
 		case len(parts) == 2 && !f.dir && isImage(parts[1]):
 			src.classes[class] = append(src.classes[class], parts[1])
 		case len(parts) > 2 || f.dir:
-			return nil, fmt.Errorf("%s: a folder inside class %s; want <class>/<image> files", where(path.Join(parts[:2]...)), class)
+			return fmt.Errorf("%s: a folder inside class %s; want <class>/<image> files", where(path.Join(parts[:2]...)), class)
 		default:
 			src.skipped = append(src.skipped, where(rel))
 		}
 	}
-	if len(src.classes) == 0 {
-		return nil, fmt.Errorf("%s: no class folders (want <class>/<image> files)", root)
-	}
-	for c, names := range src.classes {
-		if len(names) == 0 {
-			return nil, fmt.Errorf("%s: no images (%s) in class folder %s", root, strings.Join(sharding.Extensions, " "), c)
-		}
-		slices.Sort(names)
-	}
-	return src, nil
+	return nil
 }
 
 // topFolder is "NAME/" when every file is inside the one folder NAME (the
@@ -288,74 +304,23 @@ type result struct {
 // folder beside out and renames it to out at the end, so a failure leaves
 // nothing behind; it refuses an out that exists and is not empty.
 func write(src *source, splits []classSplit, out string, cfg splitConfig) (res result, err error) {
-	if entries, err := os.ReadDir(out); err == nil && len(entries) > 0 {
-		return res, fmt.Errorf("--out %s is not empty: refusing to write over it (give a new folder)", out)
-	} else if err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return res, fmt.Errorf("--out: %w", err)
-	}
-	parent := filepath.Dir(filepath.Clean(out))
-	if err := os.MkdirAll(parent, 0o755); err != nil {
-		return res, fmt.Errorf("--out: %w", err)
-	}
-	tmp, err := os.MkdirTemp(parent, "."+filepath.Base(out)+".partial-")
+	tmp, err := partialOut(out)
 	if err != nil {
-		return res, fmt.Errorf("--out: %w", err)
+		return res, err
 	}
 	defer func() {
 		if err != nil {
 			os.RemoveAll(tmp)
 		}
 	}()
-	if err := os.Chmod(tmp, 0o755); err != nil { // MkdirTemp's 0700 would become out's
+	dest, err := destinations(src, splits, tmp)
+	if err != nil {
 		return res, err
 	}
-	// Where each source file goes, relative to its class folder's root.
-	dest := map[string]string{}
-	for _, s := range splits {
-		for split, names := range map[string][]string{"train": s.Train, "val": s.Val} {
-			if err := os.MkdirAll(filepath.Join(tmp, split, s.Class), 0o755); err != nil {
-				return res, err
-			}
-			for _, n := range names {
-				dest[s.Class+"/"+n] = filepath.Join(tmp, split, s.Class, n)
-			}
-		}
-	}
-	for _, e := range src.extras {
-		dest[e] = filepath.Join(tmp, e)
-	}
 	if src.archive {
-		err = walkArchive(src.root, func(h *tar.Header, name string, r io.Reader) error {
-			to, ok := dest[strings.TrimPrefix(name, src.prefix)]
-			if !ok || h.Typeflag != tar.TypeReg {
-				return nil
-			}
-			delete(dest, strings.TrimPrefix(name, src.prefix))
-			if err := writeFile(to, r); err != nil {
-				return fmt.Errorf("%s: %s: %w", src.root, name, err)
-			}
-			res.Copied++
-			return nil
-		})
-		if err == nil && len(dest) > 0 {
-			for rel := range dest {
-				err = fmt.Errorf("%s: %s%s was listed but not found on the second read (did the archive change?)", src.root, src.prefix, rel)
-				break
-			}
-		}
+		res.Copied, err = extract(src, dest)
 	} else {
-		for rel, to := range dest {
-			from := filepath.Join(src.root, filepath.FromSlash(src.prefix+rel))
-			linked, err := place(from, to, cfg.Copy)
-			if err != nil {
-				return res, fmt.Errorf("%s: %w", from, err)
-			}
-			if linked {
-				res.Linked++
-			} else {
-				res.Copied++
-			}
-		}
+		res, err = placeAll(src, dest, cfg.Copy)
 	}
 	if err != nil {
 		return res, err
@@ -367,6 +332,90 @@ func write(src *source, splits []classSplit, out string, cfg splitConfig) (res r
 		}
 		if err := os.Rename(tmp, out); err != nil {
 			return res, fmt.Errorf("--out %s: %w", out, err)
+		}
+	}
+	return res, nil
+}
+
+// partialOut checks that out is new or empty and makes the folder beside it
+// that write fills.
+func partialOut(out string) (string, error) {
+	if entries, err := os.ReadDir(out); err == nil && len(entries) > 0 {
+		return "", fmt.Errorf("--out %s is not empty: refusing to write over it (give a new folder)", out)
+	} else if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return "", fmt.Errorf("--out: %w", err)
+	}
+	parent := filepath.Dir(filepath.Clean(out))
+	if err := os.MkdirAll(parent, 0o755); err != nil {
+		return "", fmt.Errorf("--out: %w", err)
+	}
+	tmp, err := os.MkdirTemp(parent, "."+filepath.Base(out)+".partial-")
+	if err != nil {
+		return "", fmt.Errorf("--out: %w", err)
+	}
+	if err := os.Chmod(tmp, 0o755); err != nil { // MkdirTemp's 0700 would become out's
+		os.RemoveAll(tmp)
+		return "", err
+	}
+	return tmp, nil
+}
+
+// destinations makes the split's class folders in tmp and says where each
+// source file goes, by its name relative to the source's top folder.
+func destinations(src *source, splits []classSplit, tmp string) (map[string]string, error) {
+	dest := map[string]string{}
+	for _, s := range splits {
+		for split, names := range map[string][]string{"train": s.Train, "val": s.Val} {
+			if err := os.MkdirAll(filepath.Join(tmp, split, s.Class), 0o755); err != nil {
+				return nil, err
+			}
+			for _, n := range names {
+				dest[s.Class+"/"+n] = filepath.Join(tmp, split, s.Class, n)
+			}
+		}
+	}
+	for _, e := range src.extras {
+		dest[e] = filepath.Join(tmp, e)
+	}
+	return dest, nil
+}
+
+// extract writes the archive's files of dest (a second pass over it), and
+// says how many.
+func extract(src *source, dest map[string]string) (copied int, err error) {
+	err = walkArchive(src.root, func(h *tar.Header, name string, r io.Reader) error {
+		to, ok := dest[strings.TrimPrefix(name, src.prefix)]
+		if !ok || h.Typeflag != tar.TypeReg {
+			return nil
+		}
+		delete(dest, strings.TrimPrefix(name, src.prefix))
+		if err := writeFile(to, r); err != nil {
+			return fmt.Errorf("%s: %s: %w", src.root, name, err)
+		}
+		copied++
+		return nil
+	})
+	if err != nil {
+		return copied, err
+	}
+	for rel := range dest {
+		return copied, fmt.Errorf("%s: %s%s was listed but not found on the second read (did the archive change?)", src.root, src.prefix, rel)
+	}
+	return copied, nil
+}
+
+// placeAll links (or copies) the folder's files of dest.
+func placeAll(src *source, dest map[string]string, copyOnly bool) (res result, err error) {
+	for rel, to := range dest {
+		from := filepath.Join(src.root, filepath.FromSlash(src.prefix+rel))
+		linked, err := place(from, to, copyOnly)
+		if err != nil {
+			return res, fmt.Errorf("%s: %w", from, err)
+		}
+		if linked {
+			res.Linked++
+		} else {
+			res.Copied++
 		}
 	}
 	return res, nil

@@ -8,8 +8,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/alexring/alexring/configs"
 	"github.com/alexring/alexring/sharding"
-	"github.com/alexring/alexring/worker"
 )
 
 func runWorker(args ...string) (code int, stdout, stderr string) {
@@ -52,7 +52,7 @@ func TestStandaloneBadInputsExit2(t *testing.T) {
 		{"missing resume", []string{"--data", d, "--out", t.TempDir(), "--resume", filepath.Join(d, "nope.safetensors")}, "worker: --resume: "},
 		{"truncated resume", []string{"--data", d, "--out", t.TempDir(), "--resume", truncated}, truncated},
 		{"batch beyond the data", []string{"--data", d, "--out", t.TempDir(), "--batch", "100000000"}, "--batch 100000000: a global batch larger than the 20 training images"},
-		{"batch beyond the demo data", []string{"--out", t.TempDir(), "--batch", "100000000"}, fmt.Sprintf("--batch 100000000: a global batch larger than the %d training images", worker.DemoData.Train*len(sharding.SynthClasses))},
+		{"batch beyond the demo data", []string{"--out", t.TempDir(), "--batch", "100000000"}, fmt.Sprintf("--batch 100000000: a global batch larger than the %d training images", sharding.DemoData.Train*len(sharding.SynthClasses))},
 	}
 	for _, c := range cases {
 		code, _, stderr := runWorker(append(tiny, c.args...)...)
@@ -70,7 +70,7 @@ func TestHugeEvalBatchRuns(t *testing.T) {
 	if code != 0 || !strings.Contains(stdout, "Epoch 1/1") {
 		t.Fatalf("exit %d\n%s\n%s", code, stdout, stderr)
 	}
-	if _, err := os.Stat(filepath.Join(out, worker.BestFile)); err != nil {
+	if _, err := os.Stat(filepath.Join(out, configs.BestFile)); err != nil {
 		t.Error(err)
 	}
 }

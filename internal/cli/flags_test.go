@@ -37,3 +37,23 @@ func TestPrintErrorNamesTheCommandOnce(t *testing.T) {
 		t.Errorf("got %q, want %q", b.String(), want)
 	}
 }
+
+// ParseGiven says where each flag that was set came from; the default is no
+// source.
+func TestParseGivenNamesTheSource(t *testing.T) {
+	t.Setenv("ALEXRING_EPOCHS", "3")
+	t.Setenv("ALEXRING_BATCH", "4")
+	fs := flag.NewFlagSet("x", flag.ContinueOnError)
+	epochs, batch := fs.Int("epochs", 1, ""), fs.Int("batch", 1, "")
+	fs.Int("lr", 1, "")
+	given, done, _ := ParseGiven(fs, []string{"--batch", "5"})
+	if done {
+		t.Fatal("parse stopped")
+	}
+	if want := map[string]string{"epochs": "ALEXRING_EPOCHS", "batch": "--batch"}; len(given) != 2 || given["epochs"] != want["epochs"] || given["batch"] != want["batch"] {
+		t.Errorf("given %v, want %v", given, want)
+	}
+	if *epochs != 3 || *batch != 5 {
+		t.Errorf("epochs %d batch %d", *epochs, *batch)
+	}
+}

@@ -1,4 +1,6 @@
-// Package cli holds what every command shares: the zap logger setup.
+// Package cli holds what every command shares: the zap logger setup, flags
+// from the environment (and where each came from), exit codes, and the job's
+// flags that a joined worker refuses.
 package cli
 
 import (

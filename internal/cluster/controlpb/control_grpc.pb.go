@@ -33,7 +33,7 @@ const (
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 type ControlClient interface {
 	// Register blocks until the job starts (all workers are in) and returns this
-	// worker's plan: its rank, the ring, the configuration.
+	// worker's plan: its rank, the ring, the job's settings.
 	Register(ctx context.Context, in *RegisterRequest, opts ...grpc.CallOption) (*JobPlan, error)
 	// EpochShard is the sharding plan of one epoch.
 	EpochShard(ctx context.Context, in *EpochRequest, opts ...grpc.CallOption) (*Shard, error)
@@ -98,7 +98,7 @@ func (c *controlClient) Reform(ctx context.Context, in *ReformRequest, opts ...g
 // for forward compatibility.
 type ControlServer interface {
 	// Register blocks until the job starts (all workers are in) and returns this
-	// worker's plan: its rank, the ring, the configuration.
+	// worker's plan: its rank, the ring, the job's settings.
 	Register(context.Context, *RegisterRequest) (*JobPlan, error)
 	// EpochShard is the sharding plan of one epoch.
 	EpochShard(context.Context, *EpochRequest) (*Shard, error)

@@ -12,6 +12,7 @@ package controlpb
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	durationpb "google.golang.org/protobuf/types/known/durationpb"
 	reflect "reflect"
 	sync "sync"
 	unsafe "unsafe"
@@ -118,7 +119,6 @@ type JobPlan struct {
 	World        int32                  `protobuf:"varint,3,opt,name=world,proto3" json:"world,omitempty"`
 	Peers        []string               `protobuf:"bytes,4,rep,name=peers,proto3" json:"peers,omitempty"` // ring addresses by rank
 	RingId       string                 `protobuf:"bytes,5,opt,name=ring_id,json=ringId,proto3" json:"ring_id,omitempty"`
-	ConfigJson   []byte                 `protobuf:"bytes,6,opt,name=config_json,json=configJson,proto3" json:"config_json,omitempty"` // the job configuration (coordinator.JobConfig)
 	Classes      []string               `protobuf:"bytes,7,rep,name=classes,proto3" json:"classes,omitempty"`
 	Dataset      uint64                 `protobuf:"varint,8,opt,name=dataset,proto3" json:"dataset,omitempty"`       // fingerprint of the train split
 	Generation   int32                  `protobuf:"varint,9,opt,name=generation,proto3" json:"generation,omitempty"` // 1 for the first ring, +1 per re-formation
@@ -128,7 +128,12 @@ type JobPlan struct {
 	// By rank, the Unix socket of each rank on this worker's host ("" for the
 	// others): dialled instead of peers[r], which stays the rank's identity and
 	// the fallback.
-	LocalPeers    []string `protobuf:"bytes,13,rep,name=local_peers,json=localPeers,proto3" json:"local_peers,omitempty"`
+	LocalPeers []string     `protobuf:"bytes,13,rep,name=local_peers,json=localPeers,proto3" json:"local_peers,omitempty"`
+	Settings   *JobSettings `protobuf:"bytes,14,opt,name=settings,proto3" json:"settings,omitempty"` // the job's settings, which every rank trains by
+	// The coordinator's own waits, by which a worker bounds its calls to it
+	// (unset: the worker's own bounds only).
+	ReformTimeout *durationpb.Duration `protobuf:"bytes,15,opt,name=reform_timeout,json=reformTimeout,proto3" json:"reform_timeout,omitempty"` // coordinator --reform-timeout
+	WaitTimeout   *durationpb.Duration `protobuf:"bytes,16,opt,name=wait_timeout,json=waitTimeout,proto3" json:"wait_timeout,omitempty"`       // coordinator --wait-timeout
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -198,13 +203,6 @@ func (x *JobPlan) GetRingId() string {
 	return ""
 }
 
-func (x *JobPlan) GetConfigJson() []byte {
-	if x != nil {
-		return x.ConfigJson
-	}
-	return nil
-}
-
 func (x *JobPlan) GetClasses() []string {
 	if x != nil {
 		return x.Classes
@@ -254,6 +252,281 @@ func (x *JobPlan) GetLocalPeers() []string {
 	return nil
 }
 
+func (x *JobPlan) GetSettings() *JobSettings {
+	if x != nil {
+		return x.Settings
+	}
+	return nil
+}
+
+func (x *JobPlan) GetReformTimeout() *durationpb.Duration {
+	if x != nil {
+		return x.ReformTimeout
+	}
+	return nil
+}
+
+func (x *JobPlan) GetWaitTimeout() *durationpb.Duration {
+	if x != nil {
+		return x.WaitTimeout
+	}
+	return nil
+}
+
+// JobSettings are the job's settings (configs.Job, whose comments say what
+// each is), the same for every rank. A worker's own settings are not here:
+// its loader goroutines and step logs (its cores, its logs). data and
+// eval_batch are the job's defaults, which a worker's own --data (another
+// mount point) and --eval-batch (its memory) replace.
+type JobSettings struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Data          string                 `protobuf:"bytes,1,opt,name=data,proto3" json:"data,omitempty"`
+	Out           string                 `protobuf:"bytes,2,opt,name=out,proto3" json:"out,omitempty"`
+	Resume        string                 `protobuf:"bytes,3,opt,name=resume,proto3" json:"resume,omitempty"`
+	Variant       string                 `protobuf:"bytes,4,opt,name=variant,proto3" json:"variant,omitempty"`
+	Init          string                 `protobuf:"bytes,5,opt,name=init,proto3" json:"init,omitempty"`
+	Freeze        string                 `protobuf:"bytes,6,opt,name=freeze,proto3" json:"freeze,omitempty"`
+	SaveFormat    string                 `protobuf:"bytes,7,opt,name=save_format,json=saveFormat,proto3" json:"save_format,omitempty"`
+	Normalize     string                 `protobuf:"bytes,8,opt,name=normalize,proto3" json:"normalize,omitempty"`
+	Epochs        int64                  `protobuf:"varint,9,opt,name=epochs,proto3" json:"epochs,omitempty"`
+	Batch         int64                  `protobuf:"varint,10,opt,name=batch,proto3" json:"batch,omitempty"`
+	WorkerBatch   int64                  `protobuf:"varint,11,opt,name=worker_batch,json=workerBatch,proto3" json:"worker_batch,omitempty"`
+	Lr            float64                `protobuf:"fixed64,12,opt,name=lr,proto3" json:"lr,omitempty"`
+	Seed          uint64                 `protobuf:"varint,13,opt,name=seed,proto3" json:"seed,omitempty"`
+	Dropout       float64                `protobuf:"fixed64,14,opt,name=dropout,proto3" json:"dropout,omitempty"`
+	Augment       bool                   `protobuf:"varint,15,opt,name=augment,proto3" json:"augment,omitempty"`
+	EvalBatch     int64                  `protobuf:"varint,16,opt,name=eval_batch,json=evalBatch,proto3" json:"eval_batch,omitempty"`
+	SkipNonfinite bool                   `protobuf:"varint,17,opt,name=skip_nonfinite,json=skipNonfinite,proto3" json:"skip_nonfinite,omitempty"`
+	Ring          *RingSettings          `protobuf:"bytes,18,opt,name=ring,proto3" json:"ring,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *JobSettings) Reset() {
+	*x = JobSettings{}
+	mi := &file_control_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *JobSettings) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*JobSettings) ProtoMessage() {}
+
+func (x *JobSettings) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use JobSettings.ProtoReflect.Descriptor instead.
+func (*JobSettings) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *JobSettings) GetData() string {
+	if x != nil {
+		return x.Data
+	}
+	return ""
+}
+
+func (x *JobSettings) GetOut() string {
+	if x != nil {
+		return x.Out
+	}
+	return ""
+}
+
+func (x *JobSettings) GetResume() string {
+	if x != nil {
+		return x.Resume
+	}
+	return ""
+}
+
+func (x *JobSettings) GetVariant() string {
+	if x != nil {
+		return x.Variant
+	}
+	return ""
+}
+
+func (x *JobSettings) GetInit() string {
+	if x != nil {
+		return x.Init
+	}
+	return ""
+}
+
+func (x *JobSettings) GetFreeze() string {
+	if x != nil {
+		return x.Freeze
+	}
+	return ""
+}
+
+func (x *JobSettings) GetSaveFormat() string {
+	if x != nil {
+		return x.SaveFormat
+	}
+	return ""
+}
+
+func (x *JobSettings) GetNormalize() string {
+	if x != nil {
+		return x.Normalize
+	}
+	return ""
+}
+
+func (x *JobSettings) GetEpochs() int64 {
+	if x != nil {
+		return x.Epochs
+	}
+	return 0
+}
+
+func (x *JobSettings) GetBatch() int64 {
+	if x != nil {
+		return x.Batch
+	}
+	return 0
+}
+
+func (x *JobSettings) GetWorkerBatch() int64 {
+	if x != nil {
+		return x.WorkerBatch
+	}
+	return 0
+}
+
+func (x *JobSettings) GetLr() float64 {
+	if x != nil {
+		return x.Lr
+	}
+	return 0
+}
+
+func (x *JobSettings) GetSeed() uint64 {
+	if x != nil {
+		return x.Seed
+	}
+	return 0
+}
+
+func (x *JobSettings) GetDropout() float64 {
+	if x != nil {
+		return x.Dropout
+	}
+	return 0
+}
+
+func (x *JobSettings) GetAugment() bool {
+	if x != nil {
+		return x.Augment
+	}
+	return false
+}
+
+func (x *JobSettings) GetEvalBatch() int64 {
+	if x != nil {
+		return x.EvalBatch
+	}
+	return 0
+}
+
+func (x *JobSettings) GetSkipNonfinite() bool {
+	if x != nil {
+		return x.SkipNonfinite
+	}
+	return false
+}
+
+func (x *JobSettings) GetRing() *RingSettings {
+	if x != nil {
+		return x.Ring
+	}
+	return nil
+}
+
+// RingSettings are configs.Ring: how the ranks' all-reduce moves data.
+type RingSettings struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ChunkBytes    int64                  `protobuf:"varint,1,opt,name=chunk_bytes,json=chunkBytes,proto3" json:"chunk_bytes,omitempty"`
+	Fp16          bool                   `protobuf:"varint,2,opt,name=fp16,proto3" json:"fp16,omitempty"`
+	OpTimeout     *durationpb.Duration   `protobuf:"bytes,3,opt,name=op_timeout,json=opTimeout,proto3" json:"op_timeout,omitempty"`
+	Overlap       bool                   `protobuf:"varint,4,opt,name=overlap,proto3" json:"overlap,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RingSettings) Reset() {
+	*x = RingSettings{}
+	mi := &file_control_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RingSettings) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RingSettings) ProtoMessage() {}
+
+func (x *RingSettings) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RingSettings.ProtoReflect.Descriptor instead.
+func (*RingSettings) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *RingSettings) GetChunkBytes() int64 {
+	if x != nil {
+		return x.ChunkBytes
+	}
+	return 0
+}
+
+func (x *RingSettings) GetFp16() bool {
+	if x != nil {
+		return x.Fp16
+	}
+	return false
+}
+
+func (x *RingSettings) GetOpTimeout() *durationpb.Duration {
+	if x != nil {
+		return x.OpTimeout
+	}
+	return nil
+}
+
+func (x *RingSettings) GetOverlap() bool {
+	if x != nil {
+		return x.Overlap
+	}
+	return false
+}
+
 type ReformRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	JobId         string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
@@ -269,7 +542,7 @@ type ReformRequest struct {
 
 func (x *ReformRequest) Reset() {
 	*x = ReformRequest{}
-	mi := &file_control_proto_msgTypes[2]
+	mi := &file_control_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -281,7 +554,7 @@ func (x *ReformRequest) String() string {
 func (*ReformRequest) ProtoMessage() {}
 
 func (x *ReformRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[2]
+	mi := &file_control_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -294,7 +567,7 @@ func (x *ReformRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReformRequest.ProtoReflect.Descriptor instead.
 func (*ReformRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{2}
+	return file_control_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *ReformRequest) GetJobId() string {
@@ -358,7 +631,7 @@ type EpochRequest struct {
 
 func (x *EpochRequest) Reset() {
 	*x = EpochRequest{}
-	mi := &file_control_proto_msgTypes[3]
+	mi := &file_control_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -370,7 +643,7 @@ func (x *EpochRequest) String() string {
 func (*EpochRequest) ProtoMessage() {}
 
 func (x *EpochRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[3]
+	mi := &file_control_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -383,7 +656,7 @@ func (x *EpochRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EpochRequest.ProtoReflect.Descriptor instead.
 func (*EpochRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{3}
+	return file_control_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *EpochRequest) GetJobId() string {
@@ -431,7 +704,7 @@ type Shard struct {
 
 func (x *Shard) Reset() {
 	*x = Shard{}
-	mi := &file_control_proto_msgTypes[4]
+	mi := &file_control_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -443,7 +716,7 @@ func (x *Shard) String() string {
 func (*Shard) ProtoMessage() {}
 
 func (x *Shard) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[4]
+	mi := &file_control_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -456,7 +729,7 @@ func (x *Shard) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Shard.ProtoReflect.Descriptor instead.
 func (*Shard) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{4}
+	return file_control_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Shard) GetSeed() uint64 {
@@ -532,7 +805,7 @@ type Segment struct {
 
 func (x *Segment) Reset() {
 	*x = Segment{}
-	mi := &file_control_proto_msgTypes[5]
+	mi := &file_control_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -544,7 +817,7 @@ func (x *Segment) String() string {
 func (*Segment) ProtoMessage() {}
 
 func (x *Segment) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[5]
+	mi := &file_control_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -557,7 +830,7 @@ func (x *Segment) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Segment.ProtoReflect.Descriptor instead.
 func (*Segment) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{5}
+	return file_control_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Segment) GetWorld() int32 {
@@ -593,7 +866,7 @@ type EpochReport struct {
 
 func (x *EpochReport) Reset() {
 	*x = EpochReport{}
-	mi := &file_control_proto_msgTypes[6]
+	mi := &file_control_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -605,7 +878,7 @@ func (x *EpochReport) String() string {
 func (*EpochReport) ProtoMessage() {}
 
 func (x *EpochReport) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[6]
+	mi := &file_control_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -618,7 +891,7 @@ func (x *EpochReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EpochReport.ProtoReflect.Descriptor instead.
 func (*EpochReport) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{6}
+	return file_control_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *EpochReport) GetJobId() string {
@@ -709,7 +982,7 @@ type ReportReply struct {
 
 func (x *ReportReply) Reset() {
 	*x = ReportReply{}
-	mi := &file_control_proto_msgTypes[7]
+	mi := &file_control_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -721,7 +994,7 @@ func (x *ReportReply) String() string {
 func (*ReportReply) ProtoMessage() {}
 
 func (x *ReportReply) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[7]
+	mi := &file_control_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -734,7 +1007,7 @@ func (x *ReportReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportReply.ProtoReflect.Descriptor instead.
 func (*ReportReply) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{7}
+	return file_control_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ReportReply) GetStop() bool {
@@ -762,7 +1035,7 @@ var File_control_proto protoreflect.FileDescriptor
 
 const file_control_proto_rawDesc = "" +
 	"\n" +
-	"\rcontrol.proto\x12\x17alexring.coordinator.v1\"\xa4\x01\n" +
+	"\rcontrol.proto\x12\x17alexring.coordinator.v1\x1a\x1egoogle/protobuf/duration.proto\"\xa4\x01\n" +
 	"\x0fRegisterRequest\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x1b\n" +
@@ -770,15 +1043,13 @@ const file_control_proto_rawDesc = "" +
 	"\x06device\x18\x04 \x01(\tR\x06device\x12\x1d\n" +
 	"\n" +
 	"local_addr\x18\x05 \x01(\tR\tlocalAddr\x12\x12\n" +
-	"\x04host\x18\x06 \x01(\tR\x04host\"\xea\x02\n" +
+	"\x04host\x18\x06 \x01(\tR\x04host\"\x9e\x04\n" +
 	"\aJobPlan\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x12\n" +
 	"\x04rank\x18\x02 \x01(\x05R\x04rank\x12\x14\n" +
 	"\x05world\x18\x03 \x01(\x05R\x05world\x12\x14\n" +
 	"\x05peers\x18\x04 \x03(\tR\x05peers\x12\x17\n" +
-	"\aring_id\x18\x05 \x01(\tR\x06ringId\x12\x1f\n" +
-	"\vconfig_json\x18\x06 \x01(\fR\n" +
-	"configJson\x12\x18\n" +
+	"\aring_id\x18\x05 \x01(\tR\x06ringId\x12\x18\n" +
 	"\aclasses\x18\a \x03(\tR\aclasses\x12\x18\n" +
 	"\adataset\x18\b \x01(\x04R\adataset\x12\x1e\n" +
 	"\n" +
@@ -790,7 +1061,39 @@ const file_control_proto_rawDesc = "" +
 	"\n" +
 	"state_root\x18\f \x01(\x05R\tstateRoot\x12\x1f\n" +
 	"\vlocal_peers\x18\r \x03(\tR\n" +
-	"localPeers\"\xbb\x01\n" +
+	"localPeers\x12@\n" +
+	"\bsettings\x18\x0e \x01(\v2$.alexring.coordinator.v1.JobSettingsR\bsettings\x12@\n" +
+	"\x0ereform_timeout\x18\x0f \x01(\v2\x19.google.protobuf.DurationR\rreformTimeout\x12<\n" +
+	"\fwait_timeout\x18\x10 \x01(\v2\x19.google.protobuf.DurationR\vwaitTimeoutJ\x04\b\x06\x10\aR\vconfig_json\"\xfa\x03\n" +
+	"\vJobSettings\x12\x12\n" +
+	"\x04data\x18\x01 \x01(\tR\x04data\x12\x10\n" +
+	"\x03out\x18\x02 \x01(\tR\x03out\x12\x16\n" +
+	"\x06resume\x18\x03 \x01(\tR\x06resume\x12\x18\n" +
+	"\avariant\x18\x04 \x01(\tR\avariant\x12\x12\n" +
+	"\x04init\x18\x05 \x01(\tR\x04init\x12\x16\n" +
+	"\x06freeze\x18\x06 \x01(\tR\x06freeze\x12\x1f\n" +
+	"\vsave_format\x18\a \x01(\tR\n" +
+	"saveFormat\x12\x1c\n" +
+	"\tnormalize\x18\b \x01(\tR\tnormalize\x12\x16\n" +
+	"\x06epochs\x18\t \x01(\x03R\x06epochs\x12\x14\n" +
+	"\x05batch\x18\n" +
+	" \x01(\x03R\x05batch\x12!\n" +
+	"\fworker_batch\x18\v \x01(\x03R\vworkerBatch\x12\x0e\n" +
+	"\x02lr\x18\f \x01(\x01R\x02lr\x12\x12\n" +
+	"\x04seed\x18\r \x01(\x04R\x04seed\x12\x18\n" +
+	"\adropout\x18\x0e \x01(\x01R\adropout\x12\x18\n" +
+	"\aaugment\x18\x0f \x01(\bR\aaugment\x12\x1d\n" +
+	"\n" +
+	"eval_batch\x18\x10 \x01(\x03R\tevalBatch\x12%\n" +
+	"\x0eskip_nonfinite\x18\x11 \x01(\bR\rskipNonfinite\x129\n" +
+	"\x04ring\x18\x12 \x01(\v2%.alexring.coordinator.v1.RingSettingsR\x04ring\"\x97\x01\n" +
+	"\fRingSettings\x12\x1f\n" +
+	"\vchunk_bytes\x18\x01 \x01(\x03R\n" +
+	"chunkBytes\x12\x12\n" +
+	"\x04fp16\x18\x02 \x01(\bR\x04fp16\x128\n" +
+	"\n" +
+	"op_timeout\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\topTimeout\x12\x18\n" +
+	"\aoverlap\x18\x04 \x01(\bR\aoverlap\"\xbb\x01\n" +
 	"\rReformRequest\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x1e\n" +
@@ -847,7 +1150,7 @@ const file_control_proto_rawDesc = "" +
 	"\n" +
 	"EpochShard\x12%.alexring.coordinator.v1.EpochRequest\x1a\x1e.alexring.coordinator.v1.Shard\x12T\n" +
 	"\x06Report\x12$.alexring.coordinator.v1.EpochReport\x1a$.alexring.coordinator.v1.ReportReply\x12R\n" +
-	"\x06Reform\x12&.alexring.coordinator.v1.ReformRequest\x1a .alexring.coordinator.v1.JobPlanB4Z2github.com/alexring/alexring/coordinator/controlpbb\x06proto3"
+	"\x06Reform\x12&.alexring.coordinator.v1.ReformRequest\x1a .alexring.coordinator.v1.JobPlanB9Z7github.com/alexring/alexring/internal/cluster/controlpbb\x06proto3"
 
 var (
 	file_control_proto_rawDescOnce sync.Once
@@ -861,32 +1164,40 @@ func file_control_proto_rawDescGZIP() []byte {
 	return file_control_proto_rawDescData
 }
 
-var file_control_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
+var file_control_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
 var file_control_proto_goTypes = []any{
-	(*RegisterRequest)(nil), // 0: alexring.coordinator.v1.RegisterRequest
-	(*JobPlan)(nil),         // 1: alexring.coordinator.v1.JobPlan
-	(*ReformRequest)(nil),   // 2: alexring.coordinator.v1.ReformRequest
-	(*EpochRequest)(nil),    // 3: alexring.coordinator.v1.EpochRequest
-	(*Shard)(nil),           // 4: alexring.coordinator.v1.Shard
-	(*Segment)(nil),         // 5: alexring.coordinator.v1.Segment
-	(*EpochReport)(nil),     // 6: alexring.coordinator.v1.EpochReport
-	(*ReportReply)(nil),     // 7: alexring.coordinator.v1.ReportReply
+	(*RegisterRequest)(nil),     // 0: alexring.coordinator.v1.RegisterRequest
+	(*JobPlan)(nil),             // 1: alexring.coordinator.v1.JobPlan
+	(*JobSettings)(nil),         // 2: alexring.coordinator.v1.JobSettings
+	(*RingSettings)(nil),        // 3: alexring.coordinator.v1.RingSettings
+	(*ReformRequest)(nil),       // 4: alexring.coordinator.v1.ReformRequest
+	(*EpochRequest)(nil),        // 5: alexring.coordinator.v1.EpochRequest
+	(*Shard)(nil),               // 6: alexring.coordinator.v1.Shard
+	(*Segment)(nil),             // 7: alexring.coordinator.v1.Segment
+	(*EpochReport)(nil),         // 8: alexring.coordinator.v1.EpochReport
+	(*ReportReply)(nil),         // 9: alexring.coordinator.v1.ReportReply
+	(*durationpb.Duration)(nil), // 10: google.protobuf.Duration
 }
 var file_control_proto_depIdxs = []int32{
-	5, // 0: alexring.coordinator.v1.Shard.prior:type_name -> alexring.coordinator.v1.Segment
-	0, // 1: alexring.coordinator.v1.Control.Register:input_type -> alexring.coordinator.v1.RegisterRequest
-	3, // 2: alexring.coordinator.v1.Control.EpochShard:input_type -> alexring.coordinator.v1.EpochRequest
-	6, // 3: alexring.coordinator.v1.Control.Report:input_type -> alexring.coordinator.v1.EpochReport
-	2, // 4: alexring.coordinator.v1.Control.Reform:input_type -> alexring.coordinator.v1.ReformRequest
-	1, // 5: alexring.coordinator.v1.Control.Register:output_type -> alexring.coordinator.v1.JobPlan
-	4, // 6: alexring.coordinator.v1.Control.EpochShard:output_type -> alexring.coordinator.v1.Shard
-	7, // 7: alexring.coordinator.v1.Control.Report:output_type -> alexring.coordinator.v1.ReportReply
-	1, // 8: alexring.coordinator.v1.Control.Reform:output_type -> alexring.coordinator.v1.JobPlan
-	5, // [5:9] is the sub-list for method output_type
-	1, // [1:5] is the sub-list for method input_type
-	1, // [1:1] is the sub-list for extension type_name
-	1, // [1:1] is the sub-list for extension extendee
-	0, // [0:1] is the sub-list for field type_name
+	2,  // 0: alexring.coordinator.v1.JobPlan.settings:type_name -> alexring.coordinator.v1.JobSettings
+	10, // 1: alexring.coordinator.v1.JobPlan.reform_timeout:type_name -> google.protobuf.Duration
+	10, // 2: alexring.coordinator.v1.JobPlan.wait_timeout:type_name -> google.protobuf.Duration
+	3,  // 3: alexring.coordinator.v1.JobSettings.ring:type_name -> alexring.coordinator.v1.RingSettings
+	10, // 4: alexring.coordinator.v1.RingSettings.op_timeout:type_name -> google.protobuf.Duration
+	7,  // 5: alexring.coordinator.v1.Shard.prior:type_name -> alexring.coordinator.v1.Segment
+	0,  // 6: alexring.coordinator.v1.Control.Register:input_type -> alexring.coordinator.v1.RegisterRequest
+	5,  // 7: alexring.coordinator.v1.Control.EpochShard:input_type -> alexring.coordinator.v1.EpochRequest
+	8,  // 8: alexring.coordinator.v1.Control.Report:input_type -> alexring.coordinator.v1.EpochReport
+	4,  // 9: alexring.coordinator.v1.Control.Reform:input_type -> alexring.coordinator.v1.ReformRequest
+	1,  // 10: alexring.coordinator.v1.Control.Register:output_type -> alexring.coordinator.v1.JobPlan
+	6,  // 11: alexring.coordinator.v1.Control.EpochShard:output_type -> alexring.coordinator.v1.Shard
+	9,  // 12: alexring.coordinator.v1.Control.Report:output_type -> alexring.coordinator.v1.ReportReply
+	1,  // 13: alexring.coordinator.v1.Control.Reform:output_type -> alexring.coordinator.v1.JobPlan
+	10, // [10:14] is the sub-list for method output_type
+	6,  // [6:10] is the sub-list for method input_type
+	6,  // [6:6] is the sub-list for extension type_name
+	6,  // [6:6] is the sub-list for extension extendee
+	0,  // [0:6] is the sub-list for field type_name
 }
 
 func init() { file_control_proto_init() }
@@ -900,7 +1211,7 @@ func file_control_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_control_proto_rawDesc), len(file_control_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   8,
+			NumMessages:   10,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
