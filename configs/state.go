@@ -1,9 +1,7 @@
 package configs
 
 import (
-	"errors"
 	"fmt"
-	"io/fs"
 	"strconv"
 
 	"github.com/alexring/alexring/internal/safetensors"
@@ -19,40 +17,54 @@ type Progress struct {
 // The metadata of a training state that Progress reads, as
 // alexnet.SaveTrainState writes them (the tests check the two agree).
 const (
-	stateFormatKey = "format"
-	stateFormat    = "alexring-train-state-1"
-	stateEpochKey  = "epoch"
-	stateBestKey   = "best_accuracy"
+	stateFormatKey  = "format"
+	stateFormat     = "alexring-train-state-1"
+	stateEpochKey   = "epoch"
+	stateBestKey    = "best_accuracy"
+	stateVariantKey = "variant"
 )
 
 // ReadProgress reads a training state's progress from its header alone, not
-// its parameters and Adam's moments; errors name the file. A state whose
-// tensors are corrupt passes: the workers that load it refuse it.
+// its parameters and Adam's moments; errors name the file. What the header
+// tells is checked (the three vectors there, of one length, a known
+// variant), so that a broken state is refused here rather than by every
+// worker; values inside the tensors are the workers' to check.
 func ReadProgress(path string) (Progress, error) {
 	h, err := safetensors.ReadHeader(path)
-	var pathErr *fs.PathError
-	if errors.As(err, &pathErr) {
-		// In the words of alexnet.LoadTrainState, which read the state
-		// before and whose messages the commands' tests name.
-		return Progress{}, fmt.Errorf("alexnet: %w", err)
-	}
 	if err != nil {
 		return Progress{}, err
 	}
 	p, err := progressOf(h.Metadata)
+	if err == nil {
+		err = checkVectors(h)
+	}
+	if err == nil {
+		err = CheckVariant(h.Metadata[stateVariantKey])
+	}
 	if err != nil {
 		return Progress{}, fmt.Errorf("%s: %w", path, err)
 	}
 	return p, nil
 }
 
-// ParseProgress is ReadProgress of a file's bytes.
-func ParseProgress(data []byte) (Progress, error) {
-	h, err := safetensors.Parse(data)
-	if err != nil {
-		return Progress{}, err
+// checkVectors checks that the state holds its parameters and Adam's two
+// moments as flat F32 tensors of one length (alexnet.SaveTrainState's
+// layout).
+func checkVectors(h *safetensors.Header) error {
+	n := -1
+	for _, name := range []string{"params", "adam.m", "adam.v"} {
+		t, ok := h.Tensors[name]
+		switch {
+		case !ok:
+			return fmt.Errorf("no tensor %q", name)
+		case t.DType != "F32" || len(t.Shape) != 1:
+			return fmt.Errorf("tensor %q is %s %v, want a flat F32 vector", name, t.DType, t.Shape)
+		case n >= 0 && t.Shape[0] != n:
+			return fmt.Errorf("tensor %q holds %d values, %q %d", name, t.Shape[0], "params", n)
+		}
+		n = t.Shape[0]
 	}
-	return progressOf(h.Metadata)
+	return nil
 }
 
 // progressOf checks the metadata as alexnet's reader of the state does.

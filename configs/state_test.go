@@ -65,3 +65,35 @@ func TestReadProgressOfAlexnetsState(t *testing.T) {
 		t.Errorf("a truncated state: %v", err)
 	}
 }
+
+// A state whose header lacks a vector, holds vectors of two lengths or names
+// an unknown variant is refused from the header, naming the file and what is
+// wrong (alexnet's reader refuses it too, but only on each worker).
+func TestReadProgressRefusesABrokenState(t *testing.T) {
+	dir := t.TempDir()
+	md := map[string]string{"format": "alexring-train-state-1", "variant": "tiny", "epoch": "1", "best_accuracy": "0.5"}
+	vec := func(n int) alexnet.STTensor { return alexnet.F32Tensor(make([]float32, n), n) }
+	for _, c := range []struct {
+		name    string
+		variant string
+		tensors map[string]alexnet.STTensor
+		want    string
+	}{
+		{"no adam.v", "tiny", map[string]alexnet.STTensor{"params": vec(4), "adam.m": vec(4)}, `no tensor "adam.v"`},
+		{"two lengths", "tiny", map[string]alexnet.STTensor{"params": vec(4), "adam.m": vec(4), "adam.v": vec(3)}, `"adam.v" holds 3 values`},
+		{"unknown variant", "vgg", map[string]alexnet.STTensor{"params": vec(4), "adam.m": vec(4), "adam.v": vec(4)}, `unknown variant "vgg"`},
+	} {
+		path := filepath.Join(dir, strings.ReplaceAll(c.name, " ", "_")+".safetensors")
+		md["variant"] = c.variant
+		var names []string
+		for n := range c.tensors {
+			names = append(names, n)
+		}
+		if err := alexnet.WriteSafetensors(path, names, c.tensors, md); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := configs.ReadProgress(path); err == nil || !strings.Contains(err.Error(), path) || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: %v; want %q", c.name, err, c.want)
+		}
+	}
+}

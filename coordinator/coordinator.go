@@ -239,7 +239,7 @@ func (c *Coordinator) resume() error {
 	// report and the row, and the workers report it again.
 	switch missing := st.Epoch - len(c.core.curves); {
 	case missing == 1:
-		c.core.lostRow = c.guessRow(st, path)
+		c.core.lostRow = c.core.guessRow(st, c.stateWall(path), c.cfg.Workers)
 		c.log.Info("metrics.csv lacks the last trained epoch; the workers report it again, or its row is written with what the state tells",
 			zap.Int("epoch", st.Epoch))
 	case missing > 1:
@@ -263,38 +263,25 @@ func (c *Coordinator) resume() error {
 	return nil
 }
 
-// guessRow is the row of epoch st.Epoch, which metrics.csv (c.core.curves) lacks,
-// from what is known without the workers' reports; NaN for what is not. Its
-// validation accuracy is the state's best when that beats every earlier
-// epoch's (it was this epoch's); its wall time, the last row's plus the time
-// from that row's write (metrics.csv's) to the state's; its world, the last
-// row's. Train loss and images per second are unknown.
-func (c *Coordinator) guessRow(st configs.Progress, statePath string) *epochRow {
-	nan := math.NaN()
-	row := &epochRow{Epoch: st.Epoch, TrainLoss: nan, ValAccuracy: nan, ImagesPerS: nan, WallSeconds: nan, World: c.cfg.Workers}
-	best := math.Inf(-1)
-	for _, r := range c.core.curves {
-		best = max(best, r.ValAccuracy)
+// stateWall is the wall time of the job when the state at statePath was
+// written: the last row's plus the time from that row's write (metrics.csv's)
+// to the state's; NaN when unknown.
+func (c *Coordinator) stateWall(statePath string) float64 {
+	n := len(c.core.curves)
+	if n == 0 || !finite(c.core.curves[n-1].WallSeconds) {
+		return math.NaN()
 	}
-	if len(c.core.curves) == 0 || st.BestAcc > best {
-		row.ValAccuracy = st.BestAcc
+	sst, err1 := os.Stat(statePath)
+	mst, err2 := os.Stat(filepath.Join(c.cfg.Job.Out, configs.MetricsFile))
+	if err1 != nil || err2 != nil {
+		return math.NaN()
 	}
-	if n := len(c.core.curves); n > 0 {
-		last := c.core.curves[n-1]
-		row.World = last.World
-		sst, err1 := os.Stat(statePath)
-		mst, err2 := os.Stat(filepath.Join(c.cfg.Job.Out, configs.MetricsFile))
-		if err1 == nil && err2 == nil && finite(last.WallSeconds) {
-			if d := sst.ModTime().Sub(mst.ModTime()); d >= 0 {
-				row.WallSeconds = last.WallSeconds + d.Seconds()
-			}
-		}
+	d := sst.ModTime().Sub(mst.ModTime())
+	if d < 0 {
+		return math.NaN()
 	}
-	return row
+	return c.core.curves[n-1].WallSeconds + d.Seconds()
 }
-
-// recordLost writes the row of the epoch lost with the last coordinator
-// (lostRow), once the job trains past that epoch: the workers that would
 
 // alreadyDone is Run for a resumed job that has trained every epoch: it
 // writes the last row if metrics.csv lacks it, and prints the summary,
@@ -355,7 +342,7 @@ func (c *Coordinator) Run(ctx context.Context, ready func(gossip string)) error 
 	if c.cfg.Security != nil {
 		key = c.cfg.Security.GossipKey
 	}
-	member, err := membership.Start(membership.Config{
+	member, err := membership.Start(ctx, membership.Config{
 		Name: "coordinator", Bind: c.cfg.Bind, Local: c.cfg.Local, SecretKey: key,
 		Meta: membership.Meta{Role: membership.RoleCoordinator, GRPC: lis.Addr().String(), Job: c.jobID},
 	}, c.log)
@@ -423,8 +410,6 @@ func (c *Coordinator) follow(ctx context.Context, member *membership.Member) err
 	return nil
 }
 
-// waitForWorkers returns once Workers workers have registered, then assigns
-
 // waitForWorkers returns once Workers workers have registered (the last of
 // them forms the first ring), or fails at WaitTimeout listing who is there.
 func (c *Coordinator) waitForWorkers(ctx context.Context, member *membership.Member) error {
@@ -437,8 +422,9 @@ func (c *Coordinator) waitForWorkers(ctx context.Context, member *membership.Mem
 		case <-c.started:
 			return nil
 		case e := <-member.Events():
-			c.log.Info("member "+e.Kind.String(), zap.String("name", e.Name), zap.String("role", e.Meta.Role), zap.String("addr", e.Addr))
-			c.countMembers(member)
+			// The core takes it (it ignores members before the start): the
+			// first ring may have formed since the select began.
+			c.onMember(e, member)
 		case <-timeout:
 			var there []string
 			for _, m := range member.Members() {
@@ -483,7 +469,11 @@ func (c *Coordinator) step(ev event) {
 			c.clock.AfterFunc(a.at.Sub(now), func() {
 				c.mu.Lock()
 				defer c.mu.Unlock()
-				c.step(evTimer{t: a.t})
+				select {
+				case <-c.over: // nothing is decided after the job's end (nor written into --out)
+				default:
+					c.step(evTimer{t: a.t})
+				}
 			})
 		case ringFormed:
 			if a.first {
@@ -548,7 +538,7 @@ func (c *Coordinator) countMembers(member *membership.Member) {
 
 // onMember hands the core the gossip's news of a worker.
 func (c *Coordinator) onMember(e membership.Event, member *membership.Member) {
-	c.log.Info("member "+e.Kind.String(), zap.String("name", e.Name), zap.String("role", e.Meta.Role))
+	c.log.Info("member "+e.Kind.String(), zap.String("name", e.Name), zap.String("role", e.Meta.Role), zap.String("addr", e.Addr))
 	if member != nil {
 		c.countMembers(member)
 	}

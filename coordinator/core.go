@@ -531,6 +531,12 @@ func (c *core) report(e evReport) {
 		c.reply(e.call, nil, refuse(codes.InvalidArgument, "report for job %q rank %d does not belong to job %s", rep.JobId, rep.Rank, c.cfg.JobID))
 		return
 	}
+	if !(rep.ValAccuracy >= 0 && rep.ValAccuracy <= 1) || rep.Images < 0 {
+		// A fraction of the validation set, and a count: what else came from
+		// no worker of ours.
+		c.reply(e.call, nil, refuse(codes.InvalidArgument, "report of rank %d: validation accuracy %g, %d images", rep.Rank, rep.ValAccuracy, rep.Images))
+		return
+	}
 	if int(rep.Generation) != c.ring.gen || c.reform != nil {
 		c.reply(e.call, &controlpb.ReportReply{Reform: true}, nil)
 		return
@@ -618,6 +624,27 @@ func (c *core) decide(epoch int) *controlpb.ReportReply {
 		return &controlpb.ReportReply{Reform: true}
 	}
 	return &controlpb.ReportReply{}
+}
+
+// guessRow is the row of epoch st.Epoch, which the curves lack, from what is
+// known without the workers' reports; NaN for what is not. Its validation
+// accuracy is the state's best when that beats every earlier epoch's (it was
+// this epoch's); its wall time, wall; its world, the last row's (else world).
+// Train loss and images per second are unknown.
+func (c *core) guessRow(st configs.Progress, wall float64, world int) *epochRow {
+	nan := math.NaN()
+	row := &epochRow{Epoch: st.Epoch, TrainLoss: nan, ValAccuracy: nan, ImagesPerS: nan, WallSeconds: wall, World: world}
+	best := math.Inf(-1)
+	for _, r := range c.curves {
+		best = max(best, r.ValAccuracy)
+	}
+	if len(c.curves) == 0 || st.BestAcc > best {
+		row.ValAccuracy = st.BestAcc
+	}
+	if n := len(c.curves); n > 0 {
+		row.World = c.curves[n-1].World
+	}
+	return row
 }
 
 // recordLost writes the row of the epoch lost with the last coordinator

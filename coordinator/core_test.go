@@ -3,6 +3,7 @@ package coordinator
 import (
 	"errors"
 	"io/fs"
+	"math"
 	"slices"
 	"sort"
 	"strings"
@@ -368,6 +369,15 @@ func TestCoreScenarios(t *testing.T) {
 			enroll("w-a", "w-b"), report(1, 7, 0, 1), verdict(1, 1, "go on"), rows(1, 1),
 			check("the job finished", func(c *core) bool { return c.finished && c.failed == nil }),
 		}},
+		{name: "a report no worker of ours would send", workers: 2, ops: []op{
+			enroll("w-a", "w-b"),
+			func(s *sim) {
+				s.call("bogus", func(id callID) event {
+					return evReport{call: id, req: &controlpb.EpochReport{JobId: "job", Rank: 0, Epoch: 1, ValAccuracy: 1e300, Generation: 1}}
+				})
+			},
+			refused("bogus", codes.InvalidArgument, "validation accuracy 1e+300"), rows(0),
+		}},
 		{name: "a report given up", workers: 2, ops: []op{
 			enroll("w-a", "w-b"), report(1, 7, 1), giveUp(reportLabel(1, 1)), refused(reportLabel(1, 1), codes.Unknown, "gave up"),
 		}},
@@ -379,6 +389,33 @@ func TestCoreScenarios(t *testing.T) {
 			planned("w-a again", 2, 0, 2, 1, 0, a+"-2", b+"-2"), rows(2, 1),
 			check("the plans carry the state file", func(c *core) bool { return c.plans["w-b"].Settings.GetResume() == statePath }),
 			report(2, 7, 0, 1), rows(3, 1, 2),
+		}},
+		{name: "no survivor: a state saved past the last verdict gets its row", workers: 2, cfg: func(c *coreConfig) {
+			c.ReadState = func() (configs.Progress, error) { return configs.Progress{Epoch: 2, BestAcc: 0.75}, nil }
+		}, ops: []op{
+			enroll("w-a", "w-b"), report(1, 7, 0, 1), restart("w-a"), restart("w-b"),
+			planned("w-a again", 2, 0, 2, 2, 0, a+"-2", b+"-2"), rows(1, 1),
+			report(3, 7, 0, 1), rows(2, 1, 2, 3), failed(""),
+			check("the guessed row holds the state's best", func(c *core) bool { return c.curves[1].ValAccuracy == 0.75 && math.IsNaN(c.curves[1].TrainLoss) }),
+		}},
+		{name: "no survivor after the last epoch's state was saved: the job is done", workers: 2, cfg: func(c *coreConfig) {
+			c.ReadState = func() (configs.Progress, error) { return configs.Progress{Epoch: 3, BestAcc: 0.5}, nil }
+		}, ops: []op{
+			enroll("w-a", "w-b"), report(1, 7, 0, 1), report(2, 7, 0, 1), restart("w-a"), restart("w-b"),
+			rows(2, 1, 2, 3), failed(""), check("the job finished", func(c *core) bool { return c.finished }),
+			refused("w-b again", codes.Aborted, "ended before w-b could join"),
+		}},
+		{name: "no survivor, and a state an earlier job left in --out: the job starts again", workers: 2, cfg: func(c *coreConfig) {
+			c.ReadState = func() (configs.Progress, error) { return configs.Progress{Epoch: 7}, nil }
+		}, ops: []op{
+			enroll("w-a", "w-b"), restart("w-a"), restart("w-b"),
+			planned("w-a again", 2, 0, 2, 0, 0, a+"-2", b+"-2"),
+			check("the plans carry no state", func(c *core) bool { return c.plans["w-b"].Settings.GetResume() == "" }),
+		}},
+		{name: "no survivor, and a state of an epoch this job never reached: the job fails", workers: 2, cfg: func(c *coreConfig) {
+			c.ReadState = func() (configs.Progress, error) { return configs.Progress{Epoch: 5}, nil }
+		}, ops: []op{
+			enroll("w-a", "w-b"), report(1, 7, 0, 1), restart("w-a"), restart("w-b"), failed("holds epoch 5"),
 		}},
 		{name: "no survivor and no state to read: the job fails", workers: 2, ops: []op{
 			enroll("w-a", "w-b"), report(1, 7, 0, 1), restart("w-a"), restart("w-b"),

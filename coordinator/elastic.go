@@ -1,10 +1,9 @@
 package coordinator
 
 import (
-	"errors"
 	"fmt"
-	"io/fs"
 	"maps"
+	"math"
 	"slices"
 	"sort"
 	"strings"
@@ -63,7 +62,7 @@ func (c *core) beginReform(reason string) {
 // has asked for its place or is gone from the gossip (or the timeout passed).
 func (c *core) completeReform() {
 	r := c.reform
-	if r == nil {
+	if r == nil || c.failed != nil || c.finished {
 		return
 	}
 	var survivors []string
@@ -190,19 +189,40 @@ func (c *core) restartFromSurvivors(r *reformation, next, kept, dropped, joined 
 // epoch, and any epoch judged whose state never reached the disk (its row
 // goes, so that it is written once).
 func (c *core) restartFromDisk(r *reformation, next []string) {
-	epoch := c.resumedAt // the job's start: its --resume file, or nothing
+	epoch := c.resumedAt // the job's start: its --resume state, or nothing
 	st, err := c.cfg.ReadState()
+	// The file is this job's if the job started from it, or if an epoch was
+	// judged here (rank 0 saves each epoch's state before it reports): not
+	// one an earlier job left in --out. Rank 0 may have saved one epoch past
+	// the last verdict.
+	ours := c.cfg.Plan.Settings.GetResume() == c.cfg.StatePath || len(c.verdicts) > 0
 	switch {
-	case err == nil:
+	case err == nil && ours && st.Epoch >= c.resumedAt && st.Epoch <= c.recorded()+1:
 		epoch = st.Epoch
 		c.cfg.Plan.Settings.Resume = c.cfg.StatePath // the plans carry it: every rank loads it
 		c.summary.bestAcc = st.BestAcc
-	case errors.Is(err, fs.ErrNotExist) && len(c.verdicts) == 0:
+		if st.Epoch > c.recorded() {
+			// Saved, but its verdict never came: its row is written with what
+			// the state tells once the new ring is past it.
+			c.lostRow = c.guessRow(st, math.NaN(), c.ring.world())
+		}
+	case !ours:
 		// No epoch ended: the job starts again from where it started.
+	case err == nil:
+		c.fail(fmt.Errorf("coordinator: %s; no worker of the ring is left to carry its state, and %s holds epoch %d, not one of this job's (%d to %d)",
+			r.reason, c.cfg.StatePath, st.Epoch, c.resumedAt, c.recorded()+1))
+		return
 	default:
 		// Without the file (on rank 0's machine but not this one, say), going
 		// on would lose the epochs trained.
 		c.fail(fmt.Errorf("coordinator: %s; no worker of the ring is left to carry its state, and this coordinator cannot read it: %w", r.reason, err))
+		return
+	}
+	if epoch >= c.cfg.Epochs {
+		// The last epoch's state is saved: the job is done.
+		c.recordLost()
+		c.finished = true
+		c.do(endJob{})
 		return
 	}
 	for e := range c.verdicts {

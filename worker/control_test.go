@@ -98,7 +98,7 @@ func serveControl(t *testing.T, f *fakeControl, creds credentials.TransportCrede
 // control address: what a worker finds when it joins.
 func gossipCoordinator(t *testing.T, control string) string {
 	t.Helper()
-	m, err := membership.Start(membership.Config{Name: "coordinator", Bind: "127.0.0.1:0", Local: true,
+	m, err := membership.Start(context.Background(), membership.Config{Name: "coordinator", Bind: "127.0.0.1:0", Local: true,
 		Meta: membership.Meta{Role: membership.RoleCoordinator, GRPC: control}}, zap.NewNop())
 	if err != nil {
 		t.Fatal(err)

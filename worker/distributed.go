@@ -82,7 +82,7 @@ func RunJoined(ctx context.Context, jc JoinConfig, log *zap.Logger) error {
 	if jc.Security != nil {
 		key = jc.Security.GossipKey
 	}
-	member, err := membership.Start(membership.Config{
+	member, err := membership.Start(ctx, membership.Config{
 		Name: jc.Name, Bind: jc.Bind, Join: jc.Join, JoinTimeout: jc.JoinTimeout, Local: jc.Local, SecretKey: key,
 		Meta: membership.Meta{Role: membership.RoleWorker, GRPC: node.Addr, Device: jc.Compute.Device},
 	}, log)
@@ -129,7 +129,7 @@ func waitForCoordinator(ctx context.Context, member *membership.Member, addr str
 		case <-time.After(200 * time.Millisecond):
 		}
 		member.Rejoin(addr) // fails while nobody listens there
-		if _, err := member.Coordinator(time.Second); err == nil {
+		if _, err := member.Coordinator(ctx, time.Second); err == nil {
 			return nil
 		}
 	}
@@ -399,7 +399,7 @@ type job struct {
 // register finds the coordinator through the gossip and registers with it,
 // which gives j its plan; the caller closes the control connection.
 func (j *job) register(ctx context.Context, member *membership.Member) (*grpc.ClientConn, error) {
-	coord, err := member.Coordinator(10 * time.Second)
+	coord, err := member.Coordinator(ctx, 10*time.Second)
 	if err != nil {
 		return nil, fmt.Errorf("worker: %w (joined through %s)", err, j.jc.Join)
 	}

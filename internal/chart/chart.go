@@ -67,7 +67,16 @@ func (c Chart) Image(width, height int) *image.RGBA {
 	toPx := func(p Point) (int, int) {
 		x := float64(area.Min.X) + (p.X-xmin)/(xmax-xmin)*float64(area.Dx())
 		y := float64(area.Max.Y) - (p.Y-ymin)/(ymax-ymin)*float64(area.Dy())
-		return int(math.Round(x)), int(math.Round(y))
+		// A point off the y range is drawn at its edge (clipped there), and
+		// the lines to it stay as long as the image: a value of 1e300 would
+		// otherwise make a line of 1e18 steps.
+		clamp := func(v float64, lo, hi int) int {
+			if math.IsNaN(v) {
+				return lo
+			}
+			return int(math.Round(min(max(v, float64(lo)), float64(hi))))
+		}
+		return clamp(x, -width, 2*width), clamp(y, -height, 2*height)
 	}
 	// The grid and the ticks' labels, then the axes over them.
 	for _, t := range ticks(xmin, xmax) {

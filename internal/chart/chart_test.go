@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"image/color"
 	"image/png"
+	"math"
 	"slices"
 	"testing"
 )
@@ -73,5 +74,15 @@ func TestTicks(t *testing.T) {
 		if got := ticks(c.lo, c.hi); !slices.Equal(got, c.want) {
 			t.Errorf("ticks(%v, %v) = %v, want %v", c.lo, c.hi, got, c.want)
 		}
+	}
+}
+
+// A point far off the y range (a report's 1e300) is drawn at the edge, at
+// once: its line used to take 1e18 steps.
+func TestPointOffTheRange(t *testing.T) {
+	c := Chart{YMin: 0, YMax: 2, Series: []Series{{Name: "a", Color: color.Black, Points: []Point{{1, 0.5}, {2, 1e300}, {3, math.Inf(-1)}, {4, math.NaN()}}}}}
+	img := c.Image(200, 120)
+	if img.Bounds().Dx() != 200 {
+		t.Fatalf("image of %v", img.Bounds())
 	}
 }

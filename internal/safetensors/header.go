@@ -61,6 +61,9 @@ func ReadHeader(path string) (*Header, error) {
 	size := st.Size()
 	var first [8]byte
 	if _, err := io.ReadFull(f, first[:]); err != nil {
+		if size >= 8 {
+			return nil, fmt.Errorf("%s: %w", path, err)
+		}
 		return nil, fmt.Errorf("%s: %w: %d bytes, shorter than the 8-byte header length", path, ErrBad, size)
 	}
 	n, err := headerLen(first[:], size)

@@ -32,7 +32,7 @@ func (s *JobSettings) Job(own configs.Job) configs.Job {
 	return job
 }
 
-// toInt is v, saturated to int's range (a 32-bit int's).
+// toInt is v, saturated to int's range (on a 32-bit machine, too).
 func toInt(v int64) int {
 	const maxInt, minInt = int64(int(^uint(0) >> 1)), -int64(int(^uint(0)>>1)) - 1
 	return int(min(max(v, minInt), maxInt))

@@ -5,6 +5,7 @@
 package membership
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -68,7 +69,29 @@ type Config struct {
 	// SecretKey (16, 24 or 32 bytes) encrypts and authenticates all gossip: a
 	// node without it can neither join nor be heard.
 	SecretKey []byte
+	// Clock times the join's backoff and deadline and Coordinator's wait; nil
+	// is the system's. Tests pass a virtual one.
+	Clock Clock
 }
+
+// Clock is the time the member waits in.
+type Clock interface {
+	Now() time.Time
+	// After sends on the channel once d has passed.
+	After(d time.Duration) <-chan time.Time
+}
+
+type systemClock struct{}
+
+func (systemClock) Now() time.Time                         { return time.Now() }
+func (systemClock) After(d time.Duration) <-chan time.Time { return time.After(d) }
+
+// The join's backoff: the first retry waits joinBackoff, each next one twice
+// the last, up to maxJoinBackoff.
+const (
+	joinBackoff    = 100 * time.Millisecond
+	maxJoinBackoff = 2 * time.Second
+)
 
 // Member is this process's membership.
 type Member struct {
@@ -76,13 +99,18 @@ type Member struct {
 	events chan Event
 	meta   []byte
 	log    *zap.Logger
+	clock  Clock
 	leave  sync.Once
+
+	mu      sync.Mutex
+	changed chan struct{} // closed (and replaced) on every membership event
 }
 
-// Start creates the member and, when cfg.Join is set, joins the cluster with
-// retries and backoff until JoinTimeout; the error names the address that did
-// not answer.
-func Start(cfg Config, log *zap.Logger) (*Member, error) {
+// Start creates the member and, when cfg.Join is set, joins the cluster,
+// retrying with a backoff (joinBackoff, doubling up to maxJoinBackoff) until
+// the next wait would pass JoinTimeout; the error names the --join address
+// that did not answer. A cancelled ctx ends the retries at once.
+func Start(ctx context.Context, cfg Config, log *zap.Logger) (*Member, error) {
 	host, portStr, err := net.SplitHostPort(cfg.Bind)
 	if err != nil {
 		return nil, fmt.Errorf("membership: --bind %q: %w", cfg.Bind, err)
@@ -95,7 +123,11 @@ func Start(cfg Config, log *zap.Logger) (*Member, error) {
 	if err != nil || len(meta) > memberlist.MetaMaxSize {
 		return nil, fmt.Errorf("membership: metadata of %d bytes (max %d)", len(meta), memberlist.MetaMaxSize)
 	}
-	m := &Member{events: make(chan Event, 256), meta: meta, log: log}
+	clock := cfg.Clock
+	if clock == nil {
+		clock = systemClock{}
+	}
+	m := &Member{events: make(chan Event, 256), meta: meta, log: log, clock: clock, changed: make(chan struct{})}
 	mc := memberlist.DefaultLANConfig()
 	if cfg.Local {
 		mc = memberlist.DefaultLocalConfig()
@@ -115,20 +147,35 @@ func Start(cfg Config, log *zap.Logger) (*Member, error) {
 	if cfg.Join == "" {
 		return m, nil
 	}
-	deadline := time.Now().Add(cfg.JoinTimeout)
-	backoff := 100 * time.Millisecond
+	if err := m.join(ctx, cfg.Join, cfg.JoinTimeout); err != nil {
+		ml.Shutdown()
+		return nil, err
+	}
+	return m, nil
+}
+
+// join joins the cluster through addr with Start's retries.
+func (m *Member) join(ctx context.Context, addr string, timeout time.Duration) error {
+	deadline := m.clock.Now().Add(timeout)
+	backoff := joinBackoff
 	for {
-		_, err := ml.Join([]string{cfg.Join})
+		if err := ctx.Err(); err != nil {
+			return fmt.Errorf("membership: joining through --join %s: %w", addr, err)
+		}
+		_, err := m.ml.Join([]string{addr})
 		if err == nil {
-			return m, nil
+			return nil
 		}
-		if time.Now().Add(backoff).After(deadline) {
-			ml.Shutdown()
-			return nil, fmt.Errorf("membership: nobody answered at --join %s within %v: %w", cfg.Join, cfg.JoinTimeout, err)
+		if m.clock.Now().Add(backoff).After(deadline) {
+			return fmt.Errorf("membership: nobody answered at --join %s within %v: %w", addr, timeout, err)
 		}
-		log.Info("join failed; retrying", zap.String("join", cfg.Join), zap.Duration("in", backoff), zap.Error(err))
-		time.Sleep(backoff)
-		backoff = min(2*backoff, 2*time.Second)
+		m.log.Info("join failed; retrying", zap.String("join", addr), zap.Duration("in", backoff), zap.Error(err))
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("membership: joining through --join %s: %w", addr, ctx.Err())
+		case <-m.clock.After(backoff):
+		}
+		backoff = min(2*backoff, maxJoinBackoff)
 	}
 }
 
@@ -179,6 +226,10 @@ func toEvent(kind EventKind, n *memberlist.Node) Event {
 
 // The event callbacks run under memberlist's locks: copy and return.
 func (m *Member) emit(e Event) {
+	m.mu.Lock()
+	close(m.changed)
+	m.changed = make(chan struct{})
+	m.mu.Unlock()
 	select {
 	case m.events <- e:
 	default:
@@ -201,18 +252,25 @@ func (m *Member) MergeRemoteState(buf []byte, join bool)     {}
 var ErrNoCoordinator = errors.New("membership: no coordinator in the cluster")
 
 // Coordinator finds the coordinator member, waiting up to timeout for its
-// metadata to arrive.
-func (m *Member) Coordinator(timeout time.Duration) (Event, error) {
-	deadline := time.Now().Add(timeout)
+// metadata to arrive (woken by each membership event, not polling). It
+// returns ErrNoCoordinator at the timeout, or ctx's error when that ends first.
+func (m *Member) Coordinator(ctx context.Context, timeout time.Duration) (Event, error) {
+	expired := m.clock.After(timeout)
 	for {
+		m.mu.Lock()
+		changed := m.changed // taken before the look, so no event between them is missed
+		m.mu.Unlock()
 		for _, e := range m.Members() {
 			if e.Meta.Role == RoleCoordinator {
 				return e, nil
 			}
 		}
-		if time.Now().After(deadline) {
+		select {
+		case <-ctx.Done():
+			return Event{}, fmt.Errorf("membership: waiting for the coordinator: %w", ctx.Err())
+		case <-expired:
 			return Event{}, ErrNoCoordinator
+		case <-changed:
 		}
-		time.Sleep(50 * time.Millisecond)
 	}
 }
