@@ -6,7 +6,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"strconv"
 	"time"
 
 	"go.uber.org/zap"
@@ -168,11 +167,6 @@ func RunCommand(ctx context.Context, cmd Command, log *zap.Logger) error {
 			return co.Run(ctx, nil)
 		}
 		extra := append([]string{"--log-format", cmd.LogFormat, "--data", data}, cmd.SecurityFlags.Args()...)
-		if n := c.Job.LoaderGoroutines; n > 0 {
-			// A worker's own setting, which the plans do not carry: the job
-			// file's goes to the workers started here.
-			extra = append(extra, "--loader-goroutines", strconv.Itoa(n))
-		}
 		return cmd.runLocal(ctx, co, LocalConfig{Workers: c.Workers, GPUs: gpus, MaxRestarts: cmd.MaxRestarts, Output: cmd.Stderr, Extra: extra}, log)
 	})
 }

@@ -15,7 +15,7 @@ func planJob(p *controlpb.JobPlan) (configs.Job, error) {
 	if p.GetSettings() == nil {
 		return configs.Job{}, errors.New("the plan carries no job settings")
 	}
-	return p.Settings.Job(configs.Job{}), nil
+	return p.Settings.Job(), nil
 }
 
 func writeFile(t *testing.T, path, s string) {

@@ -34,8 +34,9 @@ type Command struct {
 	Join          JoinConfig
 	SecurityFlags security.Config // the key and mTLS flags (security.Setup makes Join.Security of them)
 	// Compute is where to train: GPU's (-1: the CPU), which cmd/worker
-	// selects (devices.Select), as this package links no GPU backend (the
-	// coordinator, which imports it, must not). On the CPU, CPUKernels are
+	// selects (devices.Select), as this package links no GPU backend
+	// (cmd/coordinator, which imports it for CheckLocalMemory, must not). On
+	// the CPU, CPUKernels are
 	// its convolutions.
 	GPU         int
 	Compute     alexnet.Compute
@@ -89,18 +90,24 @@ func RunCommand(ctx context.Context, cmd Command, log *zap.Logger) error {
 		}
 		return RunStandalone(ctx, cmd.Job, compute, tel, log, cmd.Stdout)
 	}
-	jc := cmd.Join
+	jc := cmd.Joined()
 	jc.Compute, jc.Telemetry = compute, tel
-	jc.Data, jc.StepLog = cmd.Job.Data, cmd.Job.StepLog
-	if cmd.Given["eval-batch"] != "" { // its default is the job's default, not the coordinator's
-		jc.EvalBatch = cmd.Job.EvalBatch
-	}
-	jc.LoaderGoroutines = cmd.Job.LoaderGoroutines
-	jc.Local = security.IsLoopback(jc.Join)
 	if jc.Security, err = security.Setup(cmd.SecurityFlags, []string{jc.Join, jc.Bind, jc.RingAddr}, log); err != nil {
 		return configs.BadInput(err)
 	}
 	return RunJoined(ctx, jc, log)
+}
+
+// Joined is the joined worker's settings: the command's --join flags and its
+// own settings of the job (what the plan's job takes from it).
+func (cmd Command) Joined() JoinConfig {
+	jc := cmd.Join
+	jc.Data, jc.StepLog, jc.LoaderGoroutines = cmd.Job.Data, cmd.Job.StepLog, cmd.Job.LoaderGoroutines
+	if cmd.Given["eval-batch"] != "" { // its default is the job's default, not the coordinator's
+		jc.EvalBatch = cmd.Job.EvalBatch
+	}
+	jc.Local = security.IsLoopback(jc.Join)
+	return jc
 }
 
 // checkOwn refuses the job's settings given to a joined worker, and its own

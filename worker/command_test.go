@@ -13,8 +13,7 @@ import (
 
 // A joined worker's own settings (its data folder, memory, cores and logs)
 // win over the coordinator's job; those it leaves unset, and every setting of
-// the job's own, are the coordinator's (but the loader's goroutines, which the
-// plan does not carry: unset, one per core).
+// the job's own, are the coordinator's.
 func TestJoinedWorkerOwnSettings(t *testing.T) {
 	tj := newTestJob(t)
 	tj.cfg.EvalBatch, tj.cfg.LoaderGoroutines = 8, 3
@@ -25,7 +24,7 @@ func TestJoinedWorkerOwnSettings(t *testing.T) {
 		data                           string
 		evalBatch, goroutines, stepLog int
 	}{
-		{"none set", JoinConfig{}, tj.cfg.Data, 8, 0, 0},
+		{"none set", JoinConfig{}, tj.cfg.Data, 8, 3, 0},
 		{"all set", JoinConfig{Data: mount, EvalBatch: 2, LoaderGoroutines: 1, StepLog: 1}, mount, 2, 1, 1},
 		{"some set", JoinConfig{LoaderGoroutines: 5}, tj.cfg.Data, 8, 5, 0},
 	} {

@@ -461,7 +461,7 @@ func (j *job) accept(plan *controlpb.JobPlan, after int32) error {
 	if plan.Settings == nil {
 		return fmt.Errorf("worker: the coordinator at %s sent a bad plan: no job settings", j.addr)
 	}
-	cfg := plan.Settings.Job(configs.DefaultJob())
+	cfg := plan.Settings.Job()
 	ct := coordinatorTimeouts{ReformTimeout: plan.ReformTimeout.AsDuration(), WaitTimeout: plan.WaitTimeout.AsDuration()}
 	j.jc.own(&cfg)
 	// A rank's batch is the config's share of the global batch or its

@@ -74,7 +74,7 @@ func TestSaveFormatConfig(t *testing.T) {
 	}
 	var settings controlpb.JobSettings
 	err = proto.Unmarshal(b, &settings)
-	got := settings.Job(configs.DefaultJob())
+	got := settings.Job()
 	if err != nil || got.SaveFormat != "pth" || got.Validate() != nil {
 		t.Errorf("from the plan: %q, %v", got.SaveFormat, err)
 	}

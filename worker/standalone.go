@@ -13,15 +13,6 @@ import (
 	"github.com/alexring/alexring/sharding"
 )
 
-// withDemoData runs fn with cfg.Data set: the given folder, or when none is
-// given, the demo dataset (sharding.WithDemoData).
-func withDemoData(cfg configs.Job, log *zap.Logger, fn func(configs.Job) error) error {
-	return sharding.WithDemoData(cfg.Data, log, func(data string) error {
-		cfg.Data = data
-		return fn(cfg)
-	})
-}
-
 // RunStandalone trains in a world of one, printing the seed's epoch lines to
 // out: the same Trainer that rank 0 of a ring runs.
 func RunStandalone(ctx context.Context, cfg configs.Job, compute alexnet.Compute, tel Telemetry, log *zap.Logger, out io.Writer) error {
@@ -39,7 +30,8 @@ func RunStandalone(ctx context.Context, cfg configs.Job, compute alexnet.Compute
 			return err
 		}
 	}
-	return withDemoData(cfg, log, func(cfg configs.Job) error {
+	return sharding.WithDemoData(cfg.Data, log, func(data string) error {
+		cfg.Data = data
 		t, err := NewTrainer(cfg, Solo{}, compute, Controller{Telemetry: tel, EpochDone: standaloneEpoch(out, log)}, log)
 		if err != nil {
 			return err

@@ -29,7 +29,7 @@ func (t *Trainer) step(ctx context.Context, loader *sharding.Loader, epoch, n in
 	}
 	rec.phase(PhaseDataWait, rec.start, time.Since(rec.start))
 	grad := vec.Grad()
-	ov := t.overlap(ctx, grad)
+	ov := t.startOverlap(ctx, grad)
 	st, err := t.gradient(b, grad, ov.start, &rec)
 	rec.images, rec.loss = b.Count, st.Loss
 	loader.Release(b)
@@ -92,10 +92,10 @@ type overlap struct {
 	done  func() error
 }
 
-// overlap sets up the early part of grad's all-reduce where it pays. With
+// startOverlap sets up the early part of grad's all-reduce where it pays. With
 // the features frozen the gradient is the classifier's alone: nothing runs
 // after it to overlap with.
-func (t *Trainer) overlap(ctx context.Context, grad []float32) *overlap {
+func (t *Trainer) startOverlap(ctx context.Context, grad []float32) *overlap {
 	e := &overlap{from: len(grad)}
 	if grad != nil && t.trainFrom == 0 && (t.cfg.Ring.Overlap || t.compute.FreesCPU) {
 		e.from = t.params.Spec.ClassifierOffset()

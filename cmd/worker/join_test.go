@@ -1,6 +1,7 @@
 package main
 
 import (
+	"io"
 	"strings"
 	"testing"
 
@@ -47,5 +48,28 @@ func TestJoinTakesOwnFlags(t *testing.T) {
 		"--eval-batch", "4", "--debug", "--cpu-kernels", "openblas", "--name", "w", "--job", "j")
 	if code != 1 || strings.Contains(stderr, "is the job's setting") || !strings.Contains(stderr, "127.0.0.1:1") {
 		t.Errorf("exit %d, want 1 failing to join 127.0.0.1:1:\n%s", code, stderr)
+	}
+}
+
+// The worker's own settings, from flags or the environment, reach the join's
+// settings (over which the plan's job is set: worker.JoinConfig.own); a flag
+// not given leaves the coordinator's (eval batch 0: the plan's).
+func TestJoinCarriesOwnSettings(t *testing.T) {
+	cmd, _, _, done, code := parse([]string{"--join", "127.0.0.1:1"}, io.Discard, io.Discard)
+	if done {
+		t.Fatalf("parse ended with exit %d", code)
+	}
+	if jc := cmd.Joined(); jc.EvalBatch != 0 || jc.LoaderGoroutines != 0 || jc.StepLog != 0 || jc.Data != "" {
+		t.Errorf("join settings with none given: %+v", jc)
+	}
+	t.Setenv("ALEXRING_LOADER_GOROUTINES", "3")
+	cmd, _, _, done, code = parse([]string{"--join", "127.0.0.1:1", "--data", "/mnt/d", "--eval-batch", "4", "--debug"}, io.Discard, io.Discard)
+	if done {
+		t.Fatalf("parse ended with exit %d", code)
+	}
+	jc := cmd.Joined()
+	if jc.Data != "/mnt/d" || jc.EvalBatch != 4 || jc.LoaderGoroutines != 3 || jc.StepLog != 1 || jc.Join != "127.0.0.1:1" {
+		t.Errorf("join settings: data %q eval batch %d goroutines %d step log %d join %q; want /mnt/d 4 3 1 127.0.0.1:1",
+			jc.Data, jc.EvalBatch, jc.LoaderGoroutines, jc.StepLog, jc.Join)
 	}
 }

@@ -29,37 +29,48 @@ func main() {
 }
 
 func run(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("worker", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	cmd, conv, debug := flags(fs)
-	given, done, code := cli.ParseGiven(fs, args)
+	cmd, conv, debug, done, code := parse(args, stdout, stderr)
 	if done {
 		return code
 	}
-	cmd.Given, cmd.Stdout = given, stdout
-	log, err := cli.NewLogger(cmd.LogFormat, *debug)
+	log, err := cli.NewLogger(cmd.LogFormat, debug)
 	if err != nil {
 		cli.PrintError(stderr, "worker", err)
 		return 2
 	}
 	defer log.Sync()
-	if *debug {
-		cmd.Job.StepLog = 1
-	}
-	if cmd.Standalone == (cmd.Join.Join != "") {
-		fmt.Fprintln(stderr, "worker: give either --standalone (train alone) or --join HOST:PORT (a rank of a job)")
-		fs.Usage()
-		return 2
-	}
 	// The device is chosen here, where the GPU backends are linked: the
-	// worker package links none (the coordinator imports it).
-	if cmd.Compute, err = devices.Select(cmd.GPU, *conv); err != nil {
+	// worker package links none (cmd/coordinator imports it).
+	if cmd.Compute, err = devices.Select(cmd.GPU, conv); err != nil {
 		cli.PrintError(stderr, "worker", err)
 		return 2
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	return cli.Exit(stderr, "worker", worker.RunCommand(ctx, *cmd, log))
+}
+
+// parse parses args into the Command (and --conv, --debug); done says the
+// command ends here with exit code (help, a bad flag, neither or both of
+// --standalone and --join).
+func parse(args []string, stdout, stderr io.Writer) (cmd *worker.Command, conv string, debug, done bool, code int) {
+	fs := flag.NewFlagSet("worker", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	cmd, convFlag, debugFlag := flags(fs)
+	given, done, code := cli.ParseGiven(fs, args)
+	if done {
+		return nil, "", false, true, code
+	}
+	cmd.Given, cmd.Stdout = given, stdout
+	if *debugFlag {
+		cmd.Job.StepLog = 1
+	}
+	if cmd.Standalone == (cmd.Join.Join != "") {
+		fmt.Fprintln(stderr, "worker: give either --standalone (train alone) or --join HOST:PORT (a rank of a job)")
+		fs.Usage()
+		return nil, "", false, true, 2
+	}
+	return cmd, *convFlag, *debugFlag, false, 0
 }
 
 // flags defines the worker's flags on fs, each parsed into the Command

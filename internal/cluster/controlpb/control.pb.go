@@ -298,8 +298,11 @@ type JobSettings struct {
 	EvalBatch     int64                  `protobuf:"varint,16,opt,name=eval_batch,json=evalBatch,proto3" json:"eval_batch,omitempty"`
 	SkipNonfinite bool                   `protobuf:"varint,17,opt,name=skip_nonfinite,json=skipNonfinite,proto3" json:"skip_nonfinite,omitempty"`
 	Ring          *RingSettings          `protobuf:"bytes,18,opt,name=ring,proto3" json:"ring,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// The job file's decode goroutines per loader: a default, which a worker's
+	// own --loader-goroutines overrides (0: one per core).
+	LoaderGoroutines int64 `protobuf:"varint,19,opt,name=loader_goroutines,json=loaderGoroutines,proto3" json:"loader_goroutines,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *JobSettings) Reset() {
@@ -456,6 +459,13 @@ func (x *JobSettings) GetRing() *RingSettings {
 		return x.Ring
 	}
 	return nil
+}
+
+func (x *JobSettings) GetLoaderGoroutines() int64 {
+	if x != nil {
+		return x.LoaderGoroutines
+	}
+	return 0
 }
 
 // RingSettings are configs.Ring: how the ranks' all-reduce moves data.
@@ -1064,7 +1074,7 @@ const file_control_proto_rawDesc = "" +
 	"localPeers\x12@\n" +
 	"\bsettings\x18\x0e \x01(\v2$.alexring.coordinator.v1.JobSettingsR\bsettings\x12@\n" +
 	"\x0ereform_timeout\x18\x0f \x01(\v2\x19.google.protobuf.DurationR\rreformTimeout\x12<\n" +
-	"\fwait_timeout\x18\x10 \x01(\v2\x19.google.protobuf.DurationR\vwaitTimeoutJ\x04\b\x06\x10\aR\vconfig_json\"\xfa\x03\n" +
+	"\fwait_timeout\x18\x10 \x01(\v2\x19.google.protobuf.DurationR\vwaitTimeoutJ\x04\b\x06\x10\aR\vconfig_json\"\xa7\x04\n" +
 	"\vJobSettings\x12\x12\n" +
 	"\x04data\x18\x01 \x01(\tR\x04data\x12\x10\n" +
 	"\x03out\x18\x02 \x01(\tR\x03out\x12\x16\n" +
@@ -1086,7 +1096,8 @@ const file_control_proto_rawDesc = "" +
 	"\n" +
 	"eval_batch\x18\x10 \x01(\x03R\tevalBatch\x12%\n" +
 	"\x0eskip_nonfinite\x18\x11 \x01(\bR\rskipNonfinite\x129\n" +
-	"\x04ring\x18\x12 \x01(\v2%.alexring.coordinator.v1.RingSettingsR\x04ring\"\x97\x01\n" +
+	"\x04ring\x18\x12 \x01(\v2%.alexring.coordinator.v1.RingSettingsR\x04ring\x12+\n" +
+	"\x11loader_goroutines\x18\x13 \x01(\x03R\x10loaderGoroutines\"\x97\x01\n" +
 	"\fRingSettings\x12\x1f\n" +
 	"\vchunk_bytes\x18\x01 \x01(\x03R\n" +
 	"chunkBytes\x12\x12\n" +

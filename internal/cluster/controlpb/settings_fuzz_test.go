@@ -37,7 +37,7 @@ func FuzzLoadJobConfig(f *testing.F) {
 		if err := proto.Unmarshal(b, &s); err != nil {
 			t.Fatalf("the plan's settings do not decode: %v", err)
 		}
-		got := s.Job(configs.Job{LoaderGoroutines: cfg.LoaderGoroutines, StepLog: cfg.StepLog})
+		got := s.Job()
 		if !reflect.DeepEqual(got, cfg) {
 			t.Fatalf("the workers would get %+v for %+v", got, cfg)
 		}

@@ -12,7 +12,7 @@ import (
 
 // ownFields are the settings of configs.Job that are each worker's own, which
 // the plans do not carry.
-var ownFields = map[string]bool{"LoaderGoroutines": true, "StepLog": true}
+var ownFields = map[string]bool{"StepLog": true}
 
 // Every setting of a job but a worker's own reaches the workers through the
 // plan as it was: a field added to configs.Job and not to JobSettings fails
@@ -47,7 +47,6 @@ func TestJobSettingsCarryEveryJobSetting(t *testing.T) {
 	}
 	set(v, "")
 	job.Ring.OpTimeout = 90 * time.Second
-	own := configs.Job{LoaderGoroutines: 3, StepLog: 7}
 	b, err := proto.Marshal(NewJobSettings(job))
 	if err != nil {
 		t.Fatal(err)
@@ -57,16 +56,16 @@ func TestJobSettingsCarryEveryJobSetting(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := job
-	want.LoaderGoroutines, want.StepLog = own.LoaderGoroutines, own.StepLog
-	if got := s.Job(own); !reflect.DeepEqual(got, want) {
+	want.StepLog = configs.DefaultJob().StepLog
+	if got := s.Job(); !reflect.DeepEqual(got, want) {
 		t.Errorf("the workers get\n%+v\nfor\n%+v", got, want)
 	}
 	// Numbers beyond int's range saturate rather than wrap into valid ones.
-	if got := (&JobSettings{Epochs: -1 << 63, Batch: 1<<63 - 1}).Job(configs.Job{}); got.Epochs >= 0 || got.Batch <= 0 {
+	if got := (&JobSettings{Epochs: -1 << 63, Batch: 1<<63 - 1}).Job(); got.Epochs >= 0 || got.Batch <= 0 {
 		t.Errorf("epochs %d batch %d", got.Epochs, got.Batch)
 	}
 	// No settings at all make a job that Validate refuses.
-	if err := (*JobSettings)(nil).Job(configs.DefaultJob()).Validate(); err == nil {
+	if err := (*JobSettings)(nil).Job().Validate(); err == nil {
 		t.Error("a plan without settings made a valid job")
 	}
 }
