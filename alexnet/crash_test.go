@@ -1,6 +1,8 @@
 package alexnet
 
 import (
+	"bufio"
+	"fmt"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -10,7 +12,8 @@ import (
 )
 
 // The child side of TestKillDuringCheckpointWrite: write the seed model's
-// training state (175 MB) over and over, epoch after epoch, until killed.
+// training state (175 MB) over and over, epoch after epoch, until killed;
+// it prints "written" once the first file has landed.
 func TestMain(m *testing.M) {
 	if path := os.Getenv("ALEXRING_CHECKPOINT_WRITER"); path != "" {
 		spec, _ := NewSpec("seed", 5)
@@ -20,6 +23,9 @@ func TestMain(m *testing.M) {
 		for epoch := 1; ; epoch++ {
 			if err := SaveTrainState(path, &TrainState{Params: p, Adam: adam, Epoch: epoch, Classes: []string{"a", "b", "c", "d", "e"}}); err != nil {
 				os.Exit(3)
+			}
+			if epoch == 1 {
+				fmt.Println("written")
 			}
 		}
 	}
@@ -38,16 +44,20 @@ func TestKillDuringCheckpointWrite(t *testing.T) {
 	for round := range 4 {
 		cmd := exec.Command(os.Args[0], "-test.run=^$")
 		cmd.Env = append(os.Environ(), "ALEXRING_CHECKPOINT_WRITER="+path)
+		stdout, err := cmd.StdoutPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
 		// Let the first file land, then kill at a random point of a later write.
-		for {
-			if _, err := os.Stat(path); err == nil {
-				break
-			}
-			time.Sleep(10 * time.Millisecond)
+		if line, err := bufio.NewReader(stdout).ReadString('\n'); line != "written\n" {
+			cmd.Process.Kill()
+			cmd.Wait()
+			t.Fatalf("round %d: the writer printed %q (%v), not that its first file landed", round, line, err)
 		}
+		// Stays: the kill's random moment within a write is the test's point.
 		time.Sleep(time.Duration(rng.IntN(3000)) * time.Millisecond)
 		cmd.Process.Kill()
 		cmd.Wait()

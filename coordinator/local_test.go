@@ -1,12 +1,11 @@
 package coordinator
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"regexp"
 	"runtime"
@@ -18,6 +17,7 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
 )
 
@@ -25,7 +25,8 @@ import (
 // it prints its arguments and GOMAXPROCS and exits; set to "plan" it follows
 // fakePlanEnv, one step per run of the same --name (counted in fakeDirEnv):
 // "0" or "1" exit with that code, "kill" kills itself (SIGKILL), "sleep"
-// waits for a signal, "late" exits 1 after half a second; past the plan's end
+// waits for a signal, "late" exits 1 on SIGUSR1 (the test's cue, once the job
+// has ended) after printing "late: ready"; past the plan's end
 // it repeats the last step. A plan
 // "worker-00=1;worker-01=sleep" gives each worker its own.
 const (
@@ -82,7 +83,10 @@ func fakeWorker() {
 	case "sleep":
 		select {}
 	case "late":
-		time.Sleep(500 * time.Millisecond)
+		usr1 := make(chan os.Signal, 1)
+		signal.Notify(usr1, syscall.SIGUSR1)
+		fmt.Fprintln(os.Stderr, "late: ready")
+		<-usr1
 		os.Exit(1)
 	default:
 		code, _ := strconv.Atoi(step)
@@ -120,7 +124,9 @@ func startFake(t *testing.T, n, maxRestarts int, plan string, delay time.Duratio
 	t.Cleanup(func() { restartDelay = old })
 	core, logs := observer.New(zap.InfoLevel)
 	out := &syncBuffer{}
-	lw, err := StartLocal(context.Background(), LocalConfig{Binary: self, Workers: n, Gossip: "127.0.0.1:1", MaxRestarts: maxRestarts, Output: out}, zap.New(core))
+	// Every log entry, like every output line, wakes out's waiters.
+	log := zap.New(core, zap.Hooks(func(zapcore.Entry) error { out.notify(); return nil }))
+	lw, err := StartLocal(context.Background(), LocalConfig{Binary: self, Workers: n, Gossip: "127.0.0.1:1", MaxRestarts: maxRestarts, Output: out}, log)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -151,15 +157,55 @@ func waitSupervisors(t *testing.T, lw *LocalWorkers) {
 	}
 }
 
+// syncBuffer is the workers' output; waitUntil waits on its writes (and
+// on whatever else calls notify), not on a timer.
 type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
+	mu      sync.Mutex
+	b       bytes.Buffer
+	changed chan struct{} // closed and replaced on every write or notify
 }
 
 func (s *syncBuffer) Write(p []byte) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.wakeLocked()
 	return s.b.Write(p)
+}
+
+func (s *syncBuffer) notify() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.wakeLocked()
+}
+
+func (s *syncBuffer) wakeLocked() {
+	if s.changed != nil {
+		close(s.changed)
+	}
+	s.changed = make(chan struct{})
+}
+
+// waitUntil returns once cond holds, checking it after every change; it
+// fails the test after 10 s.
+func (s *syncBuffer) waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	timeout := time.After(10 * time.Second)
+	for {
+		s.mu.Lock()
+		if s.changed == nil {
+			s.changed = make(chan struct{})
+		}
+		changed := s.changed // taken before the check, so no change after it is missed
+		s.mu.Unlock()
+		if cond() {
+			return
+		}
+		select {
+		case <-changed:
+		case <-timeout:
+			t.Fatalf("no %s within 10 s; output:\n%s", what, s)
+		}
+	}
 }
 
 func (s *syncBuffer) String() string {
@@ -269,11 +315,11 @@ func TestLocalRestartBudgetIsShared(t *testing.T) {
 func TestLocalEndStopsEveryWorker(t *testing.T) {
 	// worker-00 dies at once and waits for its restart; worker-01 runs on.
 	t.Run("failed", func(t *testing.T) {
-		lw, logs, _, dir := startFake(t, 2, 3, "worker-00=1;worker-01=sleep", time.Hour)
-		deadline := time.Now().Add(10 * time.Second)
-		for (logs.FilterMessage("local worker died; restarting it").Len() < 1 || runs(t, dir, "worker-01") < 1) && time.Now().Before(deadline) {
-			time.Sleep(10 * time.Millisecond)
-		}
+		lw, logs, out, dir := startFake(t, 2, 3, "worker-00=1;worker-01=sleep", time.Hour)
+		// worker-01 prints its run line after counting the run.
+		out.waitUntil(t, "restart of worker-00 pending and worker-01 running", func() bool {
+			return logs.FilterMessage("local worker died; restarting it").Len() >= 1 && strings.Contains(out.String(), "[worker-01] run 1: ")
+		})
 		start := time.Now()
 		lw.End(true, time.Hour)
 		if d := time.Since(start); d > 5*time.Second {
@@ -289,10 +335,10 @@ func TestLocalEndStopsEveryWorker(t *testing.T) {
 		}
 	})
 	t.Run("finished", func(t *testing.T) {
-		lw, _, _, dir := startFake(t, 2, 3, "sleep", 10*time.Millisecond)
-		for runs(t, dir, "worker-00")+runs(t, dir, "worker-01") < 2 {
-			time.Sleep(10 * time.Millisecond)
-		}
+		lw, _, out, dir := startFake(t, 2, 3, "sleep", 10*time.Millisecond)
+		out.waitUntil(t, "run of both workers", func() bool {
+			return strings.Contains(out.String(), "[worker-00] run 1: ") && strings.Contains(out.String(), "[worker-01] run 1: ")
+		})
 		lw.End(false, 100*time.Millisecond)
 		if n := runs(t, dir, "worker-00") + runs(t, dir, "worker-01"); n != 2 {
 			t.Errorf("%d runs, want 2: a worker stopped at the end is not restarted", n)
@@ -304,8 +350,18 @@ func TestLocalEndStopsEveryWorker(t *testing.T) {
 	// A worker that fails on its own after the end is not restarted, but
 	// named.
 	t.Run("failed after the end", func(t *testing.T) {
-		lw, _, _, dir := startFake(t, 1, 3, "late", 10*time.Millisecond)
-		lw.End(false, 10*time.Second)
+		lw, _, out, dir := startFake(t, 1, 3, "late", 10*time.Millisecond)
+		out.waitUntil(t, "late worker ready", func() bool { return strings.Contains(out.String(), "[worker-00] late: ready") })
+		ended := make(chan struct{})
+		go func() {
+			lw.End(false, 10*time.Second)
+			close(ended)
+		}()
+		<-lw.endCh // the job has ended: now the worker fails on its own
+		lw.mu.Lock()
+		lw.workers[0].cmd.Process.Signal(syscall.SIGUSR1)
+		lw.mu.Unlock()
+		<-ended
 		if n := runs(t, dir, "worker-00"); n != 1 {
 			t.Errorf("%d runs, want 1", n)
 		}
@@ -313,60 +369,6 @@ func TestLocalEndStopsEveryWorker(t *testing.T) {
 			t.Errorf("summary %q, want %q", s, want)
 		}
 	})
-}
-
-// A coordinator killed takes its local workers with it (Linux's
-// parent-death signal): none is left to hold its name in the next job.
-func TestLocalWorkersDieWithTheCoordinator(t *testing.T) {
-	if runtime.GOOS != "linux" {
-		t.Skip("the parent-death signal is Linux's")
-	}
-	self, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	parent := exec.CommandContext(ctx, self)
-	parent.Env = append(os.Environ(), fakeParentEnv+"=1", fakeDirEnv+"="+t.TempDir())
-	stdout, err := parent.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := parent.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer parent.Process.Kill()
-	line, err := bufio.NewReader(stdout).ReadString('\n')
-	if err != nil {
-		t.Fatalf("the fake coordinator printed no child: %v", err)
-	}
-	child, err := strconv.Atoi(strings.TrimSpace(strings.TrimPrefix(line, "child=")))
-	if err != nil {
-		t.Fatalf("%q: %v", line, err)
-	}
-	parent.Process.Signal(syscall.SIGKILL)
-	parent.Wait()
-	for !processGone(child) {
-		if ctx.Err() != nil {
-			syscall.Kill(child, syscall.SIGKILL)
-			t.Fatalf("local worker %d still running after its coordinator was killed", child)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
-// processGone says whether pid has exited (a zombie that nobody reaped yet
-// has).
-func processGone(pid int) bool {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return true
-	}
-	// pid (comm) state ...: the state follows the last ')'.
-	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	return i < 0 || strings.HasPrefix(s[i+1:], " Z") || strings.HasPrefix(s[i+1:], " X")
 }
 
 func TestParseGPUs(t *testing.T) {

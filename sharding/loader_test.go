@@ -1,6 +1,7 @@
 package sharding
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -12,6 +13,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"go.uber.org/zap"
@@ -153,26 +155,41 @@ func TestLoaderCancelLeaksNothing(t *testing.T) {
 	dir := synthDataset(t, SynthConfig{Train: 6, Val: 1, Size: 24, Seed: 3})
 	ds, _ := Scan(filepath.Join(dir, "train"))
 	shard, _ := Plan{World: 1, Size: len(ds.Samples)}.Shard(0)
-	before := runtime.NumGoroutine()
-	ctx, cancel := context.WithCancel(context.Background())
-	l, err := NewLoader(ctx, ds, shard, LoaderConfig{Side: 16, Batch: 2, Goroutines: 4, Prefetch: 1}, NewBadFiles(zap.NewNop()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := l.Next(); err != nil { // hold the only buffer: the workers block
-		t.Fatal(err)
-	}
-	cancel()
-	if _, err := l.Next(); !errors.Is(err, context.Canceled) {
-		t.Errorf("Next after cancel: %v", err)
-	}
-	l.Close()
-	deadline := time.Now().Add(2 * time.Second)
-	for runtime.NumGoroutine() > before && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
-	if n := runtime.NumGoroutine(); n > before {
-		t.Errorf("%d goroutines after Close, %d before", n, before)
+	// In a bubble, synctest.Wait returns once every goroutine the loader
+	// started has exited or is blocked for good: no waiting out a timer.
+	synctest.Test(t, func(t *testing.T) {
+		before := liveGoroutines()
+		ctx, cancel := context.WithCancel(context.Background())
+		l, err := NewLoader(ctx, ds, shard, LoaderConfig{Side: 16, Batch: 2, Goroutines: 4, Prefetch: 1}, NewBadFiles(zap.NewNop()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := l.Next(); err != nil { // hold the only buffer: the workers block
+			t.Fatal(err)
+		}
+		cancel()
+		if _, err := l.Next(); !errors.Is(err, context.Canceled) {
+			t.Errorf("Next after cancel: %v", err)
+		}
+		l.Close()
+		synctest.Wait()
+		if n := liveGoroutines(); n > before {
+			t.Errorf("%d goroutines after Close, %d before", n, before)
+		}
+	})
+}
+
+// liveGoroutines counts the goroutines that have not exited. (Not
+// runtime.NumGoroutine: that counts one that has just exited until the
+// runtime frees it.)
+func liveGoroutines() int {
+	buf := make([]byte, 1<<20)
+	for {
+		n := runtime.Stack(buf, true)
+		if n < len(buf) {
+			return bytes.Count(buf[:n], []byte("\ngoroutine ")) + 1
+		}
+		buf = make([]byte, 2*len(buf))
 	}
 }
 

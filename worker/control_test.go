@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -352,10 +353,20 @@ func TestWaitForTheCoordinatorIsLoggedAndMeasured(t *testing.T) {
 	defer func(d time.Duration) { waitLogAfter = d }(waitLogAfter)
 	waitLogAfter = 50 * time.Millisecond
 	core, logs := observer.New(zap.InfoLevel)
+	logged := make(chan struct{}, 1) // the wait's line is in logs
+	log := zap.New(core, zap.Hooks(func(e zapcore.Entry) error {
+		if e.Message == "waiting for the coordinator" {
+			select {
+			case logged <- struct{}{}:
+			default:
+			}
+		}
+		return nil
+	}))
 	reg := prometheus.NewRegistry()
 	tj := newTestJob(t)
 	jc := &JoinConfig{StartTimeout: time.Minute, Name: "w0", Compute: alexnet.CPUCompute(), Telemetry: Telemetry{Metrics: NewMetrics(reg)}}
-	j := blockingJob(t, tj, jc, zap.New(core))
+	j := blockingJob(t, tj, jc, log)
 	entered, release := make(chan struct{}), make(chan struct{})
 	// The same server answers: swap its Report for one that answers once
 	// released.
@@ -370,14 +381,17 @@ func TestWaitForTheCoordinatorIsLoggedAndMeasured(t *testing.T) {
 		done <- j.report(context.Background(), EpochResult{Epoch: 2, Epochs: 3, Images: 10, Duration: time.Second}, 0)
 	}()
 	<-entered
-	deadline := time.Now().Add(10 * time.Second)
-	for logs.FilterMessage("waiting for the coordinator").Len() == 0 && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
+	select {
+	case <-logged:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the wait was not logged within 10 s")
 	}
 	if w := gauge(t, reg, "alexring_coordinator_wait_seconds"); w < 0.05 {
 		t.Errorf("coordinator wait gauge %v during a wait of over 50ms", w)
 	}
-	time.Sleep(100 * time.Millisecond) // more of the same wait: still one line
+	// Stays: more of the same wait must really pass (twice waitLogAfter, on
+	// the system's timer) for a second line to show if there were one.
+	time.Sleep(100 * time.Millisecond)
 	close(release)
 	if err := <-done; err != nil {
 		t.Fatal(err)

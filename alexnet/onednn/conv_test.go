@@ -239,6 +239,8 @@ func TestConvFreedWhenUnreachable(t *testing.T) {
 		if _, kept := Memory(); kept == before {
 			return
 		}
+		// Stays: a cleanup's end is no event a test can wait on (cleanups run
+		// on the runtime's goroutines, concurrently, in no order).
 		time.Sleep(10 * time.Millisecond)
 	}
 	_, kept := Memory()

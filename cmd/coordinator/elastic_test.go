@@ -26,13 +26,14 @@ type proc struct {
 	stderr bytes.Buffer
 	stdout bytes.Buffer
 	done   chan error
+	// changed is closed (and cleared) by the next write: waitFor waits on it.
+	changed chan struct{}
 }
 
 func startProc(t *testing.T, ctx context.Context, name string, args ...string) *proc {
 	t.Helper()
 	p := &proc{cmd: exec.CommandContext(ctx, filepath.Join(binDir, name), args...), done: make(chan error, 1)}
-	p.cmd.Stdout = &lockedWriter{&p.mu, &p.stdout}
-	p.cmd.Stderr = &lockedWriter{&p.mu, &p.stderr}
+	p.capture()
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -41,14 +42,25 @@ func startProc(t *testing.T, ctx context.Context, name string, args ...string) *
 	return p
 }
 
+// capture keeps the process's output in p.
+func (p *proc) capture() {
+	p.cmd.Stdout = &lockedWriter{p, &p.stdout}
+	p.cmd.Stderr = &lockedWriter{p, &p.stderr}
+}
+
+// lockedWriter writes one of p's outputs under p.mu and wakes p's waiter.
 type lockedWriter struct {
-	mu *sync.Mutex
-	w  io.Writer
+	p *proc
+	w io.Writer
 }
 
 func (l *lockedWriter) Write(b []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
+	l.p.mu.Lock()
+	defer l.p.mu.Unlock()
+	if l.p.changed != nil {
+		close(l.p.changed)
+		l.p.changed = nil
+	}
 	return l.w.Write(b)
 }
 
@@ -58,18 +70,33 @@ func (p *proc) output() (stdout, stderr string) {
 	return p.stdout.String(), p.stderr.String()
 }
 
-// waitFor polls until the stdout holds s.
+// news is closed by p's next write: to wait for output, take it, look at
+// the output, then wait on it.
+func (p *proc) news() <-chan struct{} {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.changed == nil {
+		p.changed = make(chan struct{})
+	}
+	return p.changed
+}
+
+// waitFor waits until the stdout holds s, looking again after each write.
 func (p *proc) waitFor(t *testing.T, s string, timeout time.Duration) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for time.Now().Before(deadline) {
+	expired := time.After(timeout)
+	for {
+		news := p.news()
 		if out, _ := p.output(); strings.Contains(out, s) {
 			return
 		}
-		time.Sleep(20 * time.Millisecond)
+		select {
+		case <-news:
+		case <-expired:
+			out, errs := p.output()
+			t.Fatalf("no %q within %v:\n%s\n%s", s, timeout, out, errs)
+		}
 	}
-	out, errs := p.output()
-	t.Fatalf("no %q within %v:\n%s\n%s", s, timeout, out, errs)
 }
 
 // logLines are a worker's JSON log lines with the given message.

@@ -94,10 +94,7 @@ func checkNoneLeft(t *testing.T, pids map[string][]int) {
 	deadline := time.Now().Add(10 * time.Second)
 	for name, list := range pids {
 		for _, pid := range list {
-			for !processGone(pid) && time.Now().Before(deadline) {
-				time.Sleep(20 * time.Millisecond)
-			}
-			if !processGone(pid) {
+			if !waitGone(pid, deadline) {
 				syscall.Kill(pid, syscall.SIGKILL)
 				t.Errorf("%s (pid %d) outlived its job", name, pid)
 			}
@@ -315,7 +312,7 @@ func faultRound(t *testing.T, rng *rand.Rand, data string, epochs int, plan []fa
 			t.Logf("the job ended before epoch %d: %s not applied", f.Epoch, f.Kind)
 			continue
 		}
-		time.Sleep(time.Duration(f.Frac * float64(epochDuration)))
+		time.Sleep(time.Duration(f.Frac * float64(epochDuration))) // stays: it places the fault at its moment of the epoch
 		switch f.Kind {
 		case killCoordinator:
 			if o, _ := coord.output(); strings.Contains(o, fmt.Sprintf("Epoch %d/%d - ", epochs, epochs)) {
@@ -350,7 +347,7 @@ func faultRound(t *testing.T, rng *rand.Rand, data string, epochs int, plan []fa
 			}
 			stop := time.Duration(1500+rng.IntN(2000)) * time.Millisecond
 			syscall.Kill(pid, syscall.SIGSTOP)
-			time.Sleep(stop)
+			time.Sleep(stop) // stays: how long the worker is frozen is the fault
 			syscall.Kill(pid, syscall.SIGCONT)
 			t.Logf("epoch %d: stopped %s (pid %d) for %v", f.Epoch, name, pid, stop)
 		}
@@ -414,8 +411,9 @@ func faultRound(t *testing.T, rng *rand.Rand, data string, epochs int, plan []fa
 // one (true), or exited or printed the last one (false). A resumed
 // coordinator prints none of the epochs before its --resume.
 func waitEpoch(c *proc, epoch, epochs int, timeout time.Duration) bool {
-	deadline := time.Now().Add(timeout)
-	for time.Now().Before(deadline) {
+	expired := time.After(timeout)
+	for {
+		news := c.news() // taken before the look, so no line after it is missed
 		out, _ := c.output()
 		last := 0
 		for _, m := range epochLine.FindAllStringSubmatch(out, -1) {
@@ -432,10 +430,11 @@ func waitEpoch(c *proc, epoch, epochs int, timeout time.Duration) bool {
 		case err := <-c.done:
 			c.done <- err // for the caller's wait
 			return false
-		case <-time.After(20 * time.Millisecond):
+		case <-news:
+		case <-expired:
+			return false
 		}
 	}
-	return false
 }
 
 // liveWorker picks a running worker at random: its name and pid (0 if none).

@@ -272,11 +272,19 @@ func TestBadInputs(t *testing.T) {
 	}
 }
 
-// scrapeUntil polls http://addr/metrics until every wanted series is there,
-// and returns the last body (empty when the endpoint never answered).
-func scrapeUntil(addr string, deadline time.Time, want ...string) string {
+// scrapeUntil scrapes http://addr/metrics each time news comes (the
+// process wrote a line: its series change with what it logs and prints)
+// until every wanted series is there, and returns the last body (empty when
+// the endpoint never answered).
+func scrapeUntil(addr string, news <-chan struct{}, deadline time.Time, want ...string) string {
 	body := ""
-	for time.Now().Before(deadline) {
+	expired := time.After(time.Until(deadline))
+	for {
+		select {
+		case <-news:
+		case <-expired:
+			return body
+		}
 		if resp, err := http.Get("http://" + addr + "/metrics"); err == nil {
 			b, _ := io.ReadAll(resp.Body)
 			resp.Body.Close()
@@ -289,9 +297,22 @@ func scrapeUntil(addr string, deadline time.Time, want ...string) string {
 				return body
 			}
 		}
-		time.Sleep(100 * time.Millisecond)
 	}
-	return body
+}
+
+// newsWriter is a process's output that sends on news at every write,
+// dropping what the reader has not taken yet (one send is enough to look).
+type newsWriter struct {
+	w    io.Writer
+	news chan struct{}
+}
+
+func (n newsWriter) Write(b []byte) (int, error) {
+	select {
+	case n.news <- struct{}{}:
+	default:
+	}
+	return n.w.Write(b)
 }
 
 // What an operator sees of a running job: the coordinator's and a worker's
@@ -303,19 +324,23 @@ func TestMetricsAndTimelineOfARunningJob(t *testing.T) {
 	trace := filepath.Join(t.TempDir(), "rank.json")
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	start := func(name string, args ...string) (*exec.Cmd, *bytes.Buffer) {
+	coordNews, workerNews := make(chan struct{}, 1), make(chan struct{}, 1)
+	start := func(news chan struct{}, name string, args ...string) (*exec.Cmd, *bytes.Buffer) {
 		cmd := exec.CommandContext(ctx, filepath.Join(binDir, name), args...)
 		var errb bytes.Buffer
 		cmd.Stderr = &errb
+		if news != nil {
+			cmd.Stdout, cmd.Stderr = newsWriter{io.Discard, news}, newsWriter{&errb, news}
+		}
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
 		return cmd, &errb
 	}
-	coord, coordErr := start("coordinator", "--workers", "2", "--config", "tiny", "--data", data, "--out", out, "--epochs", "4",
+	coord, coordErr := start(coordNews, "coordinator", "--workers", "2", "--config", "tiny", "--data", data, "--out", out, "--epochs", "4",
 		"--bind", bind, "--metrics-addr", coordMetrics, "--log-format", "json")
-	w0, w0Err := start("worker", "--join", bind, "--name", "w0", "--metrics-addr", workerMetrics, "--timeline", trace, "--log-format", "json")
-	w1, w1Err := start("worker", "--join", bind, "--name", "w1", "--log-format", "json")
+	w0, w0Err := start(workerNews, "worker", "--join", bind, "--name", "w0", "--metrics-addr", workerMetrics, "--timeline", trace, "--log-format", "json")
+	w1, w1Err := start(nil, "worker", "--join", bind, "--name", "w1", "--log-format", "json")
 
 	deadline := time.Now().Add(2 * time.Minute)
 	// Both scraped at once, and any epoch of the four: the tiny model's
@@ -323,9 +348,9 @@ func TestMetricsAndTimelineOfARunningJob(t *testing.T) {
 	// while the other side is scraped.
 	coordDone := make(chan string, 1)
 	go func() {
-		coordDone <- scrapeUntil(coordMetrics, deadline, `(?m)^alexring_epoch [1-4]$`, `(?m)^alexring_members_alive 2$`, `(?m)^alexring_rings_formed_total 1$`)
+		coordDone <- scrapeUntil(coordMetrics, coordNews, deadline, `(?m)^alexring_epoch [1-4]$`, `(?m)^alexring_members_alive 2$`, `(?m)^alexring_rings_formed_total 1$`)
 	}()
-	workerSeries := scrapeUntil(workerMetrics, deadline, regexp.QuoteMeta(`alexring_step_phase_seconds_count{phase="allreduce"}`), "alexring_val_accuracy",
+	workerSeries := scrapeUntil(workerMetrics, workerNews, deadline, regexp.QuoteMeta(`alexring_step_phase_seconds_count{phase="allreduce"}`), "alexring_val_accuracy",
 		"alexring_allreduce_busbw_bytes_per_second", "alexring_world_size 2")
 	coordSeries := <-coordDone
 	for _, c := range []struct {

@@ -10,13 +10,13 @@ import (
 	"time"
 )
 
-// waitForLog polls p's JSON log until a line with msg is there and returns it.
+// waitForLog waits until p's JSON log has a line with msg, looking again
+// after each write, and returns it.
 func waitForLog(t *testing.T, p *proc, msg string, timeout time.Duration) map[string]any {
 	t.Helper()
-	tick := time.NewTicker(20 * time.Millisecond)
-	defer tick.Stop()
 	deadline := time.After(timeout)
 	for {
+		news := p.news()
 		_, errs := p.output()
 		if lines := logLines(errs, msg); len(lines) > 0 {
 			return lines[0]
@@ -29,7 +29,7 @@ func waitForLog(t *testing.T, p *proc, msg string, timeout time.Duration) map[st
 		case <-deadline:
 			out, errs := p.output()
 			t.Fatalf("no %q within %v:\n%s\n%s", msg, timeout, out, errs)
-		case <-tick.C:
+		case <-news:
 		}
 	}
 }
