@@ -12,8 +12,11 @@ import (
 // until deadline: on its pidfd, which turns readable when it exits.
 func waitGone(pid int, deadline time.Time) bool {
 	fd, err := unix.PidfdOpen(pid, 0)
-	if err != nil {
-		return processGone(pid) // ESRCH: gone already
+	if err == unix.ESRCH {
+		return true // gone already
+	}
+	if err != nil { // a kernel without pidfd_open (before 5.3)
+		return pollGone(pid, deadline)
 	}
 	defer unix.Close(fd)
 	for {
