@@ -109,13 +109,11 @@ func (c *collective) done() bool { return c.got == len(c.recvs) }
 // step takes the next frame from the predecessor, whose chunk payload is
 // size bytes: the chunk it is, or why it is refused (an abort, a frame of
 // another ring, collective, kind or place in the order, a wrong size), as a
-// PeerError naming the rank at fault.
+// PeerError naming the rank at fault. It is called only until done: a frame
+// after the last chunk belongs to the next collective, which checks it.
 func (c *collective) step(f *ringpb.Frame, size int) (recvChunk, error) {
 	if ab := f.GetAbort(); ab != nil {
 		return recvChunk{}, &PeerError{Rank: int(ab.LostRank), Collective: c.name, Err: &relayedAbort{from: c.pred, reason: ab.Reason}}
-	}
-	if c.done() {
-		return recvChunk{}, c.refuse("a frame past the collective's last chunk: %s", describe(f))
 	}
 	want := c.recvs[c.got]
 	ch := f.GetChunk()
@@ -170,16 +168,21 @@ func describe(f *ringpb.Frame) string {
 	return fmt.Sprintf("%T", f.GetBody())
 }
 
-// abortFor is what a rank whose ring broke with err tells its successor, so
-// that the ranks after it fail at once naming the same rank rather than time
-// out. The successor is told even when it is the rank named: one that is
-// gone does not hear it, one that is alive (it broke the protocol, or the
-// gossip took it for dead) learns at once that the ring gave up on it.
-func abortFor(err error) *ringpb.Abort {
+// abortFor is what a rank whose ring broke with err tells its successor
+// succ, so that the ranks after it fail at once naming the same rank rather
+// than time out; nil when succ is the rank named. That one is not told: gone,
+// it would not hear it, and a send to a host that vanished with a full window
+// blocks for the abort's grace; alive, it fails on its own (its stream breaks
+// or its deadline passes) naming its own predecessor, which is what the
+// coordinator's diagnosis of links needs, not another rank's report.
+func abortFor(err error, succ int) *ringpb.Abort {
 	lost := int32(-1)
 	var pe *PeerError
 	if errors.As(err, &pe) {
 		lost = int32(pe.Rank)
+	}
+	if lost == int32(succ) {
+		return nil
 	}
 	return &ringpb.Abort{LostRank: lost, Reason: err.Error()}
 }

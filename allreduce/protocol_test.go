@@ -206,26 +206,33 @@ func TestProtocolRefusesFrames(t *testing.T) {
 	if _, err := col.step(chunk(nil), 40); err == nil || !strings.Contains(err.Error(), "duplicated") {
 		t.Errorf("a duplicate: %v", err)
 	}
-	// Past the last chunk.
+	// Done once every planned chunk is in, not before.
 	col = newCollective("r", 0, 2, &Pending{kind: kindBarrier, seq: 1, v: make([]float32, 1)}, 10)
-	for !col.done() {
+	for range col.recvs {
+		if col.done() {
+			t.Fatalf("done after %d of %d chunks", col.got, len(col.recvs))
+		}
 		want := col.recvs[col.got]
 		if _, err := col.step(chunk(func(c *ringpb.Chunk) { c.Seq, c.Kind, c.Step, c.Index = 1, kindBarrier, want.step, want.index }), 4); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if _, err := col.step(chunk(func(c *ringpb.Chunk) { c.Seq, c.Kind = 1, kindBarrier }), 4); err == nil || !strings.Contains(err.Error(), "past the collective's last chunk") {
-		t.Errorf("a frame past the end: %v", err)
+	if !col.done() {
+		t.Errorf("not done after all %d chunks", len(col.recvs))
 	}
 }
 
 func TestAbortFor(t *testing.T) {
-	a := abortFor(&PeerError{Rank: 3, Collective: "all-reduce #1", Err: errors.New("stream broke")})
-	if a.LostRank != 3 || !strings.Contains(a.Reason, "stream broke") {
+	a := abortFor(&PeerError{Rank: 3, Collective: "all-reduce #1", Err: errors.New("stream broke")}, 1)
+	if a == nil || a.LostRank != 3 || !strings.Contains(a.Reason, "stream broke") {
 		t.Errorf("abort %v", a)
 	}
-	if a := abortFor(errors.New("context canceled")); a.LostRank != -1 {
+	if a := abortFor(errors.New("context canceled"), 1); a == nil || a.LostRank != -1 {
 		t.Errorf("an error naming no rank: abort %v", a)
+	}
+	// The successor named lost is not told.
+	if a := abortFor(&PeerError{Rank: 1, Collective: "all-reduce #1", Err: errors.New("send to b: reset")}, 1); a != nil {
+		t.Errorf("an error naming the successor: abort %v, want none", a)
 	}
 }
 

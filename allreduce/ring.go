@@ -320,7 +320,8 @@ func (r *Ring) drain() {
 	}
 }
 
-// breakRing records the first failure and tells the successor (abortFor).
+// breakRing records the first failure and tells the successor, unless it is
+// the rank named (abortFor).
 func (r *Ring) breakRing(err error) {
 	r.mu.Lock()
 	first := r.broken == nil
@@ -332,7 +333,10 @@ func (r *Ring) breakRing(err error) {
 		return
 	}
 	r.log.Warn("ring broken", zap.String("ring", r.cfg.RingID), zap.Int("rank", r.cfg.Rank), zap.Error(err))
-	abort := abortFor(err)
+	abort := abortFor(err, r.succ)
+	if abort == nil {
+		return
+	}
 	// The successor may be stuck itself: give the abort a moment, then drop
 	// the link rather than block the ring's goroutine.
 	sent := make(chan struct{})

@@ -1,6 +1,7 @@
 package allreduce
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"sync"
@@ -16,19 +17,25 @@ import (
 // queued in memory from a rank to its successor, in order. A test decides
 // each chunk's fate (arrive, be dropped, arrive twice, arrive late, its link
 // is cut, or the sender dies before it leaves), kills a rank or injects a
-// frame of its own;
-// late frames wait for the virtual clock (advance), never for real time. As
-// gRPC's, a chunk's payload is read when it is delivered, not when it is
-// sent, so a ring that changed its vector too early would be caught.
+// frame of its own; late frames wait for the virtual clock (advance), never
+// for real time. As gRPC's, a chunk's payload is read from the sender's
+// memory when it is delivered, not when it is sent; the twin also keeps a
+// copy taken at the send, and a payload that differs from it at delivery
+// (its vector changed before the transport released it) fails the test at
+// its end.
 type twin struct {
 	world int
 
-	mu    sync.Mutex
-	wake  *sync.Cond    // signalled when a queue, a link or the clock changes
-	now   time.Duration // the virtual clock
-	fate  func(from, nth int, c *ringpb.Chunk) fate
-	sent  []int // chunks sent so far, by rank
-	links []*twinLink
+	mu     sync.Mutex
+	wake   *sync.Cond    // signalled when a queue, a link, the clock or a send count changes
+	now    time.Duration // the virtual clock
+	fate   func(from, nth int, c *ringpb.Chunk) fate
+	sent   []int // chunks sent so far, by rank
+	aborts []int // aborts sent to each rank, by rank
+	// changed names each chunk whose payload at delivery was not what it was
+	// at its send.
+	changed []string
+	links   []*twinLink
 	// timers are the rings' (the twin is their Clock too); armed has a token
 	// for each one set.
 	timers []*twinTimer
@@ -65,11 +72,12 @@ type twinFrame struct {
 	frame   *ringpb.Frame // a chunk without its payload, or an abort
 	data    []byte
 	release func() // the sender's, or nil for the twin's own copy
+	snap    []byte // the payload as it was sent, for a sender's payload
 	due     time.Duration
 }
 
 func newTwin(world int) *twin {
-	t := &twin{world: world, sent: make([]int, world), armed: make(chan struct{}, 1<<16)}
+	t := &twin{world: world, sent: make([]int, world), aborts: make([]int, world), armed: make(chan struct{}, 1<<16)}
 	t.wake = sync.NewCond(&t.mu)
 	for r := range world {
 		l := &twinLink{t: t, rank: r, in: make(chan inbound, 1<<16)}
@@ -112,6 +120,11 @@ func twinRings(tb testing.TB, t *twin, edit func(*Config)) []*Ring {
 		for _, l := range t.links { // a world of one has a link no ring holds
 			l.close()
 		}
+		t.mu.Lock()
+		defer t.mu.Unlock()
+		for _, c := range t.changed {
+			tb.Error(c)
+		}
 	})
 	return rings
 }
@@ -135,6 +148,10 @@ func (l *twinLink) pump() {
 			in := &inFrame{frame: f.frame}
 			if f.data != nil {
 				in.views = [][]byte{append([]byte(nil), f.data...)}
+			}
+			if f.snap != nil && !bytes.Equal(f.data, f.snap) {
+				c := f.frame.GetChunk()
+				t.changed = append(t.changed, fmt.Sprintf("rank %d's chunk (seq %d step %d chunk %d) changed between its send and its delivery: its vector was not held until the transport released it", l.pred().rank, c.Seq, c.Step, c.Index))
 			}
 			if f.release != nil {
 				f.release()
@@ -165,6 +182,7 @@ func (l *twinLink) send(c *outChunk) error {
 	defer t.mu.Unlock()
 	nth := t.sent[l.rank]
 	t.sent[l.rank]++
+	t.wake.Broadcast() // for waitSends
 	var f fate
 	if t.fate != nil && l.down == nil {
 		f = t.fate(l.rank, nth, c.chunk)
@@ -184,10 +202,10 @@ func (l *twinLink) send(c *outChunk) error {
 		return nil
 	}
 	frame := &ringpb.Frame{Body: &ringpb.Frame_Chunk{Chunk: c.chunk}}
-	tf := twinFrame{frame: frame, data: c.data, release: c.release, due: t.now + f.delay}
+	tf := twinFrame{frame: frame, data: c.data, release: c.release, snap: append([]byte(nil), c.data...), due: t.now + f.delay}
 	succ := l.succ()
 	if f.twice {
-		tf.data, tf.release = append([]byte(nil), c.data...), nil
+		tf.data, tf.release, tf.snap = tf.snap, nil, nil
 		c.release()
 		succ.queue = append(succ.queue, tf)
 	}
@@ -204,6 +222,7 @@ func (l *twinLink) sendAbort(a *ringpb.Abort) error {
 		return fmt.Errorf("send to %s: %w", twinAddr(l.succ().rank), l.down)
 	}
 	succ := l.succ()
+	t.aborts[succ.rank]++
 	succ.queue = append(succ.queue, twinFrame{frame: &ringpb.Frame{Body: &ringpb.Frame_Abort{Abort: a}}, due: t.now})
 	t.wake.Broadcast()
 	return nil
@@ -211,10 +230,24 @@ func (l *twinLink) sendAbort(a *ringpb.Abort) error {
 
 func (l *twinLink) inbox() <-chan inbound { return l.in }
 
+// abort drops the link: the frames not yet due (not yet written, as it
+// were) are released now, those due still arrive, then the stream ends.
 func (l *twinLink) abort() {
 	t := l.t
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	s := l.succ()
+	for i, f := range s.queue {
+		if f.due > t.now {
+			for _, g := range s.queue[i:] {
+				if g.release != nil {
+					g.release()
+				}
+			}
+			s.queue = s.queue[:i]
+			break
+		}
+	}
 	l.cutLocked(errors.New("the link was dropped"))
 }
 
@@ -317,4 +350,30 @@ func (t *twin) queued(rank int) int {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return len(t.links[rank].queue)
+}
+
+// abortsTo is how many aborts were sent to rank.
+func (t *twin) abortsTo(rank int) int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.aborts[rank]
+}
+
+// waitSends returns once rank has sent n chunks (its collective is under way,
+// its deadline armed).
+func (t *twin) waitSends(rank, n int) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for t.sent[rank] < n {
+		t.wake.Wait()
+	}
+}
+
+// heldBack says whether the frame at the head of rank's incoming queue is
+// not yet due (a late frame holding up its link).
+func (t *twin) heldBack(rank int) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	q := t.links[rank].queue
+	return len(q) > 0 && q[0].due > t.now
 }

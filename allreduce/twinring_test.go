@@ -185,7 +185,8 @@ func TestTwinPeerLostAtEveryStep(t *testing.T) {
 // Frames that are not the one expected (another ring's, an earlier or later
 // collective's, duplicated, lost, of a wrong size) are refused by the rank
 // that gets them, naming its predecessor, and the abort that follows makes
-// every rank fail naming the same one, at once.
+// the ranks after it fail naming the same one, at once. The rank named is
+// not told: it fails at its deadline, naming its own predecessor.
 func TestTwinRefusesFrames(t *testing.T) {
 	const world, per = 3, 4
 	header := func(edit func(*ringpb.Chunk)) *ringpb.Frame {
@@ -215,12 +216,25 @@ func TestTwinRefusesFrames(t *testing.T) {
 		tw.setFate(c.fate)
 		rings := twinRings(t, tw, func(cfg *Config) { cfg.ChunkBytes = 4 * per })
 		vs := randomVectors(world, 2*per*world, 3)
-		errs := eachRing(rings, func(rank int, r *Ring) error { return r.AllReduce(twinCtx(t), vs[rank], Sum) })
-		if !strings.Contains(fmt.Sprint(errs[1]), c.want) {
-			t.Errorf("%s: rank 1 got %v, want %q", c.name, errs[1], c.want)
+		pending := make([]*Pending, world)
+		for r := range world {
+			pending[r] = rings[r].Start(twinCtx(t), vs[r], Sum)
 		}
-		for r, err := range errs {
-			wantLost(t, err, 0, fmt.Sprintf("%s: rank %d", c.name, r))
+		if err := pending[1].Wait(); !strings.Contains(fmt.Sprint(err), c.want) {
+			t.Errorf("%s: rank 1 got %v, want %q", c.name, err, c.want)
+		}
+		for _, r := range []int{1, 2} {
+			wantLost(t, pending[r].Wait(), 0, fmt.Sprintf("%s: rank %d", c.name, r))
+		}
+		tw.waitSends(0, 1) // rank 0's deadline is armed
+		tw.advance(DefaultConfig().OpTimeout)
+		err := pending[0].Wait()
+		wantLost(t, err, 2, fmt.Sprintf("%s: rank 0, at its deadline", c.name))
+		if strings.Contains(err.Error(), "reported by rank") {
+			t.Errorf("%s: rank 0 got %v, want its own view, not an abort", c.name, err)
+		}
+		if n := tw.abortsTo(0); n != 0 {
+			t.Errorf("%s: rank 2 sent the rank it names lost %d aborts, want none", c.name, n)
 		}
 	}
 	// A stale frame after a finished collective: the first one's chunk again.
@@ -242,7 +256,9 @@ func TestTwinRefusesFrames(t *testing.T) {
 
 // Ring.Fail during a collective (the gossip lost a rank) fails it on this
 // rank, and the abort makes the ranks after it fail naming the same rank at
-// once, the rank named too.
+// once; the rank named is not told (gone, it would not hear; alive, its own
+// view of its links is what the coordinator needs), and fails at its
+// deadline naming its predecessor.
 func TestTwinFailAbortsInFlight(t *testing.T) {
 	tw := newTwin(3)
 	sent := make(chan struct{})
@@ -264,7 +280,19 @@ func TestTwinFailAbortsInFlight(t *testing.T) {
 	for range 2 {
 		wantLost(t, <-done, 2, "a failed ring")
 	}
-	wantLost(t, rings[2].AllReduce(twinCtx(t), v[2], Sum), 2, "the rank the ring gave up on")
+	// Both rings are broken (breakRing ran before Wait returned): rank 1 was
+	// told, rank 2 was not.
+	if a1, a2 := tw.abortsTo(1), tw.abortsTo(2); a1 != 1 || a2 != 0 {
+		t.Errorf("aborts to rank 1: %d, to rank 2: %d; want 1 and 0", a1, a2)
+	}
+	p := rings[2].Start(twinCtx(t), v[2], Sum)
+	tw.waitSends(2, 1) // rank 2's deadline is armed
+	tw.advance(DefaultConfig().OpTimeout)
+	err := p.Wait()
+	wantLost(t, err, 1, "the rank the ring gave up on, at its deadline")
+	if !strings.Contains(err.Error(), "nothing from twin-1") {
+		t.Errorf("rank 2: %v, want its own view of its predecessor", err)
+	}
 }
 
 // A late frame holds up its link (in order, as TCP) until the virtual clock
@@ -289,11 +317,9 @@ func TestTwinDelayWaitsForTheClock(t *testing.T) {
 	<-held
 	tw.advance(4 * time.Millisecond)
 	// Rank 2 needs rank 1's first chunk before it can finish anything, and
-	// the clock is not there yet.
-	select {
-	case <-pending[2].done:
-		t.Fatalf("rank 2 finished before rank 1's first chunk was due: %v", pending[2].err)
-	default:
+	// the clock is not there yet: the chunk still heads its queue.
+	if !tw.heldBack(2) {
+		t.Fatal("rank 1's delayed first chunk left the queue before it was due")
 	}
 	tw.advance(time.Millisecond)
 	for r, p := range pending {
@@ -370,4 +396,73 @@ func TestTwinCutLink(t *testing.T) {
 		t.Errorf("rank 2: %v", errs[2])
 	}
 	wantLost(t, errs[0], 1, "rank 0, told by rank 2")
+}
+
+// A collective is not done while the transport still holds one of its
+// chunks, whose payload is the caller's vector: rank 0 of a broadcast, its
+// last chunk to rank 1 held back, has everything it receives, and yet it
+// stays in the collective until the chunk is released (a deadline then fails
+// it naming rank 1, and drops the link); with the chunk delivered in time, it
+// returns only after, so that a caller overwriting its vector at once changes
+// nothing that rank 1 receives (the twin compares each payload at delivery
+// with its copy taken at the send).
+func TestTwinHoldsTheVectorUntilReleased(t *testing.T) {
+	const world, root, per, delay = 3, 2, 4, time.Millisecond
+	for _, released := range []bool{false, true} {
+		tw := newTwin(world)
+		held := make(chan struct{})
+		last := 3 - 1 // rank 0 forwards the root's 3 chunks
+		tw.setFate(func(from, nth int, _ *ringpb.Chunk) fate {
+			if from == 0 && nth == last {
+				close(held)
+				return fate{delay: delay}
+			}
+			return fate{}
+		})
+		rings := twinRings(t, tw, func(c *Config) { c.ChunkBytes = 4 * per })
+		vs := randomVectors(world, 3*per, 9)
+		want := slices.Clone(vs[root])
+		ctx0, cancel0 := context.WithCancel(twinCtx(t))
+		defer cancel0()
+		pending := make([]*Pending, world)
+		for r := range world {
+			ctx := twinCtx(t)
+			if r == 0 {
+				ctx = ctx0
+			}
+			pending[r] = rings[r].enqueue(&Pending{ctx: ctx, kind: kindBroadcast, v: vs[r], root: root})
+		}
+		// Rank 0 sends its last chunk only once it has received it: from here
+		// it has nothing left to receive.
+		<-held
+		if q := tw.queued(1); q == 0 {
+			t.Fatal("rank 0's last chunk is not held")
+		}
+		if !released {
+			cancel0()
+			err := pending[0].Wait()
+			wantLost(t, err, 1, "rank 0, its last chunk held past its deadline")
+			if !strings.Contains(err.Error(), "stopped taking data") {
+				t.Errorf("rank 0: %v, want the successor named as not taking data", err)
+			}
+			wantLost(t, pending[1].Wait(), 0, "rank 1, its link dropped")
+			continue
+		}
+		got0, v0 := make(chan []float32, 1), vs[0]
+		go func() {
+			pending[0].Wait()
+			got0 <- slices.Clone(v0)
+			for i := range v0 {
+				v0[i] = float32(math.NaN())
+			}
+		}()
+		tw.advance(delay)
+		for r, p := range pending {
+			if err := p.Wait(); err != nil {
+				t.Fatalf("rank %d: %v", r, err)
+			}
+		}
+		vs[0] = <-got0
+		checkEqualBits(t, vs, want, "broadcast with a delayed last chunk")
+	}
 }
