@@ -225,6 +225,20 @@ func (c *core) restartFromDisk(r *reformation, next []string) {
 		c.do(endJob{})
 		return
 	}
+	c.forgetAfter(epoch)
+	clear(c.joiners)
+	clear(c.leftOut)
+	old := c.ring
+	c.formRing(next, epoch, "")
+	c.log.Warn("ring re-formed from the state on disk", zap.String("why", "no worker of the broken ring was left"), zap.Int("generation", c.ring.gen), zap.Int("world", c.ring.world()),
+		zap.Int("was", old.world()), zap.Strings("members", c.ring.members), zap.String("state", c.cfg.Plan.Settings.GetResume()), zap.Int("epoch", epoch+1),
+		zap.Int("batch_per_rank", c.ring.batch), zap.Duration("took", c.now.Sub(r.began)))
+}
+
+// forgetAfter forgets what the job did past its first epochs, which a
+// ring started from the state on disk trains again: their verdicts, reports
+// and partial trainings, and their rows (metrics.csv rewritten).
+func (c *core) forgetAfter(epoch int) {
 	for e := range c.verdicts {
 		if e > epoch {
 			delete(c.verdicts, e)
@@ -250,13 +264,6 @@ func (c *core) restartFromDisk(r *reformation, next []string) {
 			}
 		}
 	}
-	clear(c.joiners)
-	clear(c.leftOut)
-	old := c.ring
-	c.formRing(next, epoch, "")
-	c.log.Warn("ring re-formed from the state on disk", zap.String("why", "no worker of the broken ring was left"), zap.Int("generation", c.ring.gen), zap.Int("world", c.ring.world()),
-		zap.Int("was", old.world()), zap.Strings("members", c.ring.members), zap.String("state", c.cfg.Plan.Settings.GetResume()), zap.Int("epoch", epoch+1),
-		zap.Int("batch_per_rank", c.ring.batch), zap.Duration("took", c.now.Sub(r.began)))
 }
 
 // linksAfter are the failed links once the reports of re-formation r are

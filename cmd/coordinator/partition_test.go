@@ -151,7 +151,7 @@ func startPartitionJob(t *testing.T, ctx context.Context, l *lab, epochs int) *p
 	for _, w := range []string{"w1", "w2", "w3"} {
 		a := l.addrs[w]
 		j.workers[w] = l.start(ctx, w, "worker", "--join", co+":7946", "--bind", a+":7946", "--ring-addr", a+":7950", "--name", w,
-			"--coordinator-grace", "10s", "--insecure", "--log-format", "json")
+			"--coordinator-grace", "10s", "--insecure", "--log-format", "json", "--debug")
 	}
 	return j
 }
@@ -195,7 +195,8 @@ func (j *partitionJob) finish(t *testing.T, timeout time.Duration, ok ...string)
 	for _, w := range ok {
 		if code := exit(j.workers[w], 30*time.Second); code != 0 {
 			_, e := j.workers[w].output()
-			t.Errorf("%s exited %d:\n%s", w, code, tail(e, 30))
+			_, ce := j.coord.output()
+			t.Errorf("%s exited %d:\n%s\nthe coordinator's log:\n%s", w, code, tail(e, 30), tail(ce, 40))
 		}
 	}
 }
@@ -342,6 +343,12 @@ func TestNetworkPartitions(t *testing.T) {
 		l := newLab(t, "c", hosts...)
 		j := startPartitionJob(t, ctx, l, 4)
 		j.coord.waitFor(t, "Epoch 1/4 - ", time.Minute)
+		// The cut lands in epoch 2, once every rank has taken a step of it:
+		// a cut among the replies of epoch 1's verdict is another fault (a
+		// rank whose verdict is held up stalls its ring's all-reduce).
+		for _, w := range []string{"w1", "w2", "w3"} {
+			waitStep(t, j.workers[w].proc, 2, time.Minute)
+		}
 		cut := time.Now()
 		l.ip("-n", l.ns("co"), "link", "set", "eth0", "down")
 		time.Sleep(10 * time.Second) // stays: the cut's length in real time is the fault under test
@@ -371,4 +378,25 @@ func TestNetworkPartitions(t *testing.T) {
 			t.Errorf("processes outlived the job: %v", left)
 		}
 	})
+}
+
+// waitStep waits until worker p logged (--debug) a step of epoch.
+func waitStep(t *testing.T, p *proc, epoch int, timeout time.Duration) {
+	t.Helper()
+	deadline := time.After(timeout)
+	for {
+		news := p.news()
+		_, errs := p.output()
+		for _, l := range logLines(errs, "step") {
+			if e, _ := l["epoch"].(float64); int(e) == epoch {
+				return
+			}
+		}
+		select {
+		case <-deadline:
+			_, errs := p.output()
+			t.Fatalf("no step of epoch %d within %v:\n%s", epoch, timeout, tail(errs, 20))
+		case <-news:
+		}
+	}
 }
