@@ -14,7 +14,7 @@ func NewJobSettings(job configs.Job) *JobSettings {
 		Epochs: int64(job.Epochs), Batch: int64(job.Batch), WorkerBatch: int64(job.WorkerBatchSize), Lr: job.LR, Seed: job.Seed,
 		Dropout: job.Dropout, Augment: job.Augment, EvalBatch: int64(job.EvalBatch), SkipNonfinite: job.SkipNonFinite,
 		LoaderGoroutines: int64(job.LoaderGoroutines),
-		Ring: &RingSettings{ChunkBytes: int64(job.Ring.ChunkBytes), Fp16: job.Ring.FP16, OpTimeout: durationpb.New(job.Ring.OpTimeout), Overlap: job.Ring.Overlap},
+		Ring:             &RingSettings{ChunkBytes: int64(job.Ring.ChunkBytes), Fp16: job.Ring.FP16, OpTimeout: durationpb.New(job.Ring.OpTimeout), Overlap: job.Ring.Overlap},
 	}
 }
 
