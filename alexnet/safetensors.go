@@ -3,7 +3,6 @@ package alexnet
 import (
 	"encoding/binary"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"math"
@@ -12,18 +11,16 @@ import (
 	"unsafe"
 
 	"github.com/alexring/alexring/internal/atomicfile"
+	"github.com/alexring/alexring/internal/safetensors"
 )
 
 // The safetensors format: an 8-byte little-endian header length, a JSON header
 // mapping names to {dtype, shape, data_offsets} (plus an optional "__metadata__"
 // of strings), then the raw little-endian tensor bytes, packed without gaps.
 
-// ErrBadSafetensors marks a file that is not a well-formed safetensors file.
-var ErrBadSafetensors = errors.New("alexnet: bad safetensors file")
-
-// maxHeader bounds the JSON header so that a foreign file cannot make us allocate
-// gigabytes before we notice it is foreign.
-const maxHeader = 100 << 20
+// ErrBadSafetensors marks a file that is not a well-formed safetensors file
+// (the header reader's error: the header is read by internal/safetensors).
+var ErrBadSafetensors = safetensors.ErrBad
 
 var dtypeSizes = map[string]int{
 	"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1,
@@ -110,12 +107,6 @@ func (f *STFile) Close() error {
 // Mapped reports whether the tensors' bytes are the file's pages, mapped.
 func (f *STFile) Mapped() bool { return f.unmap != nil }
 
-type stEntry struct {
-	DType   string   `json:"dtype"`
-	Shape   []int    `json:"shape"`
-	Offsets [2]int64 `json:"data_offsets"`
-}
-
 // ReadSafetensors reads and checks a safetensors file; errors name the file.
 // The header is read and checked against the file's size first, so a file
 // that is not safetensors (or is cut short) is refused before its bulk is read.
@@ -145,7 +136,7 @@ func ReadSafetensors(path string) (*STFile, error) {
 	if _, err := io.ReadFull(fh, n[:]); err != nil {
 		return nil, fmt.Errorf("%s: %w: %d bytes, shorter than the 8-byte header length", path, ErrBadSafetensors, size)
 	}
-	hlen, err := headerLen(n[:], size)
+	hlen, err := safetensors.HeaderLen(n[:], size)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
@@ -204,7 +195,7 @@ func ParseSafetensors(data []byte) (*STFile, error) {
 	if len(data) < 8 {
 		return nil, fmt.Errorf("%w: %d bytes, shorter than the 8-byte header length", ErrBadSafetensors, len(data))
 	}
-	n, err := headerLen(data, int64(len(data)))
+	n, err := safetensors.HeaderLen(data, int64(len(data)))
 	if err != nil {
 		return nil, err
 	}
@@ -215,45 +206,21 @@ func ParseSafetensors(data []byte) (*STFile, error) {
 	return assemble(entries, md, data[8+n:]), nil
 }
 
-// headerLen reads the header length from the first 8 bytes of a file of size
-// bytes.
-func headerLen(first []byte, size int64) (int, error) {
-	n := binary.LittleEndian.Uint64(first)
-	if n > maxHeader || n > uint64(size-8) {
-		return 0, fmt.Errorf("%w: header length %d does not fit a %d-byte file (truncated or not safetensors)", ErrBadSafetensors, n, size)
-	}
-	return int(n), nil
-}
-
 // stSpan is one tensor's place in the data.
 type stSpan struct {
 	name  string
-	entry stEntry
+	entry safetensors.Tensor
 }
 
 // parseHeader checks the JSON header of a file with bodyLen data bytes: every
 // dtype, shape and offset, and that the tensors tile the data exactly.
 func parseHeader(header []byte, bodyLen int64) ([]stSpan, map[string]string, error) {
-	var raw map[string]json.RawMessage
-	if err := json.Unmarshal(header, &raw); err != nil {
-		return nil, nil, fmt.Errorf("%w: header is not JSON: %v", ErrBadSafetensors, err)
+	h, err := safetensors.ParseHeader(header, bodyLen)
+	if err != nil {
+		return nil, nil, err
 	}
-	md := map[string]string{}
 	var spans []stSpan
-	for name, msg := range raw {
-		if name == "__metadata__" {
-			if err := json.Unmarshal(msg, &md); err != nil {
-				return nil, nil, fmt.Errorf("%w: __metadata__ is not a map of strings: %v", ErrBadSafetensors, err)
-			}
-			if md == nil { // "__metadata__": null
-				md = map[string]string{}
-			}
-			continue
-		}
-		var e stEntry
-		if err := json.Unmarshal(msg, &e); err != nil {
-			return nil, nil, fmt.Errorf("%w: tensor %q: %v", ErrBadSafetensors, name, err)
-		}
+	for name, e := range h.Tensors {
 		size, ok := dtypeSizes[e.DType]
 		if !ok {
 			return nil, nil, fmt.Errorf("%w: tensor %q has unknown dtype %q", ErrBadSafetensors, name, e.DType)
@@ -268,10 +235,7 @@ func parseHeader(header []byte, bodyLen int64) ([]stSpan, map[string]string, err
 			}
 			nbytes *= int64(d)
 		}
-		b, end := e.Offsets[0], e.Offsets[1]
-		if b < 0 || end < b || end > bodyLen {
-			return nil, nil, fmt.Errorf("%w: tensor %q has offsets [%d, %d] outside the %d data bytes (truncated?)", ErrBadSafetensors, name, b, end, bodyLen)
-		}
+		b, end := e.Offsets[0], e.Offsets[1] // within the data (ParseHeader)
 		if end-b != nbytes {
 			return nil, nil, fmt.Errorf("%w: tensor %q: %d bytes for %s%v, want %d", ErrBadSafetensors, name, end-b, e.DType, e.Shape, nbytes)
 		}
@@ -291,7 +255,7 @@ func parseHeader(header []byte, bodyLen int64) ([]stSpan, map[string]string, err
 	if at != bodyLen {
 		return nil, nil, fmt.Errorf("%w: %d data bytes, the tensors cover %d", ErrBadSafetensors, bodyLen, at)
 	}
-	return spans, md, nil
+	return spans, h.Metadata, nil
 }
 
 // assemble makes the file of checked entries over their data.
@@ -315,7 +279,7 @@ func WriteSafetensors(path string, names []string, tensors map[string]STTensor, 
 		if !ok {
 			return fmt.Errorf("alexnet: write %s: no tensor %q", path, name)
 		}
-		header[name] = stEntry{DType: t.DType, Shape: t.Shape, Offsets: [2]int64{off, off + int64(len(t.Data))}}
+		header[name] = safetensors.Tensor{DType: t.DType, Shape: t.Shape, Offsets: [2]int64{off, off + int64(len(t.Data))}}
 		off += int64(len(t.Data))
 	}
 	if len(metadata) > 0 {

@@ -3,7 +3,8 @@
 // learns what a training state has trained from it (configs.ReadProgress),
 // where the whole state (parameters and Adam's moments) is hundreds of
 // megabytes it has no use for. The model's reader and writer of the whole
-// format are alexnet's (alexnet/safetensors.go); the two agree on the header.
+// format are alexnet's (alexnet/safetensors.go), which reads the header
+// through this package.
 //
 // The format: an 8-byte little-endian header length, a JSON header mapping
 // names to {dtype, shape, data_offsets} (plus an optional "__metadata__" of
@@ -66,7 +67,7 @@ func ReadHeader(path string) (*Header, error) {
 		}
 		return nil, fmt.Errorf("%s: %w: %d bytes, shorter than the 8-byte header length", path, ErrBad, size)
 	}
-	n, err := headerLen(first[:], size)
+	n, err := HeaderLen(first[:], size)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
@@ -74,7 +75,7 @@ func ReadHeader(path string) (*Header, error) {
 	if _, err := io.ReadFull(f, header); err != nil {
 		return nil, fmt.Errorf("%s: %w (changed while read?)", path, err)
 	}
-	h, err := parse(header, size-8-int64(n))
+	h, err := ParseHeader(header, size-8-int64(n))
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
@@ -86,16 +87,16 @@ func Parse(data []byte) (*Header, error) {
 	if len(data) < 8 {
 		return nil, fmt.Errorf("%w: %d bytes, shorter than the 8-byte header length", ErrBad, len(data))
 	}
-	n, err := headerLen(data, int64(len(data)))
+	n, err := HeaderLen(data, int64(len(data)))
 	if err != nil {
 		return nil, err
 	}
-	return parse(data[8:8+n], int64(len(data))-8-int64(n))
+	return ParseHeader(data[8:8+n], int64(len(data))-8-int64(n))
 }
 
-// headerLen reads the header length from the first 8 bytes of a file of size
+// HeaderLen reads the header length from the first 8 bytes of a file of size
 // bytes.
-func headerLen(first []byte, size int64) (int, error) {
+func HeaderLen(first []byte, size int64) (int, error) {
 	n := binary.LittleEndian.Uint64(first)
 	if n > MaxHeader || n > uint64(size-8) {
 		return 0, fmt.Errorf("%w: header length %d does not fit a %d-byte file (truncated or not safetensors)", ErrBad, n, size)
@@ -103,8 +104,10 @@ func headerLen(first []byte, size int64) (int, error) {
 	return int(n), nil
 }
 
-// parse decodes the JSON header of a file with dataBytes bytes after it.
-func parse(header []byte, dataBytes int64) (*Header, error) {
+// ParseHeader decodes the JSON header of a file with dataBytes bytes after
+// it: every tensor's range within the data. alexnet's whole reader checks the
+// rest (dtypes, shapes, that the tensors tile the data) over it.
+func ParseHeader(header []byte, dataBytes int64) (*Header, error) {
 	var raw map[string]json.RawMessage
 	if err := json.Unmarshal(header, &raw); err != nil {
 		return nil, fmt.Errorf("%w: header is not JSON: %v", ErrBad, err)
