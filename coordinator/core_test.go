@@ -5,7 +5,6 @@ import (
 	"io/fs"
 	"math"
 	"slices"
-	"sort"
 	"strings"
 	"testing"
 	"time"
@@ -19,16 +18,15 @@ import (
 )
 
 // sim steps a core in virtual time and does its actions as the Coordinator
-// would, in memory: answers are kept by call, timers go off when the clock
-// passes them, rows and lines are kept.
+// would, in memory: answers are kept by call, timers go off on a virtual
+// clock as it passes them, rows and lines are kept.
 type sim struct {
 	t       *testing.T
 	c       *core
-	now     time.Time
+	clock   *virtualClock
 	next    callID
 	calls   map[string]callID // by label
 	answers map[callID]answer
-	timers  []armTimer
 	rows    []epochRow // as last written
 	writes  int
 	lines   []string
@@ -42,11 +40,12 @@ func newSim(t *testing.T, workers int) *sim {
 	cfg := coreConfig{Workers: workers, WaitTimeout: time.Second, Epochs: 3, Batch: 12, StatePath: statePath,
 		ReadState: func() (configs.Progress, error) { return configs.Progress{}, fs.ErrNotExist },
 		JobID:     "job", Incarnation: "i", Plan: &controlpb.JobPlan{JobId: "job", Settings: &controlpb.JobSettings{}}, TrainSize: 36}
-	return &sim{t: t, c: newCore(cfg, zap.NewNop(), nil), now: time.Unix(1e9, 0), calls: map[string]callID{}, answers: map[callID]answer{}}
+	return &sim{t: t, c: newCore(cfg, zap.NewNop(), nil), clock: newVirtualClock(), calls: map[string]callID{}, answers: map[callID]answer{}}
 }
 
 func (s *sim) step(ev event) {
-	for _, a := range s.c.Step(ev, s.now) {
+	now := s.clock.Now()
+	for _, a := range s.c.Step(ev, now) {
 		switch a := a.(type) {
 		case answer:
 			if _, dup := s.answers[a.call]; dup {
@@ -54,7 +53,7 @@ func (s *sim) step(ev event) {
 			}
 			s.answers[a.call] = a
 		case armTimer:
-			s.timers = append(s.timers, a)
+			s.clock.AfterFunc(a.at.Sub(now), func() { s.step(evTimer{t: a.t}) })
 		case writeRows:
 			s.rows, s.writes = a.rows, s.writes+1
 		case printLine:
@@ -73,25 +72,6 @@ func (s *sim) call(label string, ev func(callID) event) {
 	s.next++
 	s.calls[label] = s.next
 	s.step(ev(s.next))
-}
-
-// advance moves the clock on by d, setting off the timers due on the way,
-// each at its time.
-func (s *sim) advance(d time.Duration) {
-	end := s.now.Add(d)
-	for {
-		sort.SliceStable(s.timers, func(i, j int) bool { return s.timers[i].at.Before(s.timers[j].at) })
-		if len(s.timers) == 0 || s.timers[0].at.After(end) {
-			break
-		}
-		t := s.timers[0]
-		s.timers = s.timers[1:]
-		if t.at.After(s.now) {
-			s.now = t.at
-		}
-		s.step(evTimer{t: t.t})
-	}
-	s.now = end
 }
 
 // answerOf is the answer to the call labelled label (ok false: none yet).
@@ -164,7 +144,7 @@ func left(name, ringAddr string) op {
 	return func(s *sim) { s.step(evMember{left: true, name: name, grpc: ringAddr}) }
 }
 
-func wait(d time.Duration) op { return func(s *sim) { s.advance(d) } }
+func wait(d time.Duration) op { return func(s *sim) { s.clock.Advance(d) } }
 
 // giveUp is the caller of the call labelled label giving up.
 func giveUp(label string) op {
@@ -176,7 +156,7 @@ func pending(labels ...string) op {
 	return func(s *sim) {
 		for _, l := range labels {
 			if a, ok := s.answerOf(l); ok {
-				s.t.Errorf("at %v: %s answered %v %v, want it waiting", s.now.Sub(time.Unix(1e9, 0)), l, a.msg, a.err)
+				s.t.Errorf("at %v: %s answered %v %v, want it waiting", s.clock.Now().Sub(time.Unix(1e9, 0)), l, a.msg, a.err)
 			}
 		}
 	}
@@ -189,7 +169,7 @@ func planned(label string, world, rank, gen, epoch, root int, peers ...string) o
 		a, ok := s.answerOf(label)
 		p, _ := a.msg.(*controlpb.JobPlan)
 		if !ok || a.err != nil || p == nil {
-			s.t.Errorf("at %v: %s: %v %v, want a plan", s.now.Sub(time.Unix(1e9, 0)), label, a.msg, a.err)
+			s.t.Errorf("at %v: %s: %v %v, want a plan", s.clock.Now().Sub(time.Unix(1e9, 0)), label, a.msg, a.err)
 			return
 		}
 		if int(p.World) != world || int(p.Rank) != rank || int(p.Generation) != gen || int(p.Epoch) != epoch || int(p.StateRoot) != root ||
@@ -268,7 +248,7 @@ func rows(lines int, epochs ...int) op {
 func check(what string, ok func(c *core) bool) op {
 	return func(s *sim) {
 		if !ok(s.c) {
-			s.t.Errorf("at %v: not %s", s.now.Sub(time.Unix(1e9, 0)), what)
+			s.t.Errorf("at %v: not %s", s.clock.Now().Sub(time.Unix(1e9, 0)), what)
 		}
 	}
 }
@@ -481,13 +461,13 @@ func TestCoreResumed(t *testing.T) {
 func TestCoreWatchesTheBoundary(t *testing.T) {
 	s := newSim(t, 3)
 	enroll("w-a", "w-b", "w-c")(s)
-	s.advance(2 * time.Second)
+	s.clock.Advance(2 * time.Second)
 	report(1, 7, 1, 2)(s)
-	s.advance(patience - time.Millisecond)
+	s.clock.Advance(patience - time.Millisecond)
 	if s.c.wait == nil || s.c.wait.logged {
 		t.Fatalf("the wait %+v before patience", s.c.wait)
 	}
-	s.advance(time.Millisecond)
+	s.clock.Advance(time.Millisecond)
 	if !s.c.wait.logged || s.c.wait.epoch != 1 {
 		t.Fatalf("the wait %+v at patience", s.c.wait)
 	}
@@ -495,11 +475,11 @@ func TestCoreWatchesTheBoundary(t *testing.T) {
 	verdict(1, 0, "go on")(s)
 	// The last epoch took 2 s to its first report: the next is overdue past
 	// twice that and the slack.
-	s.advance(2*time.Second + overdueSlack - time.Millisecond)
+	s.clock.Advance(2*time.Second + overdueSlack - time.Millisecond)
 	if s.c.wait != nil {
 		t.Fatalf("epoch 2 watched early: %+v", s.c.wait)
 	}
-	s.advance(time.Millisecond)
+	s.clock.Advance(time.Millisecond)
 	if w := s.c.wait; w == nil || !w.logged || w.epoch != 2 || len(s.c.missing(2)) != 3 {
 		t.Fatalf("the overdue epoch's wait %+v", w)
 	}
