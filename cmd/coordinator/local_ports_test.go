@@ -14,12 +14,21 @@ import (
 // after each write, and returns it.
 func waitForLog(t *testing.T, p *proc, msg string, timeout time.Duration) map[string]any {
 	t.Helper()
+	return waitForLogWhere(t, p, msg, nil, timeout)
+}
+
+// waitForLogWhere is waitForLog of the first line with msg that where takes
+// (nil: any).
+func waitForLogWhere(t *testing.T, p *proc, msg string, where func(map[string]any) bool, timeout time.Duration) map[string]any {
+	t.Helper()
 	deadline := time.After(timeout)
 	for {
 		news := p.news()
 		_, errs := p.output()
-		if lines := logLines(errs, msg); len(lines) > 0 {
-			return lines[0]
+		for _, l := range logLines(errs, msg) {
+			if where == nil || where(l) {
+				return l
+			}
 		}
 		select {
 		case err := <-p.done:

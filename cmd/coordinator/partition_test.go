@@ -347,7 +347,7 @@ func TestNetworkPartitions(t *testing.T) {
 		// a cut among the replies of epoch 1's verdict is another fault (a
 		// rank whose verdict is held up stalls its ring's all-reduce).
 		for _, w := range []string{"w1", "w2", "w3"} {
-			waitStep(t, j.workers[w].proc, 2, time.Minute)
+			waitForLogWhere(t, j.workers[w].proc, "step", func(l map[string]any) bool { return l["epoch"] == 2.0 }, time.Minute)
 		}
 		cut := time.Now()
 		l.ip("-n", l.ns("co"), "link", "set", "eth0", "down")
@@ -378,25 +378,4 @@ func TestNetworkPartitions(t *testing.T) {
 			t.Errorf("processes outlived the job: %v", left)
 		}
 	})
-}
-
-// waitStep waits until worker p logged (--debug) a step of epoch.
-func waitStep(t *testing.T, p *proc, epoch int, timeout time.Duration) {
-	t.Helper()
-	deadline := time.After(timeout)
-	for {
-		news := p.news()
-		_, errs := p.output()
-		for _, l := range logLines(errs, "step") {
-			if e, _ := l["epoch"].(float64); int(e) == epoch {
-				return
-			}
-		}
-		select {
-		case <-deadline:
-			_, errs := p.output()
-			t.Fatalf("no step of epoch %d within %v:\n%s", epoch, timeout, tail(errs, 20))
-		case <-news:
-		}
-	}
 }
