@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 	"unsafe"
@@ -25,12 +26,13 @@ type Config struct {
 	World  int
 	// Peers is every rank's gRPC address, by rank.
 	Peers []string
-	// LocalPeers is, by rank, the Unix socket of each rank on this host, ""
-	// for the others (nil: none): the ring dials it instead of Peers[r], and
-	// Peers[r] if it fails (local.go).
+	// LocalPeers is, by rank, the Unix socket of each rank on this host (this
+	// rank's own too), "" for the others (nil: none): the ring dials it
+	// instead of Peers[r], and Peers[r] if it fails (local.go).
 	LocalPeers []string
 	// ChunkBytes is the size of one message's payload: small enough to overlap
 	// sending, receiving and adding, large enough to amortise per-message costs.
+	// 0 picks by where the ranks are (chunkFor); every rank must cut the same.
 	ChunkBytes int
 	// FP16 sends half floats (half the bytes); sums stay float32.
 	FP16 bool
@@ -57,11 +59,35 @@ type systemClock struct{}
 
 func (systemClock) AfterFunc(d time.Duration, f func()) func() bool { return time.AfterFunc(d, f).Stop }
 
-// DefaultConfig has 1 MiB chunks, float32 on the wire, and deadlines that
-// tell a dead peer within seconds but tolerate a slow step.
+// DefaultConfig picks the chunk size by where the ranks are (chunkFor), sends
+// float32 on the wire, and has deadlines that tell a dead peer within seconds
+// but tolerate a slow step.
 func DefaultConfig() Config {
-	return Config{ChunkBytes: 1 << 20, OpTimeout: 60 * time.Second, ConnectTimeout: 60 * time.Second}
+	return Config{OpTimeout: 60 * time.Second, ConnectTimeout: 60 * time.Second}
 }
+
+// The chunk sizes a ChunkBytes of 0 picks, measured with bench allreduce
+// (58 MB, GOMAXPROCS shared, one 2-core Xeon): between the ranks of one host,
+// over Unix sockets, a 256 KiB chunk is still in the cache when it is summed
+// and sent on (busbw +14% at world 2, +4% at world 4 against 1 MiB); over
+// TCP, 1 MiB (256 KiB lost 5-9%).
+const (
+	localChunkBytes = 256 << 10
+	chunkBytes      = 1 << 20
+)
+
+// chunkFor is the chunk size of a ring whose config asks for none: the local
+// one when every rank, this one too, has a Unix socket on this host. The
+// ranks of a ring agree: that holds for all or for none.
+func chunkFor(c Config) int {
+	if len(c.LocalPeers) == 0 || slices.Contains(c.LocalPeers, "") {
+		return chunkBytes
+	}
+	return localChunkBytes
+}
+
+// Chunk is the size of the ring's messages' payloads, as picked.
+func (r *Ring) Chunk() int { return r.cfg.ChunkBytes }
 
 func (c *Config) validate() error {
 	switch {
@@ -73,8 +99,8 @@ func (c *Config) validate() error {
 		return fmt.Errorf("allreduce: %d peer addresses for a world of %d", len(c.Peers), c.World)
 	case c.LocalPeers != nil && len(c.LocalPeers) != c.World:
 		return fmt.Errorf("allreduce: %d local peer sockets for a world of %d", len(c.LocalPeers), c.World)
-	case c.ChunkBytes < 8 || c.ChunkBytes > 4<<20-1024:
-		return fmt.Errorf("allreduce: chunk of %d bytes; want 8 B to 4 MiB less headers (gRPC's message limit)", c.ChunkBytes)
+	case c.ChunkBytes != 0 && (c.ChunkBytes < 8 || c.ChunkBytes > 4<<20-1024):
+		return fmt.Errorf("allreduce: chunk of %d bytes; want 8 B to 4 MiB less headers (gRPC's message limit), or 0 for the ring's choice", c.ChunkBytes)
 	case c.OpTimeout <= 0 || c.ConnectTimeout <= 0:
 		return fmt.Errorf("allreduce: timeouts must be positive (op %v, connect %v)", c.OpTimeout, c.ConnectTimeout)
 	case c.RingID == "":
@@ -161,7 +187,7 @@ func Open(ctx context.Context, svc *Service, cfg Config, log *zap.Logger) (*Ring
 		return nil, err
 	}
 	r := openOver(cfg, link, log)
-	log.Debug("ring open", zap.String("ring", cfg.RingID), zap.Int("rank", cfg.Rank), zap.Int("world", cfg.World), zap.String("via", r.Via()))
+	log.Debug("ring open", zap.String("ring", cfg.RingID), zap.Int("rank", cfg.Rank), zap.Int("world", cfg.World), zap.String("via", r.Via()), zap.Int("chunk_bytes", r.Chunk()))
 	return r, nil
 }
 
@@ -170,6 +196,9 @@ func Open(ctx context.Context, svc *Service, cfg Config, log *zap.Logger) (*Ring
 func openOver(cfg Config, link transport, log *zap.Logger) *Ring {
 	if cfg.Clock == nil {
 		cfg.Clock = systemClock{}
+	}
+	if cfg.ChunkBytes == 0 {
+		cfg.ChunkBytes = chunkFor(cfg)
 	}
 	r := &Ring{
 		cfg: cfg, log: log, link: link,

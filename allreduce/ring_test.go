@@ -453,6 +453,8 @@ func TestConfigErrors(t *testing.T) {
 		func(c *Config) { c.Rank = 3 },
 		func(c *Config) { c.Peers = c.Peers[:1] },
 		func(c *Config) { c.ChunkBytes = 8 << 20 },
+		func(c *Config) { c.ChunkBytes = 4 },
+		func(c *Config) { c.ChunkBytes = -1 },
 		func(c *Config) { c.RingID = "" },
 	} {
 		cfg := DefaultConfig()
@@ -470,6 +472,27 @@ func TestConfigErrors(t *testing.T) {
 	var pe *PeerError
 	if !errors.As(err, &pe) || pe.Rank != 1 || !strings.Contains(err.Error(), "127.0.0.1:1") {
 		t.Errorf("unreachable successor: %v", err)
+	}
+}
+
+// A ring asked for no chunk size cuts 256 KiB chunks when every rank has a
+// Unix socket on its host, 1 MiB ones otherwise. The ranks agree: a rank
+// without a socket of its own (its listen failed) sees itself as the others
+// see it.
+func TestChunkForWhereTheRanksAre(t *testing.T) {
+	for _, c := range []struct {
+		local []string
+		want  int
+	}{
+		{nil, 1 << 20},
+		{[]string{"@a", "@b", "@c"}, 256 << 10},
+		{[]string{"", "@b", "@c"}, 1 << 20}, // this rank has none
+		{[]string{"@a", "", "@c"}, 1 << 20},
+		{[]string{"@a", "@b", ""}, 1 << 20},
+	} {
+		if got := chunkFor(Config{Rank: 0, World: 3, LocalPeers: c.local}); got != c.want {
+			t.Errorf("local peers %q: chunk %d, want %d", c.local, got, c.want)
+		}
 	}
 }
 

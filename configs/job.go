@@ -77,7 +77,7 @@ type Job struct {
 
 // Ring is how the ranks' all-reduce moves data.
 type Ring struct {
-	ChunkBytes int           `yaml:"chunk_bytes"` // bytes per message
+	ChunkBytes int           `yaml:"chunk_bytes"` // bytes per message; 0: the ring picks (256 KiB between the ranks of one host, 1 MiB otherwise)
 	FP16       bool          `yaml:"fp16"`        // half floats on the wire
 	OpTimeout  time.Duration `yaml:"op_timeout"`  // a collective's deadline: a peer silent that long is lost
 	// Overlap all-reduces the classifier's gradient (93% of the seed's bytes)
@@ -92,7 +92,7 @@ func DefaultJob() Job {
 	return Job{
 		Out: "out", Variant: DefaultVariant, Epochs: 10, Batch: 32, LR: 2e-4,
 		Dropout: 0.5, Augment: true, EvalBatch: 16, SaveFormat: "both", Normalize: "seed",
-		Ring: Ring{ChunkBytes: 1 << 20, OpTimeout: 60 * time.Second},
+		Ring: Ring{OpTimeout: 60 * time.Second},
 	}
 }
 
@@ -155,8 +155,8 @@ func (c Job) validate() error {
 		return fmt.Errorf("eval batch %d, want at least 1", c.EvalBatch)
 	case !(c.Dropout >= 0 && c.Dropout < 1): // NaN too
 		return fmt.Errorf("--dropout %g, want [0, 1)", c.Dropout)
-	case c.Ring.ChunkBytes < 8 || c.Ring.ChunkBytes > maxChunkBytes || c.Ring.OpTimeout <= 0:
-		return fmt.Errorf("ring chunk_bytes %d op_timeout %v: want 8 to %d bytes and a positive timeout", c.Ring.ChunkBytes, c.Ring.OpTimeout, maxChunkBytes)
+	case c.Ring.ChunkBytes != 0 && (c.Ring.ChunkBytes < 8 || c.Ring.ChunkBytes > maxChunkBytes) || c.Ring.OpTimeout <= 0:
+		return fmt.Errorf("ring chunk_bytes %d op_timeout %v: want 8 to %d bytes (or 0 for the ring's choice) and a positive timeout", c.Ring.ChunkBytes, c.Ring.OpTimeout, maxChunkBytes)
 	case c.LoaderGoroutines < 0:
 		return fmt.Errorf("loader goroutines %d", c.LoaderGoroutines)
 	}

@@ -449,9 +449,11 @@ func (c *core) formRing(names []string, epoch int, root string) {
 }
 
 // localPeers are, by rank, the Unix sockets of the ranks of names on self's
-// host ("" for the others; nil when there are none): self's ring dials them
-// instead of their ring addresses (allreduce's local.go). The ring address
-// stays a worker's identity here.
+// host, self's own too ("" for the others and those without one; nil when
+// there are none): self's ring dials them instead of their ring addresses
+// (allreduce's local.go), and cuts its chunks by whether every rank has one,
+// which every rank of the ring then sees alike. The ring address stays a
+// worker's identity here.
 func (c *core) localPeers(names []string, self string) []string {
 	host := c.workers[self].Host
 	if host == "" {
@@ -459,7 +461,7 @@ func (c *core) localPeers(names []string, self string) []string {
 	}
 	var local []string
 	for r, name := range names {
-		if w := c.workers[name]; name != self && w.Host == host && w.LocalAddr != "" {
+		if w := c.workers[name]; w.Host == host && w.LocalAddr != "" {
 			if local == nil {
 				local = make([]string, len(names))
 			}

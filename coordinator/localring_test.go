@@ -17,8 +17,8 @@ import (
 	"github.com/alexring/alexring/worker"
 )
 
-// Each plan gives the Unix sockets of the other ranks on its worker's host,
-// and none of those elsewhere or of workers that registered none.
+// Each plan gives the Unix sockets of the ranks on its worker's host, its own
+// too, and none of those elsewhere or of workers that registered none.
 func TestPlansNameTheSameHostsSockets(t *testing.T) {
 	_, s, _ := newTestCoordinator(t, 4)
 	reqs := []*controlpb.RegisterRequest{
@@ -42,9 +42,9 @@ func TestPlansNameTheSameHostsSockets(t *testing.T) {
 	}
 	wg.Wait() // the last registration starts the job
 	want := map[string][]string{
-		"w-a": {"", "/tmp/b/ring.sock", "", ""},
-		"w-b": {"/tmp/a/ring.sock", "", "", ""},
-		"w-c": nil,
+		"w-a": {"/tmp/a/ring.sock", "/tmp/b/ring.sock", "", ""},
+		"w-b": {"/tmp/a/ring.sock", "/tmp/b/ring.sock", "", ""},
+		"w-c": {"", "", "/tmp/c/ring.sock", ""},
 		"w-d": {"/tmp/a/ring.sock", "/tmp/b/ring.sock", "", ""},
 	}
 	for i, p := range plans {
@@ -58,7 +58,8 @@ func TestPlansNameTheSameHostsSockets(t *testing.T) {
 }
 
 // Two workers started on one host (here, one process) run their ring over
-// their Unix sockets without being told, with mTLS as with TCP.
+// their Unix sockets without being told, with mTLS as with TCP, in the chunks
+// of a ring on one host.
 func TestSameHostWorkersUseUnixSockets(t *testing.T) {
 	dir := t.TempDir()
 	pki, err := security.WriteTestPKI(dir, "job")
@@ -78,6 +79,7 @@ func TestSameHostWorkersUseUnixSockets(t *testing.T) {
 		t.Fatal(err)
 	}
 	job.Data, job.Out, job.Epochs, job.Batch = data, t.TempDir(), 1, 4
+	job.Ring.ChunkBytes = 0 // the ring's choice
 	c, err := New(Config{Job: job, Workers: 2, Bind: "127.0.0.1:0", Control: "127.0.0.1:0", WaitTimeout: time.Minute, Local: true, Security: m},
 		zap.NewNop(), &syncBuffer{})
 	if err != nil {
@@ -122,6 +124,10 @@ func TestSameHostWorkersUseUnixSockets(t *testing.T) {
 	for _, e := range opened {
 		if via := e.ContextMap()["via"]; via != "unix" {
 			t.Errorf("%s reached its successor over %v, want unix", e.ContextMap()["worker"], via)
+		}
+		// Every rank on one host with a socket: the local chunk size.
+		if chunk := e.ContextMap()["chunk_bytes"]; chunk != int64(256<<10) {
+			t.Errorf("%s cut chunks of %v bytes, want 256 KiB", e.ContextMap()["worker"], chunk)
 		}
 	}
 	if n := logs.FilterMessageSnippet("using TCP").Len(); n != 0 {

@@ -40,7 +40,7 @@ func (a *allReduceFlags) define(fs *flag.FlagSet) *string {
 	fs.IntVar(&a.world, "world", 2, "ranks, each a separate process on 127.0.0.1")
 	fs.IntVar(&a.iters, "iters", 20, "timed all-reduces per size")
 	fs.IntVar(&a.warmup, "warmup", 3, "untimed all-reduces per size first")
-	fs.IntVar(&a.chunk, "chunk", 1<<20, "chunk bytes on the wire")
+	fs.IntVar(&a.chunk, "chunk", 0, "chunk bytes on the wire; 0: the ring's choice (256 KiB between the ranks of one host, 1 MiB otherwise)")
 	fs.BoolVar(&a.fp16, "fp16", false, "half floats on the wire")
 	fs.IntVar(&a.procs, "procs", 0, "GOMAXPROCS of each rank; 0 shares the cores: cores/world, at least 1")
 	fs.StringVar(&a.cpuprofile, "cpuprofile", "", "write rank 0's CPU profile to this file")
@@ -210,7 +210,7 @@ func benchAllReduceRank(args []string, out io.Writer) error {
 	defer ring.Close()
 	w := bufio.NewWriter(out)
 	defer w.Flush()
-	fmt.Fprintf(w, "# alexring ring all-reduce over gRPC, world %d, via %s, chunk %d B, fp16 %v, GOMAXPROCS %d per rank, %d iterations (median)\n", a.world, ring.Via(), a.chunk, a.fp16, runtime.GOMAXPROCS(0), a.iters)
+	fmt.Fprintf(w, "# alexring ring all-reduce over gRPC, world %d, via %s, chunk %d B, fp16 %v, GOMAXPROCS %d per rank, %d iterations (median)\n", a.world, ring.Via(), ring.Chunk(), a.fp16, runtime.GOMAXPROCS(0), a.iters)
 	// As gloo_allreduce.py: the time of an all-reduce is the slowest rank's.
 	// cpu_ms is this rank's CPU time (user and system, every thread) per
 	// all-reduce: where ranks share cores it, not the wire, sets the time.
@@ -231,7 +231,7 @@ func benchAllReduceRank(args []string, out io.Writer) error {
 	if err := ring.Barrier(ctx); err != nil {
 		return err
 	}
-	fmt.Fprintf(w, "RESULT bench=allreduce world=%d bytes=%d fp16=%v busbw_gbps=%.3f cpu_ms=%.2f via=%s\n", a.world, a.sizes[len(a.sizes)-1], a.fp16, last, lastCPU, ring.Via())
+	fmt.Fprintf(w, "RESULT bench=allreduce world=%d bytes=%d fp16=%v busbw_gbps=%.3f cpu_ms=%.2f via=%s chunk=%d\n", a.world, a.sizes[len(a.sizes)-1], a.fp16, last, lastCPU, ring.Via(), ring.Chunk())
 	return nil
 }
 

@@ -82,12 +82,20 @@ func TestMultiProcessBenchesPrintResults(t *testing.T) {
 		!regexp.MustCompile(`(?m)^RESULT bench=scaling variant=tiny batch=4 rounds=2 one_worker_img_per_s=[0-9.]+ two_workers_img_per_s=[0-9.]+ speedup=[0-9.]+$`).Match(out) {
 		t.Errorf("bench scaling: %v\n%s", err, out)
 	}
-	// The ranks share the cores unless --procs says otherwise.
-	out, err = exec.Command(bin, "allreduce", "--world", "2", "--bytes", "12,40000", "--iters", "2", "--warmup", "1").CombinedOutput()
+	// The ranks share the cores unless --procs says otherwise; the ring picks
+	// the chunk by transport unless --chunk says otherwise.
 	share := runtime.NumCPU() / 2
-	if err != nil || !regexp.MustCompile(`(?m)^# alexring ring all-reduce over gRPC, world 2, .*GOMAXPROCS `+strconv.Itoa(share)+` per rank`).Match(out) ||
-		!regexp.MustCompile(`(?m)^RESULT bench=allreduce world=2 bytes=40000 fp16=false busbw_gbps=[0-9.]+ cpu_ms=[0-9.]+ via=unix$`).Match(out) {
-		t.Errorf("bench allreduce: %v\n%s", err, out)
+	for _, c := range []struct {
+		args  []string
+		via   string
+		chunk int
+	}{{nil, "unix", 256 << 10}, {[]string{"--transport", "tcp"}, "tcp", 1 << 20}, {[]string{"--chunk", "4096"}, "unix", 4096}} {
+		args := append([]string{"allreduce", "--world", "2", "--bytes", "12,40000", "--iters", "2", "--warmup", "1"}, c.args...)
+		out, err = exec.Command(bin, args...).CombinedOutput()
+		if err != nil || !regexp.MustCompile(`(?m)^# alexring ring all-reduce over gRPC, world 2, via `+c.via+`, chunk `+strconv.Itoa(c.chunk)+` B, .*GOMAXPROCS `+strconv.Itoa(share)+` per rank`).Match(out) ||
+			!regexp.MustCompile(`(?m)^RESULT bench=allreduce world=2 bytes=40000 fp16=false busbw_gbps=[0-9.]+ cpu_ms=[0-9.]+ via=`+c.via+` chunk=`+strconv.Itoa(c.chunk)+`$`).Match(out) {
+			t.Errorf("bench %v: %v\n%s", args, err, out)
+		}
 	}
 	out, err = exec.Command(bin, "allreduce", "--world", "3", "--bytes", "10").CombinedOutput()
 	if err == nil || !bytes.Contains(out, []byte(`--bytes "10": want positive multiples of 4`)) {
