@@ -3,6 +3,7 @@ package worker
 import (
 	"context"
 	"errors"
+	"fmt"
 	"math"
 	"os"
 	"path/filepath"
@@ -222,9 +223,16 @@ func TestValidateRefusesNaNAndHugeChunks(t *testing.T) {
 	if err := cfg.Validate(); !errors.Is(err, configs.ErrBadInput) || !strings.Contains(err.Error(), "--dropout NaN") {
 		t.Errorf("dropout NaN: %v", err)
 	}
+	for _, chunk := range []int{4 << 20, 4, -1} {
+		cfg = tinyConfig("data", "out")
+		cfg.Ring.ChunkBytes = chunk
+		if err := cfg.Validate(); err == nil || !strings.Contains(err.Error(), fmt.Sprintf("chunk_bytes %d", chunk)) {
+			t.Errorf("chunks of %d bytes: %v", chunk, err)
+		}
+	}
 	cfg = tinyConfig("data", "out")
-	cfg.Ring.ChunkBytes = 4 << 20
-	if err := cfg.Validate(); err == nil || !strings.Contains(err.Error(), "chunk_bytes 4194304") {
-		t.Errorf("4 MiB chunks: %v", err)
+	cfg.Ring.ChunkBytes = 0 // the ring's choice
+	if err := cfg.Validate(); err != nil {
+		t.Errorf("chunk_bytes 0: %v", err)
 	}
 }
