@@ -184,7 +184,7 @@ func (c *Coordinator) coreConfig() coreConfig {
 		Epochs: job.Epochs, Batch: job.Batch, WorkerBatch: job.WorkerBatchSize, Seed: job.Seed,
 		StatePath: filepath.Join(job.Out, configs.StateFile), ReadState: c.readState, JobID: c.jobID, Incarnation: c.incarnation,
 		Plan:      c.planTemplate(),
-		TrainSize: len(c.train.Samples), Dataset: c.train.Fingerprint(), OpTimeout: job.Ring.OpTimeout,
+		TrainSize: len(c.train.Samples), Dataset: c.train.Fingerprint(),
 	}
 }
 

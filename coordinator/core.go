@@ -98,9 +98,6 @@ type coreConfig struct {
 	Plan      *controlpb.JobPlan
 	TrainSize int
 	Dataset   uint64 // the train split's fingerprint
-	// OpTimeout is the ring's deadline for a collective (the job's
-	// ring.op_timeout): how long a rank waits for a silent peer.
-	OpTimeout time.Duration
 }
 
 func newCore(cfg coreConfig, log *zap.Logger, metrics *Metrics) *core {
@@ -425,7 +422,7 @@ func (c *core) formRing(names []string, epoch int, root string) {
 	}
 	peers := make([]string, world)
 	first := c.ring.gen == 0
-	c.ring = ringState{gen: c.ring.gen + 1, members: names, peers: peers, ranks: map[string]int{}, batch: batch, entered: map[int]map[string]time.Time{}}
+	c.ring = ringState{gen: c.ring.gen + 1, members: names, peers: peers, ranks: map[string]int{}, batch: batch}
 	for r, name := range names {
 		c.ring.ranks[name] = r
 		peers[r] = c.workers[name].RingAddr
@@ -520,16 +517,6 @@ func (c *core) shard(e evShard) {
 		// A rank starts the epoch after the lost one: nobody reports that
 		// one again now.
 		c.recordLost()
-	}
-	if r := int(req.Rank); r >= 0 && r < c.ring.world() {
-		in := c.ring.entered[int(req.Epoch)]
-		if in == nil {
-			in = map[string]time.Time{}
-			c.ring.entered[int(req.Epoch)] = in
-		}
-		if _, again := in[c.ring.members[r]]; !again {
-			in[c.ring.members[r]] = c.now
-		}
 	}
 	shard := &controlpb.Shard{Seed: c.cfg.Seed, Epoch: req.Epoch, World: int32(c.ring.world()), Size: int32(c.cfg.TrainSize),
 		Dataset: c.cfg.Dataset, Shuffle: true}
@@ -713,10 +700,6 @@ type ringState struct {
 	peers   []string
 	ranks   map[string]int
 	batch   int
-	// entered is, by (0-based) epoch and member, when the member asked for
-	// the epoch's shard: when it left the boundary for the epoch's first
-	// collective (heldAtBoundary).
-	entered map[int]map[string]time.Time
 }
 
 func (r ringState) world() int { return len(r.members) }

@@ -66,12 +66,11 @@ func (c *core) completeReform() {
 		return
 	}
 	var survivors []string
-	held := c.heldAtBoundary(r)
 	for _, name := range c.ring.members {
 		switch {
 		case r.requests[name] != nil:
 			survivors = append(survivors, name)
-		case c.alive[name] && !r.expired && !c.joiners[name] && !(r.blamed[name] && !held[name] && c.now.Sub(r.began) >= blameGrace):
+		case c.alive[name] && !r.expired && !c.joiners[name] && !(r.blamed[name] && c.now.Sub(r.began) >= blameGrace):
 			return // still waiting for it
 		}
 	}
@@ -86,7 +85,7 @@ func (c *core) completeReform() {
 	}
 	candidates := append(append([]string(nil), survivors...), joined...)
 	sort.Strings(candidates)
-	failed, suspect := c.linksAfter(r, held)
+	failed, suspect := c.linksAfter(r)
 	next := chooseRing(candidates, failed, suspect)
 	var kept, dropped []string
 	for _, name := range survivors {
@@ -270,15 +269,14 @@ func (c *core) forgetAfter(epoch int) {
 // linksAfter are the failed links once the reports of re-formation r are
 // weighed (those known before and those they show), and the links they only
 // suspect. A link to a worker that registered again since the ring formed (a
-// restarted process) says nothing of the new one, nor do those of members
-// held at the epoch boundary (heldAtBoundary).
-func (c *core) linksAfter(r *reformation, held map[string]bool) (failed, suspect map[link]bool) {
+// restarted process) says nothing of the new one.
+func (c *core) linksAfter(r *reformation) (failed, suspect map[link]bool) {
 	renewed := func(name string) bool {
 		w := c.workers[name]
 		return c.joiners[name] || w == nil || w.RingAddr != c.ring.peers[c.ring.ranks[name]]
 	}
 	failed, suspect = maps.Clone(c.failedLinks), map[link]bool{}
-	f, s := brokenLinks(c.ring.members, r.requests, held)
+	f, s := brokenLinks(c.ring.members, r.requests)
 	for _, l := range f {
 		if !renewed(l.from) && !renewed(l.to) {
 			failed[l] = true
@@ -288,54 +286,6 @@ func (c *core) linksAfter(r *reformation, held map[string]bool) (failed, suspect
 		suspect[l] = true
 	}
 	return failed, suspect
-}
-
-// heldAtBoundary are the members of the broken ring that were not yet in
-// the epoch whose first collective timed out: those that asked for its
-// shard half an op timeout or more after the first member did, or not at
-// all (a verdict or a shard that reached them late: the coordinator's
-// network cut, or a pause). The others' collective waited for a rank that
-// was not there, and what that rank saw of its links came after the ring
-// had broken: neither tells of a link. A held member is waited for past the
-// blame grace: it asks once its own collective ends, within an op timeout.
-//
-// The epoch is the last one a member entered. None is held unless the ring
-// broke half an op timeout or more after the first member entered it (a
-// peer killed at the boundary breaks it at once: that one is not waited
-// for) and every survivor that entered it asks from its first step. A ring
-// that breaks before any member entered an epoch (its state broadcast)
-// holds none.
-func (c *core) heldAtBoundary(r *reformation) map[string]bool {
-	late := c.cfg.OpTimeout / 2
-	epoch := -1
-	for e := range c.ring.entered {
-		epoch = max(epoch, e)
-	}
-	in := c.ring.entered[epoch]
-	if len(in) == 0 || late <= 0 {
-		return nil
-	}
-	var first time.Time
-	for _, t := range in {
-		if first.IsZero() || t.Before(first) {
-			first = t
-		}
-	}
-	if r.began.Sub(first) < late {
-		return nil
-	}
-	for _, req := range r.requests {
-		if int(req.Epoch) == epoch && req.Steps != 0 {
-			return nil
-		}
-	}
-	held := map[string]bool{}
-	for _, name := range c.ring.members {
-		if t, ok := in[name]; !ok || t.Sub(first) >= late {
-			held[name] = true
-		}
-	}
-	return held
 }
 
 // noteLinks makes failed the job's failed links, logging the new ones and
@@ -439,9 +389,9 @@ func (c *core) reformCall(e evReform) {
 
 // join registers a worker after the job started: it enters the ring at the
 // next epoch boundary (or at once when a re-formation is waiting for workers),
-// taking the current parameters and Adam state from the ring. A member's
-// name registering again is that member back (restarted, or after losing the
-// coordinator) and replaces it at once; a joiner's is refused.
+// taking the current parameters and Adam state from the ring. A name that is
+// in the ring and alive at the same address is refused; a member's name at a
+// new address is that member restarted, and replaces it.
 func (c *core) join(e evRegister) {
 	req := e.req
 	if c.finished || c.failed != nil {
@@ -449,22 +399,16 @@ func (c *core) join(e evRegister) {
 		return
 	}
 	_, member := c.ring.ranks[req.Name]
-	if member && c.alive[req.Name] {
-		// A member registering again has left its ring: at a new address it
-		// is a restarted worker (a Kubernetes pod keeps its name), whose old
-		// process is gone whatever the gossip says yet; at the same one, the
-		// same process, which lost this coordinator (a call past its
-		// deadline: a network cut) and closed its ring to wait for one.
-		if was := c.workers[req.Name].RingAddr; was != req.RingAddr {
-			c.log.Warn("worker came back at a new address; its old process is gone", zap.String("name", req.Name),
-				zap.String("was", was), zap.String("now", req.RingAddr))
-		} else {
-			c.log.Warn("worker registered again: it lost the coordinator and left its ring", zap.String("name", req.Name), zap.String("ring_addr", was))
-		}
+	if member && c.alive[req.Name] && c.workers[req.Name].RingAddr != req.RingAddr {
+		// The same name at a new address is a restarted worker (a Kubernetes
+		// pod keeps its name): its old process is gone, whatever the gossip
+		// says yet.
+		c.log.Warn("worker came back at a new address; its old process is gone", zap.String("name", req.Name),
+			zap.String("was", c.workers[req.Name].RingAddr), zap.String("now", req.RingAddr))
 		c.alive[req.Name] = false
 		c.metrics.workerLost()
 		c.beginReform(fmt.Sprintf("worker %s (rank %d) restarted", req.Name, c.ring.ranks[req.Name]))
-	} else if c.joiners[req.Name] {
+	} else if (member && c.alive[req.Name]) || c.joiners[req.Name] {
 		c.reply(e.call, nil, refuse(codes.AlreadyExists, "a worker named %s is already in job %s", req.Name, c.cfg.JobID))
 		return
 	}
@@ -519,9 +463,7 @@ func observe(world, rank, lost int, reason string) (observation, bool) {
 
 // brokenLinks reads the reports of a broken ring's survivors (ring: its
 // members by rank; reports: by name, of those that asked) and returns the
-// links they show failed, and those they only suspect. Members held at an
-// epoch boundary (heldAtBoundary) tell of no link, and a silence that ends at
-// one is explained.
+// links they show failed, and those they only suspect.
 //
 // A rank sees only its own two links, and a ring cascades: once one hop is
 // silent, every rank after it starves in turn and, at the collective's
@@ -539,23 +481,21 @@ func observe(world, rank, lost int, reason string) (observation, bool) {
 // or acknowledgements), and a connection the other way needs the same path
 // in both directions (a blackhole route from a to b stops b's connections to
 // a too). A suspected hop keeps its direction.
-func brokenLinks(ring []string, reports map[string]*controlpb.ReformRequest, held map[string]bool) (failed, suspect []link) {
+func brokenLinks(ring []string, reports map[string]*controlpb.ReformRequest) (failed, suspect []link) {
 	w := len(ring)
 	obs := map[int]observation{}
 	for r, name := range ring {
-		if req := reports[name]; req != nil && !held[name] {
+		if req := reports[name]; req != nil {
 			if o, ok := observe(w, r, int(req.LostRank), req.Reason); ok {
 				obs[r] = o
 			}
 		}
 	}
-	// A silence from a rank that did not ask, or that was held, is
-	// explained.
-	asked := func(r int) bool { return reports[ring[r]] != nil && !held[ring[r]] }
+	asked := func(r int) bool { return reports[ring[r]] != nil }
 	for r := range ring {
 		o, ok := obs[r]
 		if !ok || !asked(o.peer) {
-			continue // the peer is out of the next ring anyway, or was held
+			continue // the peer is out of the next ring anyway
 		}
 		hop := link{ring[r], ring[o.peer]}
 		if o.in {

@@ -207,37 +207,25 @@ func TestBrokenLinks(t *testing.T) {
 		ring            string
 		reports         map[string]string // name -> "lostRank kind"
 		failed, suspect string
-		held            string // members held at the epoch boundary
 	}{
 		{"a killed: its neighbours lost it", "a b c",
-			map[string]string{"b": "0 silent", "c": "0 send"}, "", "", ""},
+			map[string]string{"b": "0 silent", "c": "0 send"}, "", ""},
 		{"c cut off: b starved because a did", "a b c",
-			map[string]string{"a": "2 silent", "b": "0 silent"}, "", "", ""},
+			map[string]string{"a": "2 silent", "b": "0 silent"}, "", ""},
 		{"d cut off in a ring of four: the trail leads to it", "a b c d",
-			map[string]string{"a": "3 silent", "b": "0 silent", "c": "1 silent"}, "", "", ""},
+			map[string]string{"a": "3 silent", "b": "0 silent", "c": "1 silent"}, "", ""},
 		{"a->b blackholed, b timed out first: a starved after c stopped", "a b c",
-			map[string]string{"a": "2 silent", "b": "0 silent", "c": "0 relayed"}, "a>b a>c b>a c>a", "", ""},
+			map[string]string{"a": "2 silent", "b": "0 silent", "c": "0 relayed"}, "a>b a>c b>a c>a", ""},
 		{"a->b blackholed, c timed out first", "a b c",
-			map[string]string{"a": "1 relayed", "b": "0 silent", "c": "1 silent"}, "a>b b>a b>c c>b", "", ""},
+			map[string]string{"a": "1 relayed", "b": "0 silent", "c": "1 silent"}, "a>b b>a b>c c>b", ""},
 		{"every rank timed out at once: some link, not which", "a b c",
-			map[string]string{"a": "2 silent", "b": "0 silent", "c": "1 silent"}, "", "a>b b>c c>a", ""},
+			map[string]string{"a": "2 silent", "b": "0 silent", "c": "1 silent"}, "", "a>b b>c c>a"},
 		{"the reversed ring did not open: b could not reach a", "a c b",
-			map[string]string{"a": "2 waited", "b": "0 dialed", "c": "0 silent"}, "a>b a>c b>a c>a", "", ""},
+			map[string]string{"a": "2 waited", "b": "0 dialed", "c": "0 silent"}, "a>b a>c b>a c>a", ""},
 		{"a pair in a world of two", "a b",
-			map[string]string{"a": "1 silent", "b": "0 silent"}, "a>b b>a", "", ""},
+			map[string]string{"a": "1 silent", "b": "0 silent"}, "a>b b>a", ""},
 		{"the gossip's word", "a b c",
-			map[string]string{"a": "1 gossip", "c": "1 gossip"}, "", "", ""},
-		// c's verdict reached it late (the coordinator's network was cut): a
-		// timed out waiting for it, b had a's abort, c found its ring
-		// broken. Read as links, a and c blamed each other.
-		{"c held at the boundary, as links would read it", "a b c",
-			map[string]string{"a": "2 silent", "b": "2 relayed", "c": "0 send"}, "a>c c>a", "", ""},
-		{"c held at the boundary: its silence was the coordinator's", "a b c",
-			map[string]string{"a": "2 silent", "b": "2 relayed", "c": "0 send"}, "", "", "c"},
-		{"c held and asking only to be told of the re-formation", "a b c",
-			map[string]string{"a": "2 silent", "b": "2 relayed", "c": "-1 relayed"}, "", "", "c"},
-		{"a held, the trail from c leads to it", "a b c d",
-			map[string]string{"a": "3 silent", "b": "0 silent", "c": "1 silent", "d": "2 silent"}, "", "", "a"},
+			map[string]string{"a": "1 gossip", "c": "1 gossip"}, "", ""},
 	} {
 		ring := strings.Fields(tc.ring)
 		reports := map[string]*controlpb.ReformRequest{}
@@ -247,11 +235,7 @@ func TestBrokenLinks(t *testing.T) {
 			format := map[string]string{"silent": silent, "send": sendErr, "relayed": relayed, "dialed": dialed, "waited": waited, "gossip": gossip}[kind]
 			reports[name] = &controlpb.ReformRequest{Name: name, LostRank: int32(lost), Reason: fmt.Sprintf(format, lost, "x")}
 		}
-		held := map[string]bool{}
-		for _, name := range strings.Fields(tc.held) {
-			held[name] = true
-		}
-		f, s := brokenLinks(ring, reports, held)
+		f, s := brokenLinks(ring, reports)
 		if got, want := sortedNames(f), sortedNames(linkList(tc.failed)); got != want {
 			t.Errorf("%s: failed %s, want %s", tc.name, got, want)
 		}

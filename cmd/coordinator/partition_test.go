@@ -230,7 +230,7 @@ func tail(s string, lines int) string {
 
 func TestNetworkPartitions(t *testing.T) {
 	if testing.Short() {
-		t.Skip("-short: the partition test runs four jobs in network namespaces (about 2 minutes)")
+		t.Skip("-short: the partition test runs three jobs in network namespaces (about 2 minutes)")
 	}
 	if os.Geteuid() != 0 {
 		t.Skip("the partition test makes network namespaces: it needs root")
@@ -373,38 +373,6 @@ func TestNetworkPartitions(t *testing.T) {
 		for _, w := range []string{"w1", "w2", "w3"} {
 			_, e := j.workers[w].output()
 			t.Logf("%s logged %d waits for the coordinator", w, len(logLines(e, "waiting for the coordinator")))
-		}
-		if left := l.leftovers(); len(left) > 0 {
-			t.Errorf("processes outlived the job: %v", left)
-		}
-	})
-
-	// The coordinator cut off as it gives epoch 1's verdict (about half the
-	// runs catch a call; in the others every reply is out first). A rank
-	// whose call to it passes its deadline in the cut leaves its ring and
-	// registers again (it used to be refused as a duplicate, and exit); one
-	// whose reply comes late enters epoch 2 after the others' all-reduce
-	// timed out waiting for it. Neither is a link's failure: the ring
-	// re-forms whole and every worker finishes.
-	t.Run("coordinator cut off among a verdict's replies", func(t *testing.T) {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-		defer cancel()
-		l := newLab(t, "v", hosts...)
-		j := startPartitionJob(t, ctx, l, 4)
-		j.coord.waitFor(t, "Epoch 1/4 - ", time.Minute)
-		l.ip("-n", l.ns("co"), "link", "set", "eth0", "down")
-		time.Sleep(10 * time.Second) // stays: the cut's length in real time is the fault under test
-		l.ip("-n", l.ns("co"), "link", "set", "eth0", "up")
-		j.finish(t, time.Minute, "w1", "w2", "w3")
-		_, coordLog := j.coord.output()
-		if failed := logLines(coordLog, "link failed: no later ring uses it"); len(failed) > 0 {
-			t.Errorf("a held rank taken for a broken link: %v\n%s", failed, tail(coordLog, 40))
-		}
-		for _, r := range logLines(coordLog, "re-forming the ring") {
-			t.Logf("re-formed: %v", r["reason"])
-		}
-		for _, r := range logLines(coordLog, "ring re-formed") {
-			t.Logf("the ring: %v, left out %v", r["members"], r["left_out"])
 		}
 		if left := l.leftovers(); len(left) > 0 {
 			t.Errorf("processes outlived the job: %v", left)
